@@ -1,0 +1,461 @@
+"""Zip archive format: reading the end records and the central directory.
+
+No FUSE and no trio here. Everything works on a raw file descriptor with ``os.pread`` so that
+many threads can read one archive at once without a shared file position.
+
+INTERFACE CONTRACT (other modules rely on exactly these names):
+
+- ``ZipFormatError(ValueError)``: the archive is not a zip or is damaged; ``str(exc)`` is a
+  one-line human message (no traceback needed to understand it).
+- ``ZipEntry``: one central-directory record, decoded. Fields listed below.
+- ``CentralDirectory``: the whole parsed directory plus archive-level facts.
+- ``read_central_directory(fd, size=None) -> CentralDirectory``
+- ``local_data_offset(fd, entry) -> int``: absolute offset of the entry's compressed bytes.
+
+Robustness rules: every length and count read from the file is checked against the bytes that
+are really there before it is used, so damaged input raises ``ZipFormatError`` (never
+``IndexError``/``struct.error``) and nothing larger than the file itself is ever allocated.
+
+Data prepended to an archive (self-extracting stubs, ``cat stub.exe x.zip``) is handled like
+CPython's zipfile does: the central directory must end right before the end record, so the
+difference between where it really starts and where the end record says it starts is added to
+every ``header_offset``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import struct
+import time
+import zlib
+
+# Compression methods (APPNOTE 4.4.5).
+STORED = 0
+DEFLATED = 8
+DEFLATE64 = 9
+BZIP2 = 12
+LZMA = 14
+ZSTD = 93
+
+FLAG_ENCRYPTED = 0x1
+FLAG_DATA_DESCRIPTOR = 0x8
+FLAG_UTF8 = 0x800
+
+# On-disk records (APPNOTE 4.3). Signatures are checked separately from the fixed part.
+_EOCD = struct.Struct("<4s4H2LH")  # sig, disk, cd disk, n this disk, n total, cd size, cd off, clen
+_EOCD_SIG = b"PK\x05\x06"
+_LOC64 = struct.Struct("<4sLQL")  # sig, disk with zip64 eocd, zip64 eocd offset, total disks
+_LOC64_SIG = b"PK\x06\x07"
+_EOCD64 = struct.Struct(
+    "<4sQ2H2L4Q"
+)  # sig, rec size, made by, needed, disk, cd disk, n, n, size, off
+_EOCD64_SIG = b"PK\x06\x06"
+# sig, made-by version, made-by system, extract version, extract system, flags, method, time,
+# date, crc, csize, usize, name len, extra len, comment len, disk start, internal, external, off
+_CDH = struct.Struct("<4s4B4H3L5H2L")
+_CDH_SIG = b"PK\x01\x02"
+# sig, extract version, extract system, flags, method, time, date, crc, csize, usize, nlen, elen
+_LFH = struct.Struct("<4s2B4H3L2H")
+_LFH_SIG = b"PK\x03\x04"
+
+_EXTRA_HDR = struct.Struct("<HH")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<L")
+_I32 = struct.Struct("<l")
+_U64 = struct.Struct("<Q")
+
+_EXTRA_ZIP64 = 0x0001
+_EXTRA_NTFS = 0x000A
+_EXTRA_UT = 0x5455  # extended timestamp
+_EXTRA_UX_OLD = 0x5855  # Info-ZIP Unix, original: atime, mtime[, uid, gid]
+_EXTRA_UX_NEW = 0x7855  # Info-ZIP Unix, second form: uid, gid (16 bit; local header only)
+_EXTRA_UX3 = 0x7875  # Info-ZIP Unix, third form: variable-size uid/gid
+_EXTRA_UPATH = 0x7075  # Info-ZIP Unicode path
+
+_MAX_COMMENT = 0xFFFF
+_NTFS_EPOCH_DELTA = 116_444_736_000_000_000  # 1601-01-01 to 1970-01-01 in 100 ns units
+_DOS_DIR = 0x10
+_DOS_READONLY = 0x01
+
+
+class ZipFormatError(ValueError):
+    """The archive cannot be parsed; the message says why, in one line."""
+
+
+@dataclasses.dataclass(slots=True)
+class ZipEntry:
+    """One central-directory record with the facts a filesystem needs, already decoded."""
+
+    index: int  # position in the central directory (0-based)
+    name: str  # decoded name exactly as stored (UTF-8 if flag 0x800, else CP437); NOT sanitised
+    flags: int  # general purpose bit flags
+    method: int  # compression method
+    crc: int
+    compressed_size: int  # zip64-resolved
+    file_size: int  # zip64-resolved
+    header_offset: int  # absolute offset of the local header in the file (prefix/SFX included)
+    create_system: int  # "version made by" high byte (3 = Unix)
+    create_version: int  # "version made by" low byte
+    extract_version: int
+    external_attr: int
+    mode: int  # full st_mode incl. file type bits (S_IFREG/S_IFDIR/S_IFLNK/S_IFIFO...)
+    uid: int | None  # from Info-ZIP 'ux' (0x7875) or 'Ux' (0x5855); None if absent
+    gid: int | None
+    mtime_ns: int  # UTC ns: NTFS 0x000a > extended timestamp 0x5455 > DOS time (local, naive)
+    atime_ns: int | None
+    dos_time: int  # raw DOS time field (kept so unchanged entries can be re-emitted as-is)
+    dos_date: int
+    extra: bytes  # raw central extra field
+    comment: bytes  # raw entry comment
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & FLAG_ENCRYPTED)
+
+
+@dataclasses.dataclass(slots=True)
+class CentralDirectory:
+    entries: list[ZipEntry]
+    comment: bytes  # archive comment
+    cd_offset: int  # absolute offset of the central directory in the file
+    cd_size: int
+    prefix_size: int  # bytes before the first entry (self-extracting stub), 0 normally
+    archive_size: int
+    zip64: bool
+
+
+def _pread_exact(fd: int, size: int, offset: int, what: str) -> bytes:
+    """pread that either returns exactly ``size`` bytes or raises ZipFormatError."""
+    try:
+        data = os.pread(fd, size, offset)
+    except OSError as exc:
+        raise ZipFormatError(f"cannot read {what}: {exc.strerror or exc}") from exc
+    if len(data) != size:
+        raise ZipFormatError(f"truncated archive: {what} at offset {offset} is incomplete")
+    return data
+
+
+def _find_eocd(fd: int, size: int) -> tuple[int, tuple[int, ...], bytes]:
+    """Locate the end record: position, unpacked fields and the archive comment."""
+    if size < _EOCD.size:
+        raise ZipFormatError("not a zip archive (no end-of-central-directory record)")
+    # Fast path: no archive comment, the record is the last 22 bytes.
+    tail = _pread_exact(fd, _EOCD.size, size - _EOCD.size, "end record")
+    if tail[:4] == _EOCD_SIG and tail[-2:] == b"\0\0":
+        return size - _EOCD.size, _EOCD.unpack(tail), b""
+    # Otherwise scan backwards over the largest possible comment.
+    start = max(0, size - _EOCD.size - _MAX_COMMENT)
+    buf = _pread_exact(fd, size - start, start, "end of archive")
+    fallback: int | None = None
+    pos = buf.rfind(_EOCD_SIG, 0, len(buf) - _EOCD.size + 4)
+    while pos >= 0:
+        fields = _EOCD.unpack_from(buf, pos)
+        end = pos + _EOCD.size + fields[7]
+        if end == len(buf):  # comment runs exactly to the end of the file: best candidate
+            return start + pos, fields, buf[pos + _EOCD.size : end]
+        if end < len(buf) and fallback is None:  # trailing junk after the comment
+            fallback = pos
+        pos = buf.rfind(_EOCD_SIG, 0, pos)
+    if fallback is None:
+        raise ZipFormatError("not a zip archive (no end-of-central-directory record)")
+    fields = _EOCD.unpack_from(buf, fallback)
+    comment = buf[fallback + _EOCD.size : fallback + _EOCD.size + fields[7]]
+    return start + fallback, fields, comment
+
+
+def _find_eocd64(fd: int, eocd_pos: int) -> tuple[int, tuple[int, ...]] | None:
+    """Return (position, fields) of the zip64 end record if a locator precedes the end record."""
+    loc_pos = eocd_pos - _LOC64.size
+    if loc_pos < 0:
+        return None
+    loc = _LOC64.unpack(_pread_exact(fd, _LOC64.size, loc_pos, "zip64 locator"))
+    if loc[0] != _LOC64_SIG:
+        return None
+    if loc[3] > 1:
+        raise ZipFormatError("multi-disk zip archives are not supported")
+    # Usually the record sits right before the locator; with prepended data the recorded
+    # offset is off by the prefix length, so try the adjacent position first.
+    for pos in (loc_pos - _EOCD64.size, loc[2]):
+        if pos >= 0 and pos + _EOCD64.size <= loc_pos:
+            rec = _EOCD64.unpack(_pread_exact(fd, _EOCD64.size, pos, "zip64 end record"))
+            if rec[0] == _EOCD64_SIG:
+                return pos, rec
+    raise ZipFormatError("zip64 end-of-central-directory record not found")
+
+
+def read_central_directory(fd: int, size: int | None = None) -> CentralDirectory:
+    """Parse the end records and the whole central directory (one pread)."""
+    if size is None:
+        size = os.fstat(fd).st_size
+    eocd_pos, eocd, comment = _find_eocd(fd, size)
+    _, disk, cd_disk, _, count, cd_size, cd_offset, _ = eocd
+    cd_end = eocd_pos  # the central directory ends where the end records begin
+    zip64 = False
+    found64 = _find_eocd64(fd, eocd_pos)
+    if found64 is not None:
+        zip64 = True
+        cd_end, rec = found64
+        disk, cd_disk, count, cd_size, cd_offset = rec[4], rec[5], rec[7], rec[8], rec[9]
+    if disk not in (0, 0xFFFF) or cd_disk not in (0, 0xFFFF):
+        raise ZipFormatError("multi-disk zip archives are not supported")
+    if cd_size > cd_end:
+        raise ZipFormatError(f"central directory size {cd_size} exceeds the archive")
+    if count * _CDH.size > cd_size:
+        raise ZipFormatError(f"entry count {count} does not fit in a {cd_size}-byte directory")
+    real_cd_offset = cd_end - cd_size
+    concat = real_cd_offset - cd_offset
+    if concat < 0:
+        raise ZipFormatError("central directory offset points beyond its real position")
+    buf = _pread_exact(fd, cd_size, real_cd_offset, "central directory")
+    entries = _parse_entries(buf, concat, real_cd_offset, count)
+    # More than 65535 entries without zip64 records: the 16-bit count wrapped around.
+    if len(entries) != count and (len(entries) < count or (len(entries) - count) % 0x10000):
+        raise ZipFormatError(
+            f"central directory holds {len(entries)} entries but the end record says {count}"
+        )
+    first = min((e.header_offset for e in entries), default=real_cd_offset)
+    return CentralDirectory(
+        entries=entries,
+        comment=comment,
+        cd_offset=real_cd_offset,
+        cd_size=cd_size,
+        prefix_size=first,
+        archive_size=size,
+        zip64=zip64,
+    )
+
+
+def _parse_entries(buf: bytes, concat: int, cd_offset: int, count: int) -> list[ZipEntry]:
+    """Decode consecutive central-directory records from ``buf``.
+
+    Records are read until the buffer ends (the 16-bit count of a non-zip64 archive with more
+    than 65535 entries has wrapped around); bytes after the expected ``count`` records that
+    are not a record (e.g. a digital signature) are ignored.
+    """
+    entries: list[ZipEntry] = []
+    pos = 0
+    while pos < len(buf):
+        if buf[pos : pos + 4] != _CDH_SIG:
+            if len(entries) >= count:
+                break
+            raise ZipFormatError(f"bad central directory signature at offset {cd_offset + pos}")
+        if pos + _CDH.size > len(buf):
+            raise ZipFormatError(f"truncated central directory record #{len(entries)}")
+        fields = _CDH.unpack_from(buf, pos)
+        nlen, elen, clen = fields[12], fields[13], fields[14]
+        start = pos + _CDH.size
+        end = start + nlen + elen + clen
+        if end > len(buf):
+            raise ZipFormatError(f"central directory record #{len(entries)} overruns the directory")
+        raw_name = buf[start : start + nlen]
+        extra = buf[start + nlen : start + nlen + elen]
+        comment = buf[start + nlen + elen : end]
+        entries.append(_make_entry(len(entries), fields, raw_name, extra, comment, concat))
+        pos = end
+    return entries
+
+
+def _split_extra(extra: bytes, index: int) -> dict[int, bytes]:
+    """Map header id -> data of the first field with that id."""
+    fields: dict[int, bytes] = {}
+    pos = 0
+    while pos + 4 <= len(extra):
+        hid, hlen = _EXTRA_HDR.unpack_from(extra, pos)
+        pos += 4
+        if pos + hlen > len(extra):
+            raise ZipFormatError(f"entry #{index}: extra field 0x{hid:04x} has a bad length")
+        fields.setdefault(hid, extra[pos : pos + hlen])
+        pos += hlen
+    # Fewer than 4 trailing bytes are tolerated: some writers pad the extra field.
+    return fields
+
+
+def _make_entry(
+    index: int,
+    f: tuple[int, ...],
+    raw_name: bytes,
+    extra: bytes,
+    comment: bytes,
+    concat: int,
+) -> ZipEntry:
+    (_, create_version, create_system, extract_version, _, flags, method, dos_time, dos_date,
+     crc, csize, usize, _, _, _, disk_start, _, external_attr, header_offset) = f  # fmt: skip
+    ex = _split_extra(extra, index)
+    z64 = ex.get(_EXTRA_ZIP64)
+    if 0xFFFFFFFF in (csize, usize, header_offset) or disk_start == 0xFFFF:
+        usize, csize, header_offset = _apply_zip64(
+            z64, index, usize, csize, header_offset, disk_start
+        )
+    name = _decode_name(raw_name, flags, ex.get(_EXTRA_UPATH))
+    mode = _entry_mode(name, create_system, external_attr)
+    uid, gid = _owner(ex)
+    mtime_ns, atime_ns = _times(ex, dos_date, dos_time)
+    return ZipEntry(
+        index=index,
+        name=name,
+        flags=flags,
+        method=method,
+        crc=crc,
+        compressed_size=csize,
+        file_size=usize,
+        header_offset=header_offset + concat,
+        create_system=create_system,
+        create_version=create_version,
+        extract_version=extract_version,
+        external_attr=external_attr,
+        mode=mode,
+        uid=uid,
+        gid=gid,
+        mtime_ns=mtime_ns,
+        atime_ns=atime_ns,
+        dos_time=dos_time,
+        dos_date=dos_date,
+        extra=extra,
+        comment=comment,
+    )
+
+
+def _apply_zip64(
+    data: bytes | None, index: int, usize: int, csize: int, offset: int, disk: int
+) -> tuple[int, int, int]:
+    """Replace the 0xFFFFFFFF placeholders, in APPNOTE order, from the zip64 extra field."""
+    if data is None:
+        if disk == 0xFFFF and 0xFFFFFFFF not in (usize, csize, offset):
+            return usize, csize, offset  # some writers put 0xFFFF in the disk field; harmless
+        raise ZipFormatError(f"entry #{index}: zip64 sizes announced but no zip64 extra field")
+    pos = 0
+    values = [usize, csize, offset]
+    for i, value in enumerate(values):
+        if value == 0xFFFFFFFF:
+            if pos + 8 > len(data):
+                raise ZipFormatError(f"entry #{index}: zip64 extra field is too short")
+            values[i] = _U64.unpack_from(data, pos)[0]
+            pos += 8
+    return values[0], values[1], values[2]
+
+
+def _decode_name(raw: bytes, flags: int, upath: bytes | None) -> str:
+    """UTF-8 if flagged, else CP437; a valid Info-ZIP Unicode Path field overrides both."""
+    if (
+        upath is not None
+        and len(upath) >= 5
+        and upath[0] == 1
+        and _U32.unpack_from(upath, 1)[0] == zlib.crc32(raw)
+    ):
+        try:
+            return upath[5:].decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    if flags & FLAG_UTF8:
+        # Invalid UTF-8 despite the flag: keep the bytes recoverable via surrogateescape.
+        return raw.decode("utf-8", "surrogateescape")
+    return raw.decode("cp437")
+
+
+def _entry_mode(name: str, create_system: int, external_attr: int) -> int:
+    """Unix mode from the high 16 bits when made on Unix, else synthesised from DOS attributes."""
+    unix = external_attr >> 16
+    looks_dir = name.endswith("/")
+    if create_system == 3 and unix:
+        if stat.S_IFMT(unix) == 0:
+            unix |= stat.S_IFDIR if looks_dir else stat.S_IFREG
+        return unix
+    if looks_dir or external_attr & _DOS_DIR:
+        return stat.S_IFDIR | 0o755
+    return stat.S_IFREG | (0o444 if external_attr & _DOS_READONLY else 0o644)
+
+
+def _owner(ex: dict[int, bytes]) -> tuple[int | None, int | None]:
+    """uid/gid from the Info-ZIP Unix extra fields; malformed fields are ignored."""
+    ux = ex.get(_EXTRA_UX3)
+    if ux is not None and len(ux) >= 2 and ux[0] == 1:
+        usz = ux[1]
+        if len(ux) >= 3 + usz:
+            gsz = ux[2 + usz]
+            if len(ux) >= 3 + usz + gsz:
+                uid = int.from_bytes(ux[2 : 2 + usz], "little")
+                gid = int.from_bytes(ux[3 + usz : 3 + usz + gsz], "little")
+                return uid, gid
+    new = ex.get(_EXTRA_UX_NEW)
+    if new is not None and len(new) >= 4:
+        return _U16.unpack_from(new, 0)[0], _U16.unpack_from(new, 2)[0]
+    old = ex.get(_EXTRA_UX_OLD)
+    if old is not None and len(old) >= 12:
+        return _U16.unpack_from(old, 8)[0], _U16.unpack_from(old, 10)[0]
+    return None, None
+
+
+def _times(ex: dict[int, bytes], dos_date: int, dos_time: int) -> tuple[int, int | None]:
+    """(mtime_ns, atime_ns): NTFS, then extended timestamp, then old Info-ZIP Unix, then DOS."""
+    ntfs = _ntfs_times(ex.get(_EXTRA_NTFS))
+    if ntfs is not None:
+        return ntfs
+    ut = ex.get(_EXTRA_UT)
+    if ut is not None and len(ut) >= 5 and ut[0] & 1:
+        mtime = _I32.unpack_from(ut, 1)[0] * 10**9
+        atime = _I32.unpack_from(ut, 5)[0] * 10**9 if ut[0] & 2 and len(ut) >= 9 else None
+        return mtime, atime
+    old = ex.get(_EXTRA_UX_OLD)
+    if old is not None and len(old) >= 8:
+        return _I32.unpack_from(old, 4)[0] * 10**9, _I32.unpack_from(old, 0)[0] * 10**9
+    return dos_to_ns(dos_date, dos_time), None
+
+
+def _ntfs_times(data: bytes | None) -> tuple[int, int | None] | None:
+    """Attribute tag 1 of the NTFS extra field: mtime, atime, ctime in 100 ns since 1601."""
+    if data is None:
+        return None
+    pos = 4  # reserved
+    while pos + 4 <= len(data):
+        tag, size = _EXTRA_HDR.unpack_from(data, pos)
+        pos += 4
+        if tag == 1 and size >= 16 and pos + 16 <= len(data):
+            mtime, atime = struct.unpack_from("<QQ", data, pos)
+            if mtime == 0:  # zero means "not recorded" (7-Zip writes zero atime/ctime)
+                return None
+            atime_ns = (atime - _NTFS_EPOCH_DELTA) * 100 if atime else None
+            return (mtime - _NTFS_EPOCH_DELTA) * 100, atime_ns
+        pos += size
+    return None
+
+
+def dos_to_ns(dos_date: int, dos_time: int) -> int:
+    """DOS date/time as local time (like Info-ZIP); impossible values become 1980-01-01."""
+    year = (dos_date >> 9) + 1980
+    month, day = (dos_date >> 5) & 0xF, dos_date & 0x1F
+    hour, minute, second = dos_time >> 11, (dos_time >> 5) & 0x3F, (dos_time & 0x1F) * 2
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 60):
+        year, month, day, hour, minute, second = 1980, 1, 1, 0, 0, 0
+    try:
+        secs = time.mktime((year, month, day, hour, minute, second, 0, 0, -1))
+    except (OverflowError, ValueError):
+        secs = time.mktime((1980, 1, 1, 0, 0, 0, 0, 0, -1))
+    return int(secs) * 10**9
+
+
+def local_data_offset(fd: int, entry: ZipEntry) -> int:
+    """Read the local header of ``entry`` and return where its compressed bytes start.
+
+    The local extra field may differ in length from the central one (e.g. 'Ux' carries uid/gid
+    only locally), so the central record cannot tell where the data begins.
+    """
+    what = f"local header of {entry.name!r}"
+    hdr = _pread_exact(fd, _LFH.size, entry.header_offset, what)
+    fields = _LFH.unpack(hdr)
+    if fields[0] != _LFH_SIG:
+        raise ZipFormatError(f"bad local header signature for {entry.name!r}")
+    data_offset = entry.header_offset + _LFH.size + fields[10] + fields[11]
+    size = os.fstat(fd).st_size
+    if data_offset + entry.compressed_size > size:
+        raise ZipFormatError(f"truncated archive: data of {entry.name!r} runs past the end")
+    return data_offset
