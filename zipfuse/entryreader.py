@@ -1,0 +1,469 @@
+"""Random-access reads of one zip entry's plaintext, with bounded memory.
+
+The kernel asks for 128 KiB pieces, up to two at a time and sometimes slightly out of order,
+while an ``mmap`` of a shared library jumps all over the file. Compressed streams can only be
+decoded forwards, so an ``EntryReader`` picks one strategy per entry:
+
+- stored entries (``direct``): ``os.pread`` on the archive at the data offset, nothing cached;
+- entries up to ``SMALL_ENTRY`` bytes (``memory``): decoded completely on the first read and
+  kept in memory until ``close``;
+- larger entries (``stream``): ONE sequential decoder plus a rolling ``WINDOW`` of the most
+  recent plaintext, so overlapping and slightly reordered reads never restart the decoder;
+  short forward jumps decode and discard;
+- once access is really random (a backward jump past the window, or a forward jump of more than
+  ``FORWARD_SKIP_LIMIT``), the whole entry is decoded once into an unlinked temporary file in
+  ``cache_dir`` (``file``) and every later read is an ``os.pread`` on it.
+
+Memory per reader stays around ``WINDOW`` + two decode chunks (or ``SMALL_ENTRY``) whatever the
+entry size; the compressed stream is fed to the decoder ``INPUT_CHUNK`` bytes at a time. Deflate64
+and the ``zstandard`` package have no output limit per call, so they get tiny input pieces
+instead; a pathological "bomb" could still make one call produce a few tens of MiB.
+
+CRC-32 is checked whenever a decoder reaches the end of the entry (sequential pass, memory or
+file). Stored entries are served straight from the archive and are not checked. Bytes of a
+streamed entry handed out before the end was reached are therefore unverified.
+
+Thread safety: one ``threading.Lock`` per reader serialises decoding; zlib, bz2, lzma and
+``os.pread`` release the GIL, so readers of different entries decode in parallel. The archive
+``fd`` is borrowed, never closed here.
+"""
+
+from __future__ import annotations
+
+import bz2
+import errno
+import functools
+import lzma
+import os
+import struct
+import tempfile
+import threading
+import zlib
+from collections.abc import Callable
+from typing import IO, Any, Protocol
+
+from .zipformat import (
+    BZIP2,
+    DEFLATE64,
+    DEFLATED,
+    LZMA,
+    STORED,
+    ZSTD,
+    ZipEntry,
+    ZipFormatError,
+    local_data_offset,
+)
+
+SMALL_ENTRY = 4 << 20  # entries up to this size are decoded into memory at once
+WINDOW = 1 << 20  # recent plaintext kept by the sequential decoder
+FORWARD_SKIP_LIMIT = 8 << 20  # farther forward jumps switch to the cache file
+INPUT_CHUNK = 256 << 10  # compressed bytes per pread
+OUTPUT_CHUNK = 256 << 10  # plaintext bytes per decoder call
+_UNBOUNDED_PIECE = 4 << 10  # input per call for decoders without an output limit
+_MAX_STALLS = 1000  # decoder calls in a row that neither consume nor produce anything
+
+_CORRUPT_ERRORS: tuple[type[BaseException], ...] = (
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    OSError,  # bz2 reports "Invalid data stream" as OSError
+    ValueError,
+    RuntimeError,
+)
+
+
+class EntryReadError(OSError):
+    """Reading an entry failed; ``errno`` says how (EIO, EACCES, EOPNOTSUPP, ...)."""
+
+
+class _Codec(Protocol):
+    """A streaming decoder: ``feed`` only when ``wants_input``; ``pull`` returns some output."""
+
+    wants_input: bool
+    eof: bool
+
+    def feed(self, data: bytes) -> None: ...
+
+    def pull(self, max_length: int) -> bytes: ...
+
+
+class _ZlibCodec:
+    """Raw deflate; zlib keeps input it could not use yet in ``unconsumed_tail``."""
+
+    def __init__(self) -> None:
+        self._d = zlib.decompressobj(-15)
+        self._tail = b""
+        self.wants_input = True
+        self.eof = False
+
+    def feed(self, data: bytes) -> None:
+        self._tail += data
+
+    def pull(self, max_length: int) -> bytes:
+        out = self._d.decompress(self._tail, max_length)
+        self._tail = self._d.unconsumed_tail
+        self.eof = self._d.eof
+        self.wants_input = not self.eof and not self._tail and len(out) < max_length
+        return out
+
+
+class _BufferedCodec:
+    """Decoders with the bz2/lzma interface (internal input buffer, ``needs_input``)."""
+
+    def __init__(self, decoder: Any) -> None:
+        self._d = decoder
+        self._in = b""
+        self.wants_input = True
+        self.eof = False
+
+    def feed(self, data: bytes) -> None:
+        self._in = data
+
+    def pull(self, max_length: int) -> bytes:
+        out: bytes = self._d.decompress(self._in, max_length)
+        self._in = b""
+        self.eof = self._d.eof
+        self.wants_input = not self.eof and self._d.needs_input
+        return out
+
+
+class _ChunkedCodec:
+    """Decoders without an output limit: give them small input pieces to bound each result."""
+
+    def __init__(self, decoder: Any) -> None:
+        self._d = decoder
+        self._in = b""
+        self._pos = 0
+        self.wants_input = True
+        self.eof = False
+
+    def feed(self, data: bytes) -> None:
+        self._in, self._pos = data, 0
+
+    def pull(self, max_length: int) -> bytes:
+        out = b""
+        while self._pos < len(self._in) and not out and not self.eof:
+            piece = self._in[self._pos : self._pos + _UNBOUNDED_PIECE]
+            self._pos += len(piece)
+            out = self._d.decompress(piece)
+            self.eof = bool(getattr(self._d, "eof", False))
+        self.wants_input = not self.eof and self._pos >= len(self._in)
+        return out
+
+
+class _ZipLzmaCodec:
+    """LZMA as stored in zip (APPNOTE 5.8.8): version (2 bytes), properties size (2 bytes,
+    little-endian), the LZMA1 properties (lc/lp/pb byte + 4-byte dictionary size), then a raw
+    LZMA1 stream."""
+
+    def __init__(self) -> None:
+        self._header = b""
+        self._inner: _BufferedCodec | None = None
+        self.wants_input = True
+        self.eof = False
+
+    def feed(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.feed(data)
+            return
+        self._header += data
+        if len(self._header) < 4:
+            return
+        (psize,) = struct.unpack_from("<H", self._header, 2)
+        if len(self._header) < 4 + psize:
+            return
+        props = self._header[4 : 4 + psize]
+        if psize < 5 or props[0] >= 9 * 5 * 5:
+            raise lzma.LZMAError("invalid LZMA properties in zip header")
+        lc, rest = props[0] % 9, props[0] // 9
+        (dict_size,) = struct.unpack_from("<L", props, 1)
+        filt = {"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": lc}
+        filt.update(lp=rest % 5, pb=rest // 5)
+        self._inner = _BufferedCodec(lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[filt]))
+        self._inner.feed(self._header[4 + psize :])
+        self._header = b""
+
+    def pull(self, max_length: int) -> bytes:
+        if self._inner is None:
+            self.wants_input = True
+            return b""
+        out = self._inner.pull(max_length)
+        self.wants_input, self.eof = self._inner.wants_input, self._inner.eof
+        return out
+
+
+@functools.cache
+def _deflate64_factory() -> Callable[[], Any] | None:
+    try:
+        # Importing the package also teaches the stdlib zipfile about method 9 (harmless).
+        from zipfile_deflate64 import deflate64
+    except ImportError:
+        return None
+    return deflate64.Deflate64  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _zstd_codec_factory() -> Callable[[], _Codec] | None:
+    try:
+        from compression import zstd  # type: ignore[import-not-found]  # Python >= 3.14
+
+        return lambda: _BufferedCodec(zstd.ZstdDecompressor())
+    except ImportError:
+        pass
+    try:
+        import zstandard  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return lambda: _ChunkedCodec(zstandard.ZstdDecompressor().decompressobj())
+
+
+def supported_method(method: int) -> bool:
+    """Whether entries compressed with ``method`` can be read here."""
+    if method in (STORED, DEFLATED, BZIP2, LZMA):
+        return True
+    if method == DEFLATE64:
+        return _deflate64_factory() is not None
+    if method == ZSTD:
+        return _zstd_codec_factory() is not None
+    return False
+
+
+def _make_codec(method: int) -> _Codec:
+    if method == DEFLATED:
+        return _ZlibCodec()
+    if method == BZIP2:
+        return _BufferedCodec(bz2.BZ2Decompressor())
+    if method == LZMA:
+        return _ZipLzmaCodec()
+    if method == DEFLATE64:
+        d64 = _deflate64_factory()
+        assert d64 is not None
+        return _ChunkedCodec(d64())
+    zstd = _zstd_codec_factory()
+    assert method == ZSTD and zstd is not None
+    return zstd()
+
+
+class _Stream:
+    """One forward pass over an entry's plaintext in bounded chunks, CRC-checked at the end."""
+
+    def __init__(self, fd: int, entry: ZipEntry, data_offset: int) -> None:
+        self._fd = fd
+        self._entry = entry
+        self._data_offset = data_offset
+        self._codec = _make_codec(entry.method)
+        self._in_pos = 0
+        self._crc = 0
+        self.pos = 0  # plaintext bytes produced so far
+
+    def _fail(self, what: str) -> EntryReadError:
+        return EntryReadError(errno.EIO, f"{self._entry.name}: corrupt data: {what}")
+
+    def next_chunk(self) -> bytes:
+        """The next piece of plaintext (at most ``OUTPUT_CHUNK`` bytes), b"" at the end."""
+        entry = self._entry
+        remaining = entry.file_size - self.pos
+        if remaining <= 0:
+            return b""
+        stalls = 0
+        while True:
+            if self._codec.eof:
+                raise self._fail(f"stream ends after {self.pos} of {entry.file_size} bytes")
+            if self._codec.wants_input:
+                self._feed()
+            try:
+                out = self._codec.pull(min(OUTPUT_CHUNK, remaining))
+            except _CORRUPT_ERRORS as exc:
+                raise self._fail(str(exc) or type(exc).__name__) from exc
+            if out:
+                break
+            stalls = 0 if self._codec.wants_input else stalls + 1
+            if stalls > _MAX_STALLS:
+                raise self._fail("decoder makes no progress")
+        if len(out) > remaining:
+            out = out[:remaining]
+        self._crc = zlib.crc32(out, self._crc)
+        self.pos += len(out)
+        if self.pos == entry.file_size and self._crc != entry.crc:
+            raise EntryReadError(errno.EIO, f"{entry.name}: CRC mismatch")
+        return out
+
+    def _feed(self) -> None:
+        left = self._entry.compressed_size - self._in_pos
+        if left <= 0:
+            raise self._fail(f"compressed data ends after {self.pos} bytes of plaintext")
+        try:
+            data = os.pread(self._fd, min(INPUT_CHUNK, left), self._data_offset + self._in_pos)
+        except OSError as exc:
+            raise EntryReadError(exc.errno or errno.EIO, f"{self._entry.name}: {exc}") from exc
+        if not data:
+            raise self._fail("archive is truncated")
+        self._in_pos += len(data)
+        try:
+            self._codec.feed(data)
+        except _CORRUPT_ERRORS as exc:
+            raise self._fail(str(exc) or type(exc).__name__) from exc
+
+
+class EntryReader:
+    """Thread-safe random-access reads of one entry's plaintext with bounded memory."""
+
+    def __init__(self, fd: int, entry: ZipEntry, cache_dir: str) -> None:
+        self._fd = fd
+        self._entry = entry
+        self._cache_dir = cache_dir
+        self._lock = threading.Lock()
+        self._data_offset: int | None = None
+        self._error: EntryReadError | None = None
+        self._closed = False
+        self._memory: bytes | None = None
+        self._stream: _Stream | None = None
+        self._window = bytearray()  # plaintext [stream.pos - len(window), stream.pos)
+        self._cache: IO[bytes] | None = None
+
+    @property
+    def entry(self) -> ZipEntry:
+        return self._entry
+
+    @property
+    def strategy(self) -> str:
+        """How reads are currently served: direct, memory, stream, file, or idle."""
+        if self._entry.method == STORED:
+            return "direct"
+        if self._cache is not None:
+            return "file"
+        if self._memory is not None:
+            return "memory"
+        return "stream" if self._stream is not None else "idle"
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (short or empty at the end). Blocks."""
+        if offset < 0 or size < 0:
+            raise EntryReadError(errno.EINVAL, f"{self._entry.name}: negative offset or size")
+        end = min(offset + size, self._entry.file_size)
+        with self._lock:
+            self._check()
+            if offset >= end:
+                return b""
+            if self._entry.method != STORED:
+                return self._read_decoded(offset, end)
+            data_offset = self._get_data_offset()
+        return self._pread(self._fd, end - offset, data_offset + offset)
+
+    def close(self) -> None:
+        """Drop cached plaintext and the cache file; later reads fail with EBADF."""
+        with self._lock:
+            self._closed = True
+            self._drop_state()
+
+    def _check(self) -> None:
+        """Raise why this entry cannot be read (checked at read time so listing still works)."""
+        entry = self._entry
+        if self._closed:
+            raise EntryReadError(errno.EBADF, f"{entry.name}: reader is closed")
+        if self._error is not None:
+            raise self._error
+        if entry.encrypted:
+            raise EntryReadError(errno.EACCES, f"{entry.name}: entry is encrypted")
+        if not supported_method(entry.method):
+            raise EntryReadError(
+                errno.EOPNOTSUPP, f"{entry.name}: compression method {entry.method} not supported"
+            )
+
+    def _get_data_offset(self) -> int:
+        if self._data_offset is None:
+            try:
+                self._data_offset = local_data_offset(self._fd, self._entry)
+            except ZipFormatError as exc:
+                self._error = EntryReadError(errno.EIO, f"{self._entry.name}: {exc}")
+                raise self._error from exc
+        return self._data_offset
+
+    def _pread(self, fd: int, size: int, offset: int) -> bytes:
+        try:
+            return os.pread(fd, size, offset)
+        except OSError as exc:
+            raise EntryReadError(exc.errno or errno.EIO, f"{self._entry.name}: {exc}") from exc
+
+    def _new_stream(self) -> _Stream:
+        return _Stream(self._fd, self._entry, self._get_data_offset())
+
+    def _drop_state(self) -> None:
+        self._memory = None
+        self._stream = None
+        self._window = bytearray()
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    def _read_decoded(self, offset: int, end: int) -> bytes:
+        try:
+            if self._cache is not None:
+                return self._pread(self._cache.fileno(), end - offset, offset)
+            if self._memory is not None:
+                return self._memory[offset:end]
+            if self._entry.file_size <= SMALL_ENTRY:
+                self._memory = self._decode_to_memory()
+                return self._memory[offset:end]
+            if self._stream is None:
+                self._stream = self._new_stream()
+            pos = self._stream.pos
+            if offset < pos - len(self._window) or offset > pos + FORWARD_SKIP_LIMIT:
+                self._decode_to_file()
+                assert self._cache is not None
+                return self._pread(self._cache.fileno(), end - offset, offset)
+            return self._read_streaming(offset, end)
+        except EntryReadError as exc:
+            if exc.errno == errno.EIO:  # corrupt data stays corrupt: fail fast from now on
+                self._error = exc
+                self._drop_state()
+            raise
+
+    def _decode_to_memory(self) -> bytes:
+        stream = self._new_stream()
+        parts = []
+        while chunk := stream.next_chunk():
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _decode_to_file(self) -> None:
+        """Decode the whole entry once into an unlinked temporary file."""
+        self._stream = None
+        self._window = bytearray()
+        stream = self._new_stream()
+        try:
+            cache = tempfile.TemporaryFile(dir=self._cache_dir)  # noqa: SIM115 (kept open)
+        except OSError as exc:
+            raise EntryReadError(exc.errno or errno.EIO, f"cache file: {exc}") from exc
+        try:
+            while chunk := stream.next_chunk():
+                cache.write(chunk)
+            cache.flush()
+        except OSError as exc:
+            cache.close()
+            if isinstance(exc, EntryReadError):
+                raise
+            raise EntryReadError(exc.errno or errno.EIO, f"cache file: {exc}") from exc
+        self._cache = cache
+
+    def _read_streaming(self, offset: int, end: int) -> bytes:
+        """Serve [offset, end) from the window and by decoding forwards."""
+        stream = self._stream
+        assert stream is not None
+        window = self._window
+        win_start = stream.pos - len(window)
+        out = bytearray(
+            window[offset - win_start : end - win_start] if offset < stream.pos else b""
+        )
+        while stream.pos < end:
+            chunk_start = stream.pos
+            chunk = stream.next_chunk()
+            if not chunk:
+                break
+            lo, hi = max(offset, chunk_start), min(end, stream.pos)
+            if lo < hi:
+                out += chunk[lo - chunk_start : hi - chunk_start]
+            window += chunk
+            if len(window) > WINDOW:
+                del window[: len(window) - WINDOW]
+        return bytes(out)
