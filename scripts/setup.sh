@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install system packages and the project (with test extras) into ./.venv. Debian/Ubuntu, as root.
+# Set PYTHON=/path/to/python to install into that interpreter instead of creating .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pkgs="fuse3 libfuse3-dev pkg-config gcc zip unzip p7zip-full fuse-zip sqlite3 git squashfuse squashfs-tools"
+command -v python3 >/dev/null || pkgs="$pkgs python3"
+python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs="$pkgs python3-venv python3-dev"
+missing=""
+for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+if [ -z "${PYTHON:-}" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  PYTHON=.venv/bin/python
+fi
+"$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test,bench,rattler]'
+echo "installed into $("$PYTHON" -c 'import sys; print(sys.prefix)')"

@@ -1,0 +1,240 @@
+"""Public Python API of zipfuse, for programs (condafuse, benchmarks) that drive mounts.
+
+Callers use these functions, never zipfuse's printed output. Every failure is a ``ZipfuseError``
+whose message is one line meant for a user.
+
+INTERFACE CONTRACT:
+
+- ``mount(archive, mountpoint, *, read_only=False, spill_dir=None, fuse_options=(),
+  level=None, timeout=60) -> MountInfo``: start a daemon and return once the mount is ready.
+- ``unmount(mountpoint, *, progress=None, timeout=None) -> None``: commit (unless read-only), unmount,
+  and return once the daemon has exited and the archive is durable. ``progress`` receives
+  ``Progress`` records while the commit runs.
+- ``sync(mountpoint, *, progress=None) -> None``: commit now, stay mounted.
+- ``status() -> list[MountInfo]``: every live mount of this user (from the registry; instant).
+- ``find_mount(mountpoint_or_archive) -> MountInfo | None``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+class ZipfuseError(Exception):
+    """A user-facing failure; ``str(exc)`` is one line."""
+
+
+@dataclasses.dataclass
+class MountInfo:
+    archive: str  # absolute path
+    mountpoint: str  # absolute path
+    pid: int
+    state: str  # "mounted", "committing", "unmounting"
+    read_only: bool
+    dirty_bytes: int
+    spill_dir: str | None
+
+
+@dataclasses.dataclass
+class Progress:
+    entries_done: int
+    entries_total: int
+    bytes_done: int
+    bytes_total: int
+
+
+# --------------------------------------------------------------------------- implementation
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+from . import control, registry  # noqa: E402
+
+ProgressFn = Callable[[Progress], None]
+
+
+def _info(record: dict, live: dict | None) -> MountInfo:
+    return MountInfo(
+        archive=record["archive"],
+        mountpoint=record["mountpoint"],
+        pid=int(record["pid"]),
+        state=(live or {}).get("state", "dead" if record.get("dead") else "unknown"),
+        read_only=bool(record["read_only"]),
+        dirty_bytes=int((live or {}).get("dirty_bytes", 0)),
+        spill_dir=record.get("spill_dir"),
+    )
+
+
+def _query(record: dict) -> dict | None:
+    try:
+        for reply in control.request(record["socket"], {"op": "status"}, timeout=5):
+            if reply.get("ok"):
+                return reply
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def status() -> list[MountInfo]:
+    """Every live mount of this user; registrations of dead daemons are cleaned up."""
+    out = []
+    mounted = registry.fuse_mounts()
+    for rec in registry.records():
+        if rec["dead"]:
+            if rec["mountpoint"] not in mounted:
+                registry.unregister(int(rec["pid"]))
+            else:
+                out.append(_info(rec, None))
+            continue
+        out.append(_info(rec, _query(rec)))
+    return out
+
+
+def _record_for(path: str) -> dict | None:
+    want = os.path.realpath(path)
+    for rec in registry.records():
+        if rec["mountpoint"] == want or rec["archive"] == want:
+            return rec
+    return None
+
+
+def find_mount(mountpoint_or_archive: str) -> MountInfo | None:
+    rec = _record_for(mountpoint_or_archive)
+    if rec is None:
+        return None
+    return _info(rec, None if rec["dead"] else _query(rec))
+
+
+def mount(
+    archive: str,
+    mountpoint: str,
+    *,
+    read_only: bool = False,
+    spill_dir: str | None = None,
+    fuse_options: tuple[str, ...] | list[str] = (),
+    level: int | None = None,
+    timeout: float = 60,
+) -> MountInfo:
+    """Mount in a new daemon process; return once the mount answers requests."""
+    cmd = [sys.executable, "-m", "zipfuse", "mount"]
+    if read_only:
+        cmd.append("--read-only")
+    if spill_dir:
+        cmd += ["--spill-dir", spill_dir]
+    if level is not None:
+        cmd += ["--level", str(level)]
+    for opt in fuse_options:
+        cmd += ["-o", opt]
+    cmd += ["--", archive, mountpoint]
+    try:
+        proc = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise ZipfuseError(f"mounting {archive} did not finish within {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        msg = lines[-1] if lines else f"zipfuse mount failed (exit {proc.returncode})"
+        raise ZipfuseError(msg.removeprefix("zipfuse: "))
+    info = find_mount(os.path.abspath(mountpoint))
+    if info is None:
+        raise ZipfuseError(f"{mountpoint} was mounted but its daemon did not register")
+    return info
+
+
+def _progress(reply: dict, progress: ProgressFn | None) -> None:
+    p = reply.get("progress")
+    if progress is not None and p:
+        progress(Progress(p["entries_done"], p["entries_total"], p["bytes_done"], p["bytes_total"]))
+
+
+def sync(mountpoint: str, *, progress: ProgressFn | None = None) -> dict:
+    """Commit the mount's changes into its archive now; the mount stays up."""
+    rec = _live_record(mountpoint)
+    if rec["read_only"]:
+        return {"ok": True, "committed": False, "message": "read-only mount"}
+    result: dict = {}
+    try:
+        for reply in control.request(rec["socket"], {"op": "sync"}, timeout=None):
+            _progress(reply, progress)
+            result = reply
+    except OSError as exc:
+        raise ZipfuseError(f"lost contact with the daemon of {mountpoint}: {exc}") from None
+    if not result.get("ok"):
+        raise ZipfuseError(result.get("error", "sync failed"))
+    return result
+
+
+def _live_record(mountpoint: str) -> dict:
+    mp = os.path.realpath(mountpoint)
+    rec = _record_for(mp)
+    if rec is not None and not rec["dead"]:
+        return rec
+    if mp in registry.fuse_mounts():
+        raise ZipfuseError(
+            f"the daemon serving {mp} is gone (the mount is dead); "
+            f"run 'zipfuse unmount {mp}' to detach it"
+        )
+    raise ZipfuseError(f"{mp} is not a zipfuse mount")
+
+
+def _fusermount(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["fusermount3", *args], capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def unmount(
+    mountpoint: str, *, progress: ProgressFn | None = None, timeout: float | None = None
+) -> dict:
+    """Unmount, wait for the final commit and for the daemon to exit; raise if it failed."""
+    mp = os.path.realpath(mountpoint)
+    rec = _record_for(mp)
+    if rec is None or rec["dead"]:
+        if mp in registry.fuse_mounts():
+            proc = _fusermount(["-u", "-z", mp])
+            if rec is not None:
+                registry.unregister(int(rec["pid"]))
+            if proc.returncode != 0:
+                raise ZipfuseError(f"cannot detach dead mount {mp}: {proc.stderr.strip()}")
+            raise ZipfuseError(
+                f"the daemon serving {mp} had died; the dead mount was detached "
+                "(changes since the last commit are in its spill directory)"
+            )
+        raise ZipfuseError(f"{mp} is not a zipfuse mount")
+    try:
+        sock = control.connect_watch(rec["socket"])
+        replies = control.read_replies(sock, timeout)
+        first = next(replies)
+    except (OSError, StopIteration, ValueError) as exc:
+        raise ZipfuseError(f"cannot reach the daemon of {mp}: {exc}") from None
+    result: dict = first if "ok" in first else {}
+    try:
+        if not result:
+            proc = _fusermount(["-u", mp])
+            if proc.returncode != 0:
+                why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
+                raise ZipfuseError(f"cannot unmount {mp}: {why.removeprefix('fusermount3: ')}")
+            for reply in replies:
+                _progress(reply, progress)
+                if "ok" in reply:
+                    result = reply
+    except (OSError, ValueError) as exc:
+        raise ZipfuseError(f"lost contact with the daemon of {mp}: {exc}") from None
+    finally:
+        sock.close()
+    _wait_exit(rec, timeout)
+    if not result.get("ok"):
+        raise ZipfuseError(result.get("error", "unmount failed"))
+    return result
+
+
+def _wait_exit(rec: dict, timeout: float | None) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while registry.alive(rec):
+        if deadline is not None and time.monotonic() > deadline:
+            raise ZipfuseError(f"daemon {rec['pid']} did not exit within {timeout:.0f} s")
+        time.sleep(0.02)

@@ -1,0 +1,154 @@
+"""The ``zipfuse`` command: mount, unmount, sync, status.
+
+User errors are one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from . import api
+from .api import Progress, ZipfuseError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="zipfuse",
+        description="Mount a .zip archive as a read-write directory; changes are written back "
+        "into the archive atomically on sync or unmount.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    m = sub.add_parser("mount", help="mount ARCHIVE on MOUNTPOINT (returns once it is ready)")
+    m.add_argument("archive", metavar="ARCHIVE", help="zip file (created at first commit if missing)")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    m.add_argument("--read-only", "-r", action="store_true", help="refuse all writes (EROFS)")
+    m.add_argument("--foreground", "-f", action="store_true", help="stay attached; log to stderr")
+    m.add_argument("--spill-dir", metavar="DIR", help="where modified files are kept until "
+                   "commit (default: $TMPDIR/zipfuse-UID)")
+    m.add_argument("--level", type=int, default=6, choices=range(0, 10), metavar="0-9",
+                   help="deflate level for new and modified files (0 stores; default 6)")
+    m.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
+                   help="extra FUSE mount options, comma separated (e.g. allow_other)")
+    m.add_argument("--debug", action="store_true", help="verbose daemon log")
+
+    u = sub.add_parser("unmount", aliases=["umount"],
+                       help="commit, unmount and wait until the archive is durable")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument("--timeout", type=float, default=None, help="give up waiting after SECONDS")
+
+    s = sub.add_parser("sync", help="commit changes into the archive now and stay mounted")
+    s.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+    st = sub.add_parser("status", aliases=["list"], help="show this user's live mounts")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+class ProgressLine:
+    """Progress on a terminal (bytes, entries, rate, ETA); silent when stderr is not a tty."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.shown = False
+
+    def __call__(self, p: Progress) -> None:
+        if not self.enabled:
+            return
+        elapsed = max(time.monotonic() - self.start, 1e-6)
+        rate = p.bytes_done / elapsed
+        eta = (p.bytes_total - p.bytes_done) / rate if rate > 0 else 0
+        sys.stderr.write(
+            f"\r{self.label}: {p.entries_done}/{p.entries_total} entries, "
+            f"{p.bytes_done / 1e6:.1f}/{p.bytes_total / 1e6:.1f} MB, "
+            f"{rate / 1e6:.1f} MB/s, ETA {eta:.0f} s   "
+        )
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+def _mount(args: argparse.Namespace) -> int:
+    from . import daemon
+
+    options = tuple(o for opts in args.options for o in opts.split(",") if o)
+    config = daemon.Config(
+        archive=args.archive,
+        mountpoint=args.mountpoint,
+        read_only=args.read_only,
+        spill_dir=args.spill_dir,
+        fuse_options=options,
+        level=args.level,
+        foreground=args.foreground,
+        debug=args.debug,
+    )
+    prepared = daemon.prepare(config)
+    if args.foreground:
+        return daemon.run_foreground(prepared)
+    daemon.start(prepared)
+    return 0
+
+
+def _commit_cmd(args: argparse.Namespace) -> int:
+    label = "committing" if args.command == "sync" else "unmounting"
+    line = ProgressLine(label)
+    try:
+        if args.command == "sync":
+            result = api.sync(args.mountpoint, progress=line)
+        else:
+            result = api.unmount(args.mountpoint, progress=line, timeout=args.timeout)
+    finally:
+        line.done()
+    if sys.stderr.isatty() and result.get("committed"):
+        print(f"zipfuse: committed {result['entries']} entries "
+              f"({result['archive_size'] / 1e6:.1f} MB) in {result['seconds']:.1f} s",
+              file=sys.stderr)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    mounts = api.status()
+    if args.json:
+        print(json.dumps([m.__dict__ for m in mounts], indent=2))
+        return 0
+    if not mounts:
+        print("no zipfuse mounts")
+        return 0
+    for m in mounts:
+        mode = "ro" if m.read_only else "rw"
+        print(f"{m.mountpoint}\t{m.archive}\t{mode}\t{m.state}\tpid {m.pid}\t"
+              f"dirty {m.dirty_bytes} bytes")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "mount":
+            return _mount(args)
+        if args.command in ("unmount", "umount", "sync"):
+            return _commit_cmd(args)
+        return _status(args)
+    except ZipfuseError as exc:
+        print(f"zipfuse: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("zipfuse: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"zipfuse: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

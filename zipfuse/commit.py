@@ -1,0 +1,158 @@
+"""Commit: turn the old archive plus the overlay into a new archive, atomically.
+
+``plan`` snapshots the tree on the trio thread (cheap, no I/O). ``write_archive`` runs on a worker
+thread: unchanged entries are copied as raw compressed bytes, entries with only metadata changes
+get new headers around the same bytes, dirty files are compressed by the writer's thread pool.
+The result goes to a temp file beside the archive, which is fsync'd, renamed over the archive,
+and the directory fsync'd: until the rename the old archive is untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import stat
+from collections.abc import Callable
+
+from .namespace import Namespace, Node
+from .zipformat import CentralDirectory, ZipEntry, local_data_offset, read_central_directory
+from .zipwrite import EntryMeta, ZipWriter
+
+RAW, RAW_META, FILE, SYMLINK, DIR, SPECIAL = range(6)
+
+
+@dataclasses.dataclass(slots=True)
+class Item:
+    """One entry of the new archive, captured while no mutation can run."""
+
+    kind: int
+    node: Node
+    meta: EntryMeta
+    entry: ZipEntry | None = None
+    spill: str | None = None
+    size: int = 0
+    target: bytes | None = None
+
+
+def plan(ns: Namespace) -> list[Item]:
+    items: list[Item] = []
+    for path, node in ns.walk():
+        name = path + "/" if node.is_dir else path
+        meta = EntryMeta(
+            name=name,
+            mode=node.mode,
+            uid=node.uid,
+            gid=node.gid,
+            mtime_ns=node.mtime_ns,
+            atime_ns=node.atime_ns,
+        )
+        entry = node.entry
+        unchanged = (
+            entry is not None
+            and not node.meta_dirty
+            and node.entry_path == path
+            and entry.name.rstrip("/") == path
+        )
+        if node.is_dir:
+            kind = RAW if unchanged else DIR
+        elif node.spill is not None:
+            kind = FILE
+        elif entry is not None:
+            kind = RAW if unchanged else RAW_META
+        elif stat.S_ISLNK(node.mode):
+            kind = SYMLINK
+        elif stat.S_ISREG(node.mode):
+            kind = FILE  # new and empty
+        else:
+            kind = SPECIAL
+        items.append(
+            Item(kind, node, meta, entry, node.spill, node.size if kind == FILE else 0, node.target)
+        )
+    return items
+
+
+def bytes_total(items: list[Item]) -> int:
+    return sum(i.size if i.kind == FILE else (i.entry.compressed_size if i.entry else 0) for i in items)
+
+
+def temp_path(archive: str) -> str:
+    head, tail = os.path.split(archive)
+    return os.path.join(head, f".{tail}.zipfuse-tmp-{os.getpid()}")
+
+
+def write_archive(
+    items: list[Item],
+    src_fd: int | None,
+    archive: str,
+    *,
+    level: int = 6,
+    comment: bytes = b"",
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, CentralDirectory]:
+    """Write and atomically install the new archive; return its open fd and directory."""
+    try:
+        mode = stat.S_IMODE(os.stat(archive).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    tmp = temp_path(archive)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    writer = ZipWriter(fd, level=level, progress=progress)
+    src_fds: list[int] = []
+    try:
+        for item in items:
+            _add(writer, item, src_fd, src_fds)
+        writer.finish(comment)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+        os.replace(tmp, archive)
+    except BaseException:
+        writer.abort()
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    finally:
+        for sfd in src_fds:
+            os.close(sfd)
+    _fsync_dir(os.path.dirname(archive) or ".")
+    cd = read_central_directory(fd)
+    if len(cd.entries) != len(items):
+        raise OSError(errno.EIO, "the new archive does not list every entry written")
+    return fd, cd
+
+
+def _add(writer: ZipWriter, item: Item, src_fd: int | None, src_fds: list[int]) -> None:
+    kind = item.kind
+    if kind in (RAW, RAW_META):
+        assert src_fd is not None and item.entry is not None
+        offset = local_data_offset(src_fd, item.entry)
+        writer.copy_raw(src_fd, item.entry, offset, None if kind == RAW else item.meta)
+    elif kind == DIR:
+        writer.add_directory(item.meta)
+    elif kind == SYMLINK:
+        writer.add_symlink(item.meta, item.target or b"")
+    elif kind == SPECIAL:
+        writer.add_special(item.meta)
+    elif item.spill is None:
+        writer.add_bytes(item.meta, b"")
+    else:
+        fd = os.open(item.spill, os.O_RDONLY | os.O_CLOEXEC)
+        src_fds.append(fd)
+        writer.add_file(item.meta, fd, item.size)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,97 @@
+"""Control channel between the CLI/API and a mount daemon: JSON lines over a Unix socket.
+
+A request is one JSON object with an ``op``. The daemon answers with zero or more
+``{"progress": {...}}`` lines and ends with one ``{"ok": true|false, ...}`` line.
+Ops: ``status``, ``sync`` (commit now, stay mounted), ``watch`` (stay connected and receive
+the progress and result of the final commit that follows an unmount).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+
+import trio
+
+Send = Callable[[dict], Awaitable[None]]
+Handler = Callable[[dict, Send], Awaitable[dict]]
+
+
+async def serve(path: str, handler: Handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Listen on ``path`` until cancelled; one task per connection."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(path)
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    listener = trio.SocketListener(sock)
+
+    async def connection(stream: trio.SocketStream) -> None:
+        async with stream:
+            buf = b""
+            while b"\n" not in buf:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                buf += chunk
+
+            async def send(msg: dict) -> None:
+                await stream.send_all(json.dumps(msg).encode() + b"\n")
+
+            try:
+                request = json.loads(buf.split(b"\n", 1)[0])
+                result = await handler(request, send)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            except Exception as exc:  # a bad request must not stop the daemon
+                result = {"ok": False, "error": f"control request failed: {exc}"}
+            try:
+                await send(result)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    task_status.started()
+    await trio.serve_listeners(connection, [listener])
+
+
+def request(path: str, msg: dict, *, timeout: float | None = 10.0) -> Iterator[dict]:
+    """Send one request and yield every reply line; the last one has ``ok``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        sock.sendall(json.dumps(msg).encode() + b"\n")
+        with sock.makefile("rb") as f:
+            for line in f:
+                reply = json.loads(line)
+                yield reply
+                if "ok" in reply:
+                    return
+        raise ConnectionError("the daemon closed the control connection without an answer")
+    finally:
+        sock.close()
+
+
+def connect_watch(path: str) -> socket.socket:
+    """Open a ``watch`` connection before unmounting, so no progress line is missed."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(path)
+    sock.sendall(json.dumps({"op": "watch"}).encode() + b"\n")
+    return sock
+
+
+def read_replies(sock: socket.socket, timeout: float | None) -> Iterator[dict]:
+    sock.settimeout(timeout)
+    with sock.makefile("rb") as f:
+        for line in f:
+            reply = json.loads(line)
+            yield reply
+            if "ok" in reply:
+                return
+    raise ConnectionError("the daemon exited without reporting the result of its commit")

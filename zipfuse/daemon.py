@@ -1,0 +1,427 @@
+"""The mount daemon: open the archive, mount, serve FUSE and control requests, commit, exit.
+
+``prepare`` does everything that can fail with a useful message before anything is mounted
+(archive readable and parseable, mountpoint usable, /dev/fuse present). ``start`` forks the
+daemon and waits on a pipe until the child reports that the mount is up or why it is not; no
+fork ever happens inside a running trio loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import time
+
+import pyfuse3
+import trio
+
+from . import commit, control, registry
+from .api import ZipfuseError
+from .filedata import FileData
+from .namespace import Namespace
+from .ops import ZipOperations
+from .spill import SpillArea
+from .zipformat import CentralDirectory, ZipFormatError, read_central_directory
+
+log = logging.getLogger("zipfuse")
+
+
+@dataclasses.dataclass
+class Config:
+    archive: str
+    mountpoint: str
+    read_only: bool = False
+    spill_dir: str | None = None
+    fuse_options: tuple[str, ...] = ()
+    level: int = 6
+    foreground: bool = False
+    debug: bool = False
+
+
+@dataclasses.dataclass
+class Prepared:
+    config: Config
+    archive_fd: int | None
+    cd: CentralDirectory | None
+
+
+def prepare(config: Config) -> Prepared:
+    """Validate and open everything in the caller's process; raise ZipfuseError with why not."""
+    config.archive = os.path.abspath(config.archive)
+    config.mountpoint = os.path.abspath(config.mountpoint)
+    if not os.path.exists("/dev/fuse"):
+        raise ZipfuseError("/dev/fuse is missing: FUSE is not available on this machine")
+    if not os.path.isdir(config.mountpoint):
+        what = "does not exist" if not os.path.exists(config.mountpoint) else "is not a directory"
+        raise ZipfuseError(f"mountpoint {config.mountpoint} {what}")
+    if os.path.ismount(config.mountpoint) or config.mountpoint in registry.fuse_mounts():
+        raise ZipfuseError(f"mountpoint {config.mountpoint} is already a mount point (busy)")
+    for rec in registry.records():
+        if not rec["dead"] and rec["archive"] == config.archive and not rec["read_only"]:
+            if not config.read_only:
+                raise ZipfuseError(
+                    f"{config.archive} is already mounted read-write at {rec['mountpoint']}"
+                )
+    if not os.path.exists(config.archive):
+        if config.read_only:
+            raise ZipfuseError(f"archive {config.archive} does not exist")
+        parent = os.path.dirname(config.archive)
+        if not os.path.isdir(parent):
+            raise ZipfuseError(f"directory {parent} for the new archive does not exist")
+        return Prepared(config, None, None)
+    if os.path.isdir(config.archive):
+        raise ZipfuseError(f"archive {config.archive} is a directory")
+    try:
+        fd = os.open(config.archive, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ZipfuseError(f"cannot open {config.archive}: {exc.strerror}") from None
+    try:
+        cd = read_central_directory(fd)
+    except ZipFormatError as exc:
+        os.close(fd)
+        raise ZipfuseError(f"{config.archive}: {exc}") from None
+    return Prepared(config, fd, cd)
+
+
+def start(prepared: Prepared, timeout: float = 60.0) -> int:
+    """Fork the daemon; return its pid once the mount is ready, or raise with its reason."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        code = 1
+        try:
+            os.setsid()
+            code = _daemon_main(prepared, w)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    deadline = time.monotonic() + timeout
+    buf = b""
+    with os.fdopen(r, "rb", buffering=0) as pipe:
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ZipfuseError(f"the mount did not become ready within {timeout:.0f} s")
+            import select
+
+            ready, _, _ = select.select([pipe], [], [], left)
+            if not ready:
+                continue
+            chunk = pipe.read(4096)
+            if not chunk:
+                break
+            buf += chunk
+    line = buf.split(b"\n", 1)[0].decode(errors="replace")
+    if line == "ok":
+        return pid
+    os.waitpid(pid, 0)
+    raise ZipfuseError(line or "the mount daemon exited before the mount was ready")
+
+
+def run_foreground(prepared: Prepared) -> int:
+    return _daemon_main(prepared, None)
+
+
+def _setup_logging(config: Config, path: str | None) -> None:
+    level = logging.DEBUG if config.debug else logging.INFO
+    handler: logging.Handler
+    if path:
+        handler = logging.FileHandler(path)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _daemon_main(prepared: Prepared, status_fd: int | None) -> int:
+    """Mount, serve until unmounted, commit. Returns the process exit code."""
+    config = prepared.config
+    pid = os.getpid()
+    logfile = registry.log_path(pid)
+    _setup_logging(config, None if status_fd is None else logfile)
+    logf = open(logfile, "a")  # noqa: SIM115 - lives as long as the process
+    faulthandler.enable(logf)
+    faulthandler.register(signal.SIGUSR1, logf)
+
+    def report(msg: str) -> None:
+        if status_fd is not None:
+            os.write(status_fd, msg.encode() + b"\n")
+        elif msg != "ok":
+            print(f"zipfuse: {msg}", file=sys.stderr)
+
+    daemon = Daemon(prepared, logfile)
+    try:
+        daemon.mount()
+    except ZipfuseError as exc:
+        report(str(exc))
+        return 1
+    except Exception as exc:
+        log.exception("mount failed")
+        report(f"mount failed: {exc}")
+        return 1
+    if status_fd is not None:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+    report("ok")
+    if status_fd is not None:
+        os.close(status_fd)
+    try:
+        return daemon.run()
+    finally:
+        registry.unregister(pid)
+
+
+class Daemon:
+    """State of one mount process."""
+
+    def __init__(self, prepared: Prepared, logfile: str) -> None:
+        self.config = prepared.config
+        self.archive_fd = prepared.archive_fd
+        self.cd = prepared.cd
+        self.logfile = logfile
+        self.state = "mounting"
+        self.progress: dict | None = None
+        self.watchers: list[control.Send] = []
+        self.final: dict | None = None
+        self.final_event: trio.Event | None = None
+        self.committed_changes = 0
+
+    # ---------------------------------------------------------------------- mount
+    def mount(self) -> None:
+        cfg = self.config
+        now = time.time_ns()
+        try:
+            spill = SpillArea(cfg.spill_dir, cfg.archive)
+        except OSError as exc:
+            raise ZipfuseError(f"cannot use spill directory: {exc}") from None
+        if not cfg.read_only and not spill.is_empty():
+            stale = f"{spill.path}.stale-{int(time.time())}"
+            os.rename(spill.path, stale)
+            log.warning("spill area held files from an earlier session; moved to %s", stale)
+            spill = SpillArea(cfg.spill_dir, cfg.archive)
+        self.spill = spill
+        self.ns = Namespace.from_archive(self.cd, os.getuid(), os.getgid(), now)
+        self.data = FileData(self.archive_fd, spill)
+        self.ns.on_drop.append(self.data.drop)
+        self.ops = ZipOperations(self.ns, self.data, read_only=cfg.read_only)
+        options = set(pyfuse3.default_options)
+        options.add(f"fsname={cfg.archive}")
+        options.add("subtype=zipfuse")
+        if cfg.read_only:
+            options.add("ro")
+        options.update(cfg.fuse_options)
+        options.discard("")
+        try:
+            pyfuse3.init(self.ops, cfg.mountpoint, options)
+        except RuntimeError as exc:
+            raise ZipfuseError(f"cannot mount on {cfg.mountpoint}: {exc}") from None
+        pid = os.getpid()
+        registry.register(
+            {
+                "pid": pid,
+                "start_time": registry.process_start_time(pid),
+                "archive": cfg.archive,
+                "mountpoint": cfg.mountpoint,
+                "read_only": cfg.read_only,
+                "socket": registry.socket_path(pid),
+                "spill_dir": None if cfg.read_only else spill.path,
+                "log": self.logfile,
+                "started": time.time(),
+            }
+        )
+        self.state = "mounted"
+        log.info("mounted %s on %s (%d inodes)", cfg.archive, cfg.mountpoint, self.ns.count())
+
+    # ---------------------------------------------------------------------- serve
+    def run(self) -> int:
+        try:
+            code = trio.run(self._main)
+        except BaseException:
+            log.exception("daemon failed")
+            try:
+                pyfuse3.close(unmount=False)
+            except Exception:
+                pass
+            return 1
+        return code
+
+    async def _main(self) -> int:
+        self.final_event = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                control.serve, registry.socket_path(os.getpid()), self._handle_request
+            )
+            nursery.start_soon(self._signals)
+            await pyfuse3.main()
+            pyfuse3.close(unmount=True)
+            self.state = "committing"
+            result = await self._final_commit()
+            self.final = result
+            self.final_event.set()
+            # let watchers receive the result, then stop serving
+            with trio.move_on_after(5):
+                while self.watchers:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        return 0 if self.final and self.final.get("ok") else 2
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for signum in sigs:
+                if signum == signal.SIGHUP:
+                    continue
+                log.info("signal %d: unmounting", signum)
+                pyfuse3.terminate()
+                return
+
+    async def _handle_request(self, request: dict, send: control.Send) -> dict:
+        op = request.get("op")
+        if op == "status":
+            return {"ok": True, **self.status()}
+        if op == "sync":
+            if self.state != "mounted":
+                return {"ok": False, "error": f"cannot sync: mount is {self.state}"}
+            return await self.commit(send, flush=True)
+        if op == "watch":
+            await send({"watching": True})
+            self.watchers.append(send)
+            try:
+                await self.final_event.wait()
+            finally:
+                self.watchers.remove(send)
+            return self.final
+        return {"ok": False, "error": f"unknown control op {op!r}"}
+
+    def status(self) -> dict:
+        return {
+            "state": self.state,
+            "dirty_bytes": self.data.dirty_bytes(),
+            "dirty_files": len(self.data.dirty),
+            "inodes": self.ns.count(),
+            "progress": self.progress,
+        }
+
+    # ---------------------------------------------------------------------- commit
+    def _needs_commit(self) -> bool:
+        return not self.config.read_only and self.ns.changes != self.committed_changes
+
+    async def _final_commit(self) -> dict:
+        if not self._needs_commit():
+            self._cleanup_spill()
+            return {"ok": True, "committed": False, "message": "nothing to commit"}
+        send = self._broadcast
+        result = await self.commit(send, flush=False)
+        if result.get("ok"):
+            self._cleanup_spill()
+        else:
+            result["error"] += f"; your changes are kept in {self.spill.path}"
+        return result
+
+    def _cleanup_spill(self) -> None:
+        self.data.close_all()
+        if not self.config.read_only:
+            self.spill.destroy()
+
+    async def _broadcast(self, msg: dict) -> None:
+        for send in list(self.watchers):
+            try:
+                await send(msg)
+            except Exception:
+                pass
+
+    async def commit(self, send: control.Send, *, flush: bool) -> dict:
+        """Write the new archive; writers wait while it runs, readers go on."""
+        if flush:  # push the kernel's cached dirty pages to us first
+            await trio.to_thread.run_sync(pyfuse3.syncfs, self.config.mountpoint)
+        await self.ops.gate.close()
+        previous = self.state
+        self.state = "committing"
+        try:
+            if not self._needs_commit():
+                return {"ok": True, "committed": False, "message": "nothing to commit"}
+            changes = self.ns.changes
+            items = commit.plan(self.ns)
+            total_bytes = commit.bytes_total(items)
+            started = time.monotonic()
+            self.progress = {"entries_done": 0, "entries_total": len(items),
+                             "bytes_done": 0, "bytes_total": total_bytes}
+
+            def progress(entries: int, nbytes: int) -> None:
+                self.progress = {"entries_done": entries, "entries_total": len(items),
+                                 "bytes_done": nbytes, "bytes_total": total_bytes}
+
+            async def pump() -> None:
+                while True:
+                    await trio.sleep(0.25)
+                    await send({"progress": self.progress})
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump)
+                try:
+                    fd, cd = await trio.to_thread.run_sync(
+                        lambda: commit.write_archive(
+                            items,
+                            self.archive_fd,
+                            self.config.archive,
+                            level=self.config.level,
+                            comment=self.cd.comment if self.cd else b"",
+                            progress=progress,
+                        )
+                    )
+                finally:
+                    nursery.cancel_scope.cancel()
+            self._adopt(fd, cd, items)
+            self.committed_changes = changes
+            elapsed = time.monotonic() - started
+            size = os.fstat(fd).st_size
+            log.info("committed %d entries, %d bytes in %.2f s", len(items), size, elapsed)
+            return {"ok": True, "committed": True, "entries": len(items),
+                    "archive_size": size, "seconds": elapsed}
+        except OSError as exc:
+            log.error("commit failed: %s", exc)
+            return {"ok": False, "error": f"commit failed, archive unchanged: {_oserror(exc)}"}
+        except Exception as exc:
+            log.exception("commit failed")
+            return {"ok": False, "error": f"commit failed, archive unchanged: {exc}"}
+        finally:
+            self.progress = None
+            if self.state == "committing":
+                self.state = previous
+            self.ops.gate.open()
+
+    def _adopt(self, fd: int, cd: CentralDirectory, items: list[commit.Item]) -> None:
+        """Point clean nodes at the new archive and drop spill copies that are now stored."""
+        if self.archive_fd is not None:
+            self.data.old_fds.append(self.archive_fd)
+        self.archive_fd = fd
+        self.data.archive_fd = fd
+        self.cd = cd
+        seen: set[int] = set()
+        for item, entry in zip(items, cd.entries):
+            node = item.node
+            if node.ino in seen:  # a hard link's second name: keep the first entry
+                continue
+            seen.add(node.ino)
+            node.entry = entry
+            node.entry_path = item.meta.name.rstrip("/")
+            node.meta_dirty = False
+            if item.kind == commit.FILE:
+                self.data.mark_clean(node)
+
+
+def _oserror(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{exc.strerror} (free some space or quota and retry)"
+    return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")

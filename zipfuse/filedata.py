@@ -1,0 +1,174 @@
+"""File contents: clean bytes come from the archive, dirty bytes from spill files.
+
+A clean file is copied to the spill area only when it is first written (copy-up), never on an
+open for reading, and not at all when it is truncated to zero. Decompression of larger entries
+and copy-up run on worker threads behind a limiter, so readers of different files progress in
+parallel while the trio thread keeps answering metadata requests.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import trio
+
+from .entryreader import EntryReader
+from .namespace import Node
+from .spill import SpillArea
+
+INLINE_READ_LIMIT = 256 * 1024  # smaller entries are decoded on the trio thread (no thread hop)
+COPY_CHUNK = 1 << 20
+
+
+class FileData:
+    """Reads and writes file contents for the FUSE layer; knows nothing about FUSE."""
+
+    def __init__(self, archive_fd: int | None, spill: SpillArea) -> None:
+        self.archive_fd = archive_fd
+        self.old_fds: list[int] = []  # earlier archive versions still read by open readers
+        self.spill = spill
+        self.space_path = spill.path
+        self.limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self.fds: dict[int, int] = {}  # ino -> open spill fd
+        self.readers: dict[int, EntryReader] = {}  # ino -> reader of its clean entry
+        self.locks: dict[int, trio.Lock] = {}
+        self.dirty: dict[int, Node] = {}  # ino -> node with a spill file
+
+    # ------------------------------------------------------------------ reading
+    def _reader(self, node: Node) -> EntryReader:
+        reader = self.readers.get(node.ino)
+        if reader is None:
+            assert self.archive_fd is not None and node.entry is not None
+            reader = EntryReader(self.archive_fd, node.entry, self.spill.path)
+            self.readers[node.ino] = reader
+        return reader
+
+    def _spill_fd(self, node: Node) -> int:
+        fd = self.fds.get(node.ino)
+        if fd is None:
+            fd = os.open(node.spill, os.O_RDWR)
+            self.fds[node.ino] = fd
+        return fd
+
+    async def read(self, node: Node, off: int, size: int) -> bytes:
+        if node.spill is not None:
+            return os.pread(self._spill_fd(node), size, off)
+        if node.entry is None:
+            return b""
+        reader = self._reader(node)
+        if node.entry.file_size <= INLINE_READ_LIMIT:
+            return reader.read(off, size)
+        return await trio.to_thread.run_sync(reader.read, off, size, limiter=self.limiter)
+
+    async def read_all(self, node: Node) -> bytes:
+        """Whole content of a small file (symlink targets)."""
+        data = await self.read(node, 0, max(node.size, 0))
+        if node.opens <= 0:
+            self.close(node)
+        return data
+
+    # ------------------------------------------------------------------ writing
+    async def _make_dirty(self, node: Node) -> None:
+        """Copy a clean file's bytes into a new spill file (once, under a per-inode lock)."""
+        if node.spill is not None:
+            return
+        lock = self.locks.setdefault(node.ino, trio.Lock())
+        async with lock:
+            if node.spill is not None:
+                return
+            path = self.spill.file_path(node.ino)
+            if node.entry is None or node.size == 0:
+                self.spill.create_empty(node.ino)
+            else:
+                reader = self._reader(node)
+                await trio.to_thread.run_sync(
+                    _copy_entry, reader, path, node.size, limiter=self.limiter
+                )
+            node.spill = path
+            self.dirty[node.ino] = node
+        self.locks.pop(node.ino, None)
+
+    async def write(self, node: Node, off: int, buf: bytes) -> None:
+        await self._make_dirty(node)
+        os.pwrite(self._spill_fd(node), buf, off)
+        end = off + len(buf)
+        if end > node.size:
+            node.size = end
+
+    def truncate_to_empty(self, node: Node) -> None:
+        """O_TRUNC: the old bytes are never needed, so nothing is copied."""
+        if node.spill is None:
+            node.spill = self.spill.create_empty(node.ino)
+            self.dirty[node.ino] = node
+        else:
+            os.truncate(node.spill, 0)
+        node.size = 0
+
+    async def truncate(self, node: Node, size: int) -> None:
+        if size < 0:
+            raise OSError(errno.EINVAL, "negative size")
+        if size == 0:
+            self.truncate_to_empty(node)
+            return
+        await self._make_dirty(node)
+        os.truncate(node.spill, size)
+        node.size = size
+
+    async def fsync(self, node: Node) -> None:
+        fd = self.fds.get(node.ino)
+        if fd is not None:
+            await trio.to_thread.run_sync(os.fsync, fd)
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self, node: Node) -> None:
+        """Last handle of ``node`` released: free its descriptors and decoder."""
+        fd = self.fds.pop(node.ino, None)
+        if fd is not None:
+            os.close(fd)
+        reader = self.readers.pop(node.ino, None)
+        if reader is not None:
+            reader.close()
+
+    def drop(self, node: Node) -> None:
+        """The inode is gone for good (no name, no handle, no kernel reference)."""
+        self.close(node)
+        if node.spill is not None:
+            self.spill.remove(node.spill)
+            node.spill = None
+        self.dirty.pop(node.ino, None)
+
+    def mark_clean(self, node: Node) -> None:
+        """After a commit wrote this node's bytes into the archive, drop its spill copy."""
+        if node.spill is None or node.opens > 0:
+            return
+        self.close(node)
+        self.spill.remove(node.spill)
+        node.spill = None
+        self.dirty.pop(node.ino, None)
+
+    def dirty_bytes(self) -> int:
+        return sum(n.size for n in self.dirty.values())
+
+    def close_all(self) -> None:
+        for ino in list(self.fds):
+            os.close(self.fds.pop(ino))
+        for ino in list(self.readers):
+            self.readers.pop(ino).close()
+
+
+def _copy_entry(reader: EntryReader, path: str, size: int) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        off = 0
+        while off < size:
+            chunk = reader.read(off, min(COPY_CHUNK, size - off))
+            if not chunk:
+                raise OSError(errno.EIO, "archive entry ended early during copy-up")
+            os.pwrite(fd, chunk, off)
+            off += len(chunk)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)

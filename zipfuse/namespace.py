@@ -1,0 +1,371 @@
+"""The in-memory tree: inodes, directories, link counts, lookup counts and per-file state.
+
+No FUSE and no trio here: every method is synchronous and either succeeds or raises
+``OSError(errno)``, so the FUSE adapter only translates. Code in here runs on the trio thread
+between awaits, which makes each call atomic with respect to other requests.
+
+Per-file data state:
+- clean: ``node.entry`` is set and ``node.spill`` is None: the bytes live in the archive;
+- dirty: ``node.spill`` names a file in the spill area holding the full current content;
+- new and still empty: neither is set (size 0).
+Metadata-only changes (mode, owner, times, name) keep a node clean, so commit can copy the
+entry's compressed bytes as they are.
+
+Name rules when loading an archive (see ``names.sanitize``): hostile names are neutralised or
+skipped; for duplicate paths the LAST entry in central-directory order wins; when a file and a
+directory claim the same path, the directory wins and the file is hidden. Each case is logged.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Iterator
+
+from .names import sanitize
+from .zipformat import CentralDirectory, ZipEntry
+
+log = logging.getLogger(__name__)
+
+ROOT_INO = 1
+
+
+class Node:
+    """One inode. Directories have ``children``; files may have several names (hard links)."""
+
+    __slots__ = (
+        "ino",
+        "mode",
+        "uid",
+        "gid",
+        "rdev",
+        "size",
+        "mtime_ns",
+        "atime_ns",
+        "ctime_ns",
+        "nlink",
+        "entry",
+        "entry_path",
+        "spill",
+        "target",
+        "children",
+        "parent",
+        "lookups",
+        "opens",
+        "meta_dirty",
+        "fh_state",
+    )
+
+    def __init__(self, ino: int, mode: int, uid: int, gid: int, now_ns: int) -> None:
+        self.ino = ino
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.rdev = 0
+        self.size = 0
+        self.mtime_ns = self.atime_ns = self.ctime_ns = now_ns
+        self.nlink = 2 if stat.S_ISDIR(mode) else 1
+        self.entry: ZipEntry | None = None  # where clean bytes live
+        self.entry_path: str | None = None  # the entry's sanitised path, to detect renames
+        self.spill: str | None = None  # spill file with the current content (dirty)
+        self.target: bytes | None = None  # symlink target, once known
+        self.children: dict[bytes, Node] | None = {} if stat.S_ISDIR(mode) else None
+        self.parent: Node | None = None  # directories only
+        self.lookups = 0  # kernel lookup count
+        self.opens = 0  # open file handles
+        self.meta_dirty = False  # mode/owner/times changed since load or last commit
+        self.fh_state: object | None = None  # per-open-file state owned by the FUSE layer
+
+    @property
+    def is_dir(self) -> bool:
+        return self.children is not None
+
+    @property
+    def is_clean(self) -> bool:
+        return self.spill is None and self.entry is not None
+
+
+class Namespace:
+    """The whole tree of one mount plus the bookkeeping that decides when an inode may go."""
+
+    def __init__(self, uid: int, gid: int, now_ns: int) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.nodes: dict[int, Node] = {}
+        self._next_ino = ROOT_INO
+        self.root = self._new_node(stat.S_IFDIR | 0o755, uid, gid, now_ns)
+        self.root.parent = self.root
+        self.root.lookups = 1  # the kernel holds the root for the whole mount
+        self.changes = 0  # bumped by every mutation; commit compares it
+        self.on_drop: list = []  # callbacks(node) when an inode disappears (spill cleanup)
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def from_archive(
+        cls, cd: CentralDirectory | None, uid: int, gid: int, now_ns: int
+    ) -> Namespace:
+        """Build the tree from a central directory (None: a new, empty archive)."""
+        ns = cls(uid, gid, now_ns)
+        if cd is None:
+            return ns
+        for entry in cd.entries:
+            parts = sanitize(entry.name)
+            if parts is None:
+                log.warning("skipping entry with unsafe name %r", entry.name)
+                continue
+            if not parts:
+                continue
+            ns._load_entry(entry, parts, now_ns)
+        ns.changes = 0
+        return ns
+
+    def _load_entry(self, entry: ZipEntry, parts: tuple[str, ...], now_ns: int) -> None:
+        parent = self.root
+        for comp in parts[:-1]:
+            name = os.fsencode(comp)
+            child = parent.children.get(name)
+            if child is None or not child.is_dir:
+                if child is not None:
+                    log.warning("%r: a directory hides the file of the same name", entry.name)
+                    self._detach(parent, name, child)
+                child = self._new_node(stat.S_IFDIR | 0o755, self.uid, self.gid, now_ns)
+                self._attach(parent, name, child)
+            parent = child
+        name = os.fsencode(parts[-1])
+        existing = parent.children.get(name)
+        path = "/".join(parts)
+        if entry.is_dir:
+            if existing is not None and not existing.is_dir:
+                log.warning("%r: a directory hides the file of the same name", entry.name)
+                self._detach(parent, name, existing)
+                existing = None
+            if existing is None:
+                existing = self._new_node(entry.mode, self.uid, self.gid, now_ns)
+                self._attach(parent, name, existing)
+            node = existing
+        else:
+            if existing is not None:
+                if existing.is_dir:
+                    log.warning("%r: hidden by a directory of the same name", entry.name)
+                    return
+                log.warning("%r: duplicate name, the later entry wins", entry.name)
+                self._detach(parent, name, existing)
+            node = self._new_node(entry.mode, self.uid, self.gid, now_ns)
+            node.size = entry.file_size
+            self._attach(parent, name, node)
+        node.mode = entry.mode
+        node.uid = self.uid if entry.uid is None else entry.uid
+        node.gid = self.gid if entry.gid is None else entry.gid
+        node.mtime_ns = node.ctime_ns = entry.mtime_ns
+        node.atime_ns = entry.mtime_ns if entry.atime_ns is None else entry.atime_ns
+        node.entry = entry
+        node.entry_path = path
+
+    # ----------------------------------------------------------------------------- basics
+    def _new_node(self, mode: int, uid: int, gid: int, now_ns: int) -> Node:
+        node = Node(self._next_ino, mode, uid, gid, now_ns)
+        self._next_ino += 1
+        self.nodes[node.ino] = node
+        return node
+
+    def _attach(self, parent: Node, name: bytes, node: Node) -> None:
+        parent.children[name] = node
+        if node.is_dir:
+            node.parent = parent
+            parent.nlink += 1
+
+    def _detach(self, parent: Node, name: bytes, node: Node) -> None:
+        del parent.children[name]
+        if node.is_dir:
+            parent.nlink -= 1
+            node.nlink = 0
+        else:
+            node.nlink -= 1
+        self.maybe_drop(node)
+
+    def get(self, ino: int) -> Node:
+        node = self.nodes.get(ino)
+        if node is None:
+            raise OSError(errno.ENOENT, "no such inode")
+        return node
+
+    def dir(self, ino: int) -> Node:
+        node = self.get(ino)
+        if not node.is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory")
+        return node
+
+    def child(self, parent: Node, name: bytes) -> Node | None:
+        if name == b".":
+            return parent
+        if name == b"..":
+            return parent.parent
+        return parent.children.get(name)
+
+    def maybe_drop(self, node: Node) -> None:
+        """Forget an inode once no name, no kernel reference and no open handle keeps it."""
+        if node.nlink <= 0 and node.lookups <= 0 and node.opens <= 0 and node.ino != ROOT_INO:
+            if self.nodes.pop(node.ino, None) is not None:
+                for callback in self.on_drop:
+                    callback(node)
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self.nodes.get(ino)
+        if node is not None:
+            node.lookups -= count
+            self.maybe_drop(node)
+
+    def touch(self, node: Node, now_ns: int) -> None:
+        node.mtime_ns = node.ctime_ns = now_ns
+        self.changes += 1
+
+    # ----------------------------------------------------------------------------- mutations
+    def _check_name(self, parent: Node, name: bytes) -> None:
+        if len(name) > 255:
+            raise OSError(errno.ENAMETOOLONG, "name too long")
+        if name in (b".", b"..") or b"/" in name or not name:
+            raise OSError(errno.EINVAL, "invalid name")
+        if name in parent.children:
+            raise OSError(errno.EEXIST, "exists")
+        if parent.nlink <= 0:
+            raise OSError(errno.ENOENT, "directory was removed")
+
+    def create(
+        self, parent: Node, name: bytes, mode: int, uid: int, gid: int, now_ns: int
+    ) -> Node:
+        """Make a new file, directory, symlink or special file under ``parent``."""
+        self._check_name(parent, name)
+        node = self._new_node(mode, uid, gid, now_ns)
+        if parent.mode & stat.S_ISGID:
+            node.gid = parent.gid
+            if node.is_dir:
+                node.mode |= stat.S_ISGID
+        node.meta_dirty = True
+        self._attach(parent, name, node)
+        self.touch(parent, now_ns)
+        return node
+
+    def link(self, node: Node, parent: Node, name: bytes, now_ns: int) -> None:
+        if node.is_dir:
+            raise OSError(errno.EPERM, "hard links to directories are not allowed")
+        self._check_name(parent, name)
+        self._attach(parent, name, node)
+        node.nlink += 1
+        node.ctime_ns = now_ns
+        self.touch(parent, now_ns)
+
+    def unlink(self, parent: Node, name: bytes, now_ns: int) -> Node:
+        node = parent.children.get(name)
+        if node is None:
+            raise OSError(errno.ENOENT, "no such file")
+        if node.is_dir:
+            raise OSError(errno.EISDIR, "is a directory")
+        node.ctime_ns = now_ns
+        self._detach(parent, name, node)
+        self.touch(parent, now_ns)
+        return node
+
+    def rmdir(self, parent: Node, name: bytes, now_ns: int) -> Node:
+        node = parent.children.get(name)
+        if node is None:
+            raise OSError(errno.ENOENT, "no such directory")
+        if not node.is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory")
+        if node.children:
+            raise OSError(errno.ENOTEMPTY, "directory not empty")
+        self._detach(parent, name, node)
+        self.touch(parent, now_ns)
+        return node
+
+    def _is_ancestor(self, maybe_ancestor: Node, node: Node) -> bool:
+        while True:
+            if node is maybe_ancestor:
+                return True
+            if node.parent is node or node.parent is None:
+                return False
+            node = node.parent
+
+    def rename(
+        self,
+        old_parent: Node,
+        old: bytes,
+        new_parent: Node,
+        new: bytes,
+        flags: int,
+        now_ns: int,
+    ) -> Node | None:
+        """rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE; returns a replaced node."""
+        node = old_parent.children.get(old)
+        if node is None:
+            raise OSError(errno.ENOENT, "no such file")
+        if len(new) > 255:
+            raise OSError(errno.ENAMETOOLONG, "name too long")
+        target = new_parent.children.get(new)
+        if node.is_dir and self._is_ancestor(node, new_parent):
+            raise OSError(errno.EINVAL, "cannot move a directory into itself")
+        if flags & RENAME_EXCHANGE:
+            if target is None:
+                raise OSError(errno.ENOENT, "no such file")
+            if target.is_dir and self._is_ancestor(target, old_parent):
+                raise OSError(errno.EINVAL, "cannot move a directory into itself")
+            self._swap(old_parent, old, new_parent, new, node, target)
+            node.ctime_ns = target.ctime_ns = now_ns
+            self.touch(old_parent, now_ns)
+            self.touch(new_parent, now_ns)
+            return None
+        if target is node:
+            return None
+        if target is not None:
+            if flags & RENAME_NOREPLACE:
+                raise OSError(errno.EEXIST, "target exists")
+            if node.is_dir and not target.is_dir:
+                raise OSError(errno.ENOTDIR, "target is not a directory")
+            if not node.is_dir and target.is_dir:
+                raise OSError(errno.EISDIR, "target is a directory")
+            if target.is_dir and target.children:
+                raise OSError(errno.ENOTEMPTY, "target directory not empty")
+            target.ctime_ns = now_ns
+            self._detach(new_parent, new, target)
+        del old_parent.children[old]
+        if node.is_dir:
+            old_parent.nlink -= 1
+        self._attach(new_parent, new, node)
+        node.ctime_ns = now_ns
+        self.touch(old_parent, now_ns)
+        self.touch(new_parent, now_ns)
+        return target
+
+    def _swap(
+        self, p1: Node, n1: bytes, p2: Node, n2: bytes, a: Node, b: Node
+    ) -> None:
+        p1.children[n1] = b
+        p2.children[n2] = a
+        if a.is_dir != b.is_dir:
+            dir_node, from_p, to_p = (a, p1, p2) if a.is_dir else (b, p2, p1)
+            from_p.nlink -= 1
+            to_p.nlink += 1
+            dir_node.parent = to_p
+        elif a.is_dir:
+            a.parent, b.parent = p2, p1
+
+    # ----------------------------------------------------------------------------- walking
+    def walk(self) -> Iterator[tuple[str, Node]]:
+        """Every (path, node) below the root, parents before children, names sorted."""
+        stack: list[tuple[str, Node]] = [("", self.root)]
+        while stack:
+            prefix, d = stack.pop()
+            for name in sorted(d.children, reverse=True):
+                child = d.children[name]
+                path = prefix + os.fsdecode(name)
+                if child.is_dir:
+                    stack.append((path + "/", child))
+                yield path, child
+
+    def count(self) -> int:
+        return len(self.nodes)
+
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
