@@ -83,12 +83,14 @@ class ProgressPrinter:
         self.tty = self.stream.isatty()
         self.last = 0.0
         self.shown = False
+        self.finished = False
 
     def __call__(self, p: Any) -> None:
         now = time.monotonic()
-        final = p.entries_total and p.entries_done >= p.entries_total
-        if not final and now - self.last < (0.2 if self.tty else 5.0):
+        final = bool(p.entries_total) and p.entries_done >= p.entries_total
+        if self.finished or (not final and now - self.last < (0.2 if self.tty else 5.0)):
             return
+        self.finished = final
         self.last = now
         pct = 100.0 * p.bytes_done / p.bytes_total if p.bytes_total else 100.0
         line = (f"condafuse: {self.label}: {p.entries_done}/{p.entries_total} entries, "
@@ -106,8 +108,15 @@ class ProgressPrinter:
             self.stream.flush()
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+def _mb(n: int | None) -> str:
+    """Human-readable size (decimal units, like du -h --si)."""
+    if n is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 # ------------------------------------------------------------------------------------------
