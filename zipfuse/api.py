@@ -7,8 +7,8 @@ INTERFACE CONTRACT:
 
 - ``mount(archive, mountpoint, *, read_only=False, spill_dir=None, fuse_options=(),
   level=None, timeout=60) -> MountInfo``: start a daemon and return once the mount is ready.
-- ``unmount(mountpoint, *, progress=None, timeout=None) -> None``: commit (unless read-only), unmount,
-  and return once the daemon has exited and the archive is durable. ``progress`` receives
+- ``unmount(mountpoint, *, progress=None, timeout=None) -> dict``: commit (unless read-only),
+  unmount, and return once the daemon has exited and the archive is durable. ``progress`` receives
   ``Progress`` records while the commit runs.
 - ``sync(mountpoint, *, progress=None) -> None``: commit now, stay mounted.
 - ``status() -> list[MountInfo]``: every live mount of this user (from the registry; instant).
@@ -182,7 +182,10 @@ def _live_record(mountpoint: str) -> dict:
 
 def _fusermount(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["fusermount3", *args], capture_output=True, text=True, timeout=60,
+        ["fusermount3", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
         stdin=subprocess.DEVNULL,
     )
 

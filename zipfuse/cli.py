@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -24,20 +23,38 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     m = sub.add_parser("mount", help="mount ARCHIVE on MOUNTPOINT (returns once it is ready)")
-    m.add_argument("archive", metavar="ARCHIVE", help="zip file (created at first commit if missing)")
+    m.add_argument(
+        "archive", metavar="ARCHIVE", help="zip file (created at first commit if missing)"
+    )
     m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
     m.add_argument("--read-only", "-r", action="store_true", help="refuse all writes (EROFS)")
     m.add_argument("--foreground", "-f", action="store_true", help="stay attached; log to stderr")
-    m.add_argument("--spill-dir", metavar="DIR", help="where modified files are kept until "
-                   "commit (default: $TMPDIR/zipfuse-UID)")
-    m.add_argument("--level", type=int, default=6, choices=range(0, 10), metavar="0-9",
-                   help="deflate level for new and modified files (0 stores; default 6)")
-    m.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
-                   help="extra FUSE mount options, comma separated (e.g. allow_other)")
+    m.add_argument(
+        "--spill-dir",
+        metavar="DIR",
+        help="where modified files are kept until commit (default: $TMPDIR/zipfuse-UID)",
+    )
+    m.add_argument(
+        "--level",
+        type=int,
+        default=6,
+        choices=range(0, 10),
+        metavar="0-9",
+        help="deflate level for new and modified files (0 stores; default 6)",
+    )
+    m.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPTS",
+        help="extra FUSE mount options, comma separated (e.g. allow_other)",
+    )
     m.add_argument("--debug", action="store_true", help="verbose daemon log")
 
-    u = sub.add_parser("unmount", aliases=["umount"],
-                       help="commit, unmount and wait until the archive is durable")
+    u = sub.add_parser(
+        "unmount", aliases=["umount"], help="commit, unmount and wait until the archive is durable"
+    )
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
     u.add_argument("--timeout", type=float, default=None, help="give up waiting after SECONDS")
 
@@ -109,9 +126,11 @@ def _commit_cmd(args: argparse.Namespace) -> int:
     finally:
         line.done()
     if sys.stderr.isatty() and result.get("committed"):
-        print(f"zipfuse: committed {result['entries']} entries "
-              f"({result['archive_size'] / 1e6:.1f} MB) in {result['seconds']:.1f} s",
-              file=sys.stderr)
+        print(
+            f"zipfuse: committed {result['entries']} entries "
+            f"({result['archive_size'] / 1e6:.1f} MB) in {result['seconds']:.1f} s",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -125,8 +144,10 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     for m in mounts:
         mode = "ro" if m.read_only else "rw"
-        print(f"{m.mountpoint}\t{m.archive}\t{mode}\t{m.state}\tpid {m.pid}\t"
-              f"dirty {m.dirty_bytes} bytes")
+        print(
+            f"{m.mountpoint}\t{m.archive}\t{mode}\t{m.state}\tpid {m.pid}\t"
+            f"dirty {m.dirty_bytes} bytes"
+        )
     return 0
 
 
@@ -145,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         print("zipfuse: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        print(f"zipfuse: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
-              file=sys.stderr)
+        print(
+            f"zipfuse: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+            file=sys.stderr,
+        )
         return 1
 
 

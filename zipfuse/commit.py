@@ -73,7 +73,9 @@ def plan(ns: Namespace) -> list[Item]:
 
 
 def bytes_total(items: list[Item]) -> int:
-    return sum(i.size if i.kind == FILE else (i.entry.compressed_size if i.entry else 0) for i in items)
+    return sum(
+        i.size if i.kind == FILE else (i.entry.compressed_size if i.entry else 0) for i in items
+    )
 
 
 def temp_path(archive: str) -> str:

@@ -61,12 +61,15 @@ def prepare(config: Config) -> Prepared:
         raise ZipfuseError(f"mountpoint {config.mountpoint} {what}")
     if os.path.ismount(config.mountpoint) or config.mountpoint in registry.fuse_mounts():
         raise ZipfuseError(f"mountpoint {config.mountpoint} is already a mount point (busy)")
-    for rec in registry.records():
-        if not rec["dead"] and rec["archive"] == config.archive and not rec["read_only"]:
-            if not config.read_only:
-                raise ZipfuseError(
-                    f"{config.archive} is already mounted read-write at {rec['mountpoint']}"
-                )
+    writers = [
+        r
+        for r in registry.records()
+        if not r["dead"] and r["archive"] == config.archive and not r["read_only"]
+    ]
+    if writers and not config.read_only:
+        raise ZipfuseError(
+            f"{config.archive} is already mounted read-write at {writers[0]['mountpoint']}"
+        )
     if not os.path.exists(config.archive):
         if config.read_only:
             raise ZipfuseError(f"archive {config.archive} does not exist")
@@ -355,12 +358,20 @@ class Daemon:
             items = commit.plan(self.ns)
             total_bytes = commit.bytes_total(items)
             started = time.monotonic()
-            self.progress = {"entries_done": 0, "entries_total": len(items),
-                             "bytes_done": 0, "bytes_total": total_bytes}
+            self.progress = {
+                "entries_done": 0,
+                "entries_total": len(items),
+                "bytes_done": 0,
+                "bytes_total": total_bytes,
+            }
 
             def progress(entries: int, nbytes: int) -> None:
-                self.progress = {"entries_done": entries, "entries_total": len(items),
-                                 "bytes_done": nbytes, "bytes_total": total_bytes}
+                self.progress = {
+                    "entries_done": entries,
+                    "entries_total": len(items),
+                    "bytes_done": nbytes,
+                    "bytes_total": total_bytes,
+                }
 
             async def pump() -> None:
                 while True:
@@ -387,8 +398,13 @@ class Daemon:
             elapsed = time.monotonic() - started
             size = os.fstat(fd).st_size
             log.info("committed %d entries, %d bytes in %.2f s", len(items), size, elapsed)
-            return {"ok": True, "committed": True, "entries": len(items),
-                    "archive_size": size, "seconds": elapsed}
+            return {
+                "ok": True,
+                "committed": True,
+                "entries": len(items),
+                "archive_size": size,
+                "seconds": elapsed,
+            }
         except OSError as exc:
             log.error("commit failed: %s", exc)
             return {"ok": False, "error": f"commit failed, archive unchanged: {_oserror(exc)}"}
@@ -409,7 +425,7 @@ class Daemon:
         self.data.archive_fd = fd
         self.cd = cd
         seen: set[int] = set()
-        for item, entry in zip(items, cd.entries):
+        for item, entry in zip(items, cd.entries, strict=True):
             node = item.node
             if node.ino in seen:  # a hard link's second name: keep the first entry
                 continue

@@ -206,10 +206,11 @@ class Namespace:
 
     def maybe_drop(self, node: Node) -> None:
         """Forget an inode once no name, no kernel reference and no open handle keeps it."""
-        if node.nlink <= 0 and node.lookups <= 0 and node.opens <= 0 and node.ino != ROOT_INO:
-            if self.nodes.pop(node.ino, None) is not None:
-                for callback in self.on_drop:
-                    callback(node)
+        if node.nlink > 0 or node.lookups > 0 or node.opens > 0 or node.ino == ROOT_INO:
+            return
+        if self.nodes.pop(node.ino, None) is not None:
+            for callback in self.on_drop:
+                callback(node)
 
     def forget(self, ino: int, count: int) -> None:
         node = self.nodes.get(ino)
@@ -232,9 +233,7 @@ class Namespace:
         if parent.nlink <= 0:
             raise OSError(errno.ENOENT, "directory was removed")
 
-    def create(
-        self, parent: Node, name: bytes, mode: int, uid: int, gid: int, now_ns: int
-    ) -> Node:
+    def create(self, parent: Node, name: bytes, mode: int, uid: int, gid: int, now_ns: int) -> Node:
         """Make a new file, directory, symlink or special file under ``parent``."""
         self._check_name(parent, name)
         node = self._new_node(mode, uid, gid, now_ns)
@@ -337,9 +336,7 @@ class Namespace:
         self.touch(new_parent, now_ns)
         return target
 
-    def _swap(
-        self, p1: Node, n1: bytes, p2: Node, n2: bytes, a: Node, b: Node
-    ) -> None:
+    def _swap(self, p1: Node, n1: bytes, p2: Node, n2: bytes, a: Node, b: Node) -> None:
         p1.children[n1] = b
         p2.children[n2] = a
         if a.is_dir != b.is_dir:

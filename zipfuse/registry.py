@@ -22,8 +22,9 @@ def runtime_dir() -> str:
         if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
             path = os.path.join(xdg, "zipfuse")
         else:
-            path = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(),
-                                f"zipfuse-{os.getuid()}")
+            path = os.path.join(
+                "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), f"zipfuse-{os.getuid()}"
+            )
     os.makedirs(os.path.join(path, "mounts"), mode=0o700, exist_ok=True)
     os.makedirs(os.path.join(path, "logs"), mode=0o700, exist_ok=True)
     return path
@@ -102,6 +103,8 @@ def fuse_mounts() -> dict[str, str]:
 def _unescape(field: str) -> str:
     # /proc/mounts escapes space, tab, newline and backslash as octal
     return (
-        field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
+        field.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
         .replace("\\134", "\\")
     )

@@ -296,7 +296,7 @@ def _make_entry(
         usize, csize, header_offset = _apply_zip64(
             z64, index, usize, csize, header_offset, disk_start
         )
-    name = _decode_name(raw_name, flags, ex.get(_EXTRA_UPATH))
+    name = _decode_name(raw_name, flags, ex.get(_EXTRA_UPATH), create_system)
     mode = _entry_mode(name, create_system, external_attr)
     uid, gid = _owner(ex)
     mtime_ns, atime_ns = _times(ex, dos_date, dos_time)
@@ -344,8 +344,12 @@ def _apply_zip64(
     return values[0], values[1], values[2]
 
 
-def _decode_name(raw: bytes, flags: int, upath: bytes | None) -> str:
-    """UTF-8 if flagged, else CP437; a valid Info-ZIP Unicode Path field overrides both."""
+def _decode_name(raw: bytes, flags: int, upath: bytes | None, create_system: int = 0) -> str:
+    """UTF-8 if flagged, else CP437; a valid Info-ZIP Unicode Path field overrides both.
+
+    Archives made on Unix (Info-ZIP without -UN=UTF8, many others) store names in the
+    creator's locale without the flag; like unzip on Unix, take valid UTF-8 as UTF-8 there.
+    """
     if (
         upath is not None
         and len(upath) >= 5
@@ -359,6 +363,11 @@ def _decode_name(raw: bytes, flags: int, upath: bytes | None) -> str:
     if flags & FLAG_UTF8:
         # Invalid UTF-8 despite the flag: keep the bytes recoverable via surrogateescape.
         return raw.decode("utf-8", "surrogateescape")
+    if create_system == 3:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
     return raw.decode("cp437")
 
 
