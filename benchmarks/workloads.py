@@ -317,7 +317,7 @@ def _small_change(root: Path, corpus: Corpus, target: str) -> None:
         / "site-packages"
     pkg = site / SMALL_PKG
     dist = site / f"{SMALL_PKG}-1.0.dist-info"
-    pkg.mkdir()
+    pkg.mkdir(parents=True)
     dist.mkdir()
     for i in range(8):
         (pkg / f"mod{i}.py").write_bytes(

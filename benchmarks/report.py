@@ -1,0 +1,254 @@
+"""Summaries (medians, min-max, ratios), report.md and PNG charts from results.json."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from .workloads import METRICS, WORKLOADS
+
+REFERENCE_SYSTEMS = ("fuse-zip", "disk")
+
+
+def _key(param) -> str:
+    return "" if param is None else str(param)
+
+
+def summarize(samples: list[dict]) -> dict:
+    """{workload: {param: {metric: {system: {n, median, min, max, values}}}}}"""
+    out: dict = {}
+    for s in samples:
+        if s.get("error"):
+            continue
+        for metric, v in s["metrics"].items():
+            if not isinstance(v, (int, float)) or v is None:
+                continue
+            d = (out.setdefault(s["workload"], {}).setdefault(_key(s.get("param")), {})
+                 .setdefault(metric, {}).setdefault(s["system"], {"values": []}))
+            d["values"].append(v)
+    for w in out.values():
+        for p in w.values():
+            for m in p.values():
+                for d in m.values():
+                    vals = d["values"]
+                    d.update(n=len(vals), median=statistics.median(vals), min=min(vals),
+                             max=max(vals))
+    return out
+
+
+def ratio(summary: dict, workload: str, param: str, metric: str, system: str, ref: str):
+    try:
+        m = summary[workload][param][metric]
+        a, b = m[system]["median"], m[ref]["median"]
+    except KeyError:
+        return None
+    if not b:
+        return None
+    return a / b
+
+
+# (description, workload, param, metric, system, reference, comparison, goal)
+TARGETS = [
+    ("warm import <= 1.05x plain disk", "import", "", "warm_s", "disk", "<=", 1.05),
+    ("cold import <= 0.8x fuse-zip", "import", "", "cold_s", "fuse-zip", "<=", 0.8),
+    ("walk <= 0.5x fuse-zip", "walk", "", "walk_s", "fuse-zip", "<=", 0.5),
+    ("mount <= 0.5x fuse-zip", "mount", "", "mount_s", "fuse-zip", "<=", 0.5),
+    ("create + commit <= 0.4x fuse-zip", "create", "", "total_s", "fuse-zip", "<=", 0.4),
+    ("read-all throughput >= 2x fuse-zip", "read_all", "", "read_mbps", "fuse-zip", ">=", 2.0),
+]
+
+
+def targets(summary: dict, system: str = "zipfuse") -> list[dict]:
+    rows = []
+    for desc, w, p, metric, ref, op, goal in TARGETS:
+        r = ratio(summary, w, p, metric, system, ref)
+        rows.append({"target": desc, "value": r, "unit": "x",
+                     "met": None if r is None else (r <= goal if op == "<=" else r >= goal)})
+    peak = summary.get("create", {}).get("", {}).get("peak_rss_mb", {}).get(system)
+    v = peak["median"] if peak else None
+    rows.append({"target": "create: daemon peak RSS <= 200 MB", "value": v, "unit": "MB",
+                 "met": None if v is None else v <= 200})
+    sp = summary.get("parallel_read", {}).get("", {}).get("speedup", {}).get(system)
+    v = sp["median"] if sp else None
+    rows.append({"target": "two readers >= 1.6x one reader", "value": v, "unit": "x",
+                 "met": None if v is None else v >= 1.6})
+    return rows
+
+
+def _fmt(v, unit: str = "") -> str:
+    if v is None:
+        return "–"
+    if unit == "MB/s" or unit == "MB":
+        return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def _order(systems: list[str], present) -> list[str]:
+    return [s for s in systems if s in present]
+
+
+def write_markdown(results: dict, out: Path, charts: dict[str, str]) -> Path:
+    meta = results["meta"]
+    summary = results["summary"]
+    systems = meta["systems"]
+    lines = [
+        "# zipfuse benchmark report", "",
+        f"Run `{meta['command']}` on {meta['started']} ({meta['duration_s']:.0f} s).", "",
+        f"Machine: {meta['machine']['cpu']} × {meta['machine']['cpus']} CPUs, "
+        f"{meta['machine']['mem_gb']:.0f} GB RAM, Linux {meta['machine']['kernel']}, "
+        f"Python {meta['machine']['python']}. Load average at start "
+        f"{'/'.join(f'{x:.1f}' for x in meta['loadavg_start'])}, at end "
+        f"{'/'.join(f'{x:.1f}' for x in meta['loadavg_end'])}; CPU steal during the run "
+        f"{meta['machine'].get('steal_pct', 0):.1f}%.", "",
+        "Systems: " + "; ".join(f"`{s}` {meta['versions'].get(s, '')}".rstrip()
+                                 for s in systems) + ".", "",
+        f"Repetitions: {meta['reps']} per system, interleaved (system order rotated every "
+        f"repetition). Page cache: {meta['cache_state']}. Figures are medians; ratios compare "
+        "medians of the same run.", "",
+    ]
+    for c in meta["corpora"]:
+        lines.append(f"- corpus `{c['name']}`: {c['entries']:,} entries ({c['files']:,} files, "
+                     f"{c['dirs']:,} folders, {c['symlinks']:,} symlinks), "
+                     f"{c['file_bytes'] / 1e6:,.0f} MB of file data, zip {c['zip_bytes'] / 1e6:,.0f} MB"
+                     + (f"; import: `{c['import_stmt']}`" if c.get("import_stmt") else ""))
+    lines.append("")
+    if "zipfuse" in systems:
+        lines += ["## Targets (zipfuse)", "", "| target | measured | met |", "|---|---|---|"]
+        for t in targets(summary):
+            met = "–" if t["met"] is None else ("yes" if t["met"] else "**no**")
+            val = "–" if t["value"] is None else f"{_fmt(t['value'])} {t['unit']}"
+            lines.append(f"| {t['target']} | {val} | {met} |")
+        lines.append("")
+    errors: dict[str, list[str]] = {}
+    for e in results["samples"]:
+        if e.get("error"):
+            msg = f"`{e['system']}`" + (f" ({e['param']})" if e.get("param") else "") \
+                + f": {e['error']}"
+            if msg not in errors.setdefault(e["workload"], []):
+                errors[e["workload"]].append(msg)
+    for wname in meta["workloads"]:
+        w = WORKLOADS[wname]
+        lines += [f"## {wname}", "", f"Models: {w.models}.", ""]
+        params = summary.get(wname, {})
+        if params:
+            refs = [r for r in REFERENCE_SYSTEMS if r in systems]
+            head = "| " + ("entries | " if w.corpus == "synthetic" else "") + \
+                "metric | system | median | min–max | " + " | ".join(f"× {r}" for r in refs) + " |"
+            lines += [head, "|" + "---|" * (head.count("|") - 1)]
+            for param in sorted(params, key=lambda p: int(p) if p.isdigit() else 0):
+                for metric, by_sys in params[param].items():
+                    spec = METRICS.get(metric)
+                    label = f"{spec.label} ({spec.unit})" if spec and spec.unit else \
+                        (spec.label if spec else metric)
+                    unit = spec.unit if spec else ""
+                    for sname in _order(systems, by_sys):
+                        d = by_sys[sname]
+                        cells = [f"{int(param):,}"] if w.corpus == "synthetic" else []
+                        cells += [label, sname, _fmt(d["median"], unit),
+                                  f"{_fmt(d['min'], unit)}–{_fmt(d['max'], unit)}"]
+                        for r in refs:
+                            x = ratio(summary, wname, param, metric, sname, r)
+                            cells.append("–" if x is None or sname == r else f"{x:.2f}")
+                        lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+        for msg in errors.get(wname, []):
+            lines.append(f"- not measured: {msg}")
+        if errors.get(wname):
+            lines.append("")
+        if wname in charts:
+            lines += [f"![{wname}]({charts[wname]})", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+COLORS = {"disk": "#7f7f7f", "zipfuse": "#1f77b4", "fuse-zip": "#d62728", "squashfuse": "#2ca02c"}
+
+
+def write_charts(results: dict, out: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = results["summary"]
+    systems = results["meta"]["systems"]
+    made: dict[str, str] = {}
+    for wname, params in summary.items():
+        w = WORKLOADS.get(wname)
+        if w is None:
+            continue
+        if w.corpus == "synthetic":
+            metrics = [m for m in ("mount_s", "walk_s") if any(m in p for p in params.values())]
+            if not metrics:
+                continue
+            fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8))
+            axes = [axes] if len(metrics) == 1 else list(axes)
+            for ax, metric in zip(axes, metrics):
+                for sname in systems:
+                    pts = sorted((int(p), d[metric][sname]) for p, d in params.items()
+                                 if metric in d and sname in d[metric] and p.isdigit())
+                    if not pts:
+                        continue
+                    xs = [x for x, _ in pts]
+                    ys = [max(v["median"], 1e-4) for _, v in pts]
+                    lo = [y - max(v["min"], 1e-4) for y, (_, v) in zip(ys, pts)]
+                    hi = [max(v["max"], 1e-4) - y for y, (_, v) in zip(ys, pts)]
+                    ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=sname,
+                                color=COLORS.get(sname))
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.set_xlabel("entries")
+                ax.set_ylabel("seconds (median, min–max)")
+                ax.set_title(METRICS[metric].label)
+                ax.grid(True, which="both", alpha=0.3)
+                ax.legend(fontsize=8)
+        else:
+            p = params.get("", {})
+            metrics = [m for m, spec in METRICS.items() if spec.headline and m in p]
+            if not metrics:
+                continue
+            fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6))
+            axes = [axes] if len(metrics) == 1 else list(axes)
+            for ax, metric in zip(axes, metrics):
+                names = _order(systems, p[metric])
+                med = [p[metric][s]["median"] for s in names]
+                lo = [m - p[metric][s]["min"] for m, s in zip(med, names)]
+                hi = [p[metric][s]["max"] - m for m, s in zip(med, names)]
+                ax.bar(names, med, yerr=[lo, hi], capsize=4,
+                       color=[COLORS.get(s, "#9467bd") for s in names])
+                spec = METRICS[metric]
+                ax.set_title(spec.label, fontsize=9)
+                ax.set_ylabel(spec.unit + (" (higher is better)" if spec.higher_is_better
+                                           else ""))
+                ax.tick_params(axis="x", labelsize=8)
+                for i, m in enumerate(med):
+                    ax.annotate(_fmt(m, spec.unit), (i, m), ha="center", va="bottom", fontsize=7,
+                                xytext=(0, 2), textcoords="offset points")
+        fig.suptitle(f"{wname} — median of {results['meta']['reps']} (bars: min–max)",
+                     fontsize=10)
+        fig.tight_layout()
+        name = f"{wname}.png"
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        made[wname] = name
+    return made
+
+
+def render(out: Path) -> Path:
+    """(Re)write report.md and the charts from DIR/results.json."""
+    results = json.loads((out / "results.json").read_text())
+    results["summary"] = summarize(results["samples"])
+    try:
+        charts = write_charts(results, out)
+    except ImportError as e:  # matplotlib missing: the report still works
+        print(f"charts skipped: {e}")
+        charts = {}
+    return write_markdown(results, out, charts)
