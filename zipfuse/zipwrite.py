@@ -120,7 +120,8 @@ _SPLIT_THRESHOLD = 8 << 20  # files above this are compressed in parallel blocks
 _BLOCK_SIZE = 2 << 20  # block size for split files (compressed independently)
 _WINDOW = 32 << 10  # deflate window: dictionary handed from one block to the next
 _STORE_RATIO = 0.98  # keep deflate only if compressed < 98 % of the original
-_SAMPLE = 128 << 10  # bytes per sample when deciding store vs deflate for a split file
+_SAMPLE = 64 << 10  # bytes per sample when deciding store vs deflate for a split file
+_SAMPLES = 8  # samples spread over the file
 _JOB_COST = 2048  # budget charged per queued entry on top of its data, bounds the job count
 _OUT_BUFFER = 1 << 20  # flush the output buffer beyond this many bytes
 _OUT_PIECES = 512  # ... or this many pieces (IOV_MAX is 1024 on Linux)
@@ -488,12 +489,13 @@ def _compress_block(
 
 
 def _should_store(fd: int, size: int, level: int) -> bool:
-    """Decide store vs deflate for a split file from samples at its start, middle and end."""
+    """Decide store vs deflate for a split file from samples spread evenly over it."""
     if level == 0:
         return True
     plain = 0
     packed = 0
-    for off in sorted({0, max(0, size // 2 - _SAMPLE // 2), max(0, size - _SAMPLE)}):
+    step = max(size // _SAMPLES, _SAMPLE)
+    for off in range(0, max(size - _SAMPLE, 0) + 1, step):
         data = _pread_exact(fd, min(_SAMPLE, size - off), off)
         comp = zlib.compressobj(level, zlib.DEFLATED, -15)
         packed += len(comp.compress(data)) + len(comp.flush())
@@ -965,7 +967,7 @@ class ZipWriter:
                     else b""
                 )
                 data = None
-            rec.local_extra = self._original_local_extra(head, entry)
+            self._adopt_local_header(rec, head, entry)
         elif small:
             data = memoryview(_pread_exact(src_fd, length, data_offset))
         else:
@@ -985,13 +987,28 @@ class ZipWriter:
         self._bytes_done += rec.usize
 
     @staticmethod
-    def _original_local_extra(head: bytes, entry: ZipEntry) -> bytes:
-        """The extra field of the original local header (zip64 removed), else the central one."""
+    def _adopt_local_header(rec: _Rec, head: bytes, entry: ZipEntry) -> None:
+        """Take the extra field (zip64 removed) and, if needed, the name from the original header.
+
+        ``entry.name`` may come from an Info-ZIP Unicode Path field (0x7075) rather than from the
+        stored bytes; then re-encoding it cannot give the original bytes, but the local header
+        (whose name that field's CRC vouches for) can.
+        """
         if len(head) >= 30:
             fields = _LOCAL.unpack_from(head)
             if fields[0] == _LOCAL_SIG and 30 + fields[9] + fields[10] == len(head):
-                return _filter_extra(head[30 + fields[9] :], {_EXTRA_ZIP64})
-        return _filter_extra(entry.extra, {_EXTRA_ZIP64})
+                local_name = head[30 : 30 + fields[9]]
+                rec.local_extra = _filter_extra(head[30 + fields[9] :], {_EXTRA_ZIP64})
+                if local_name != rec.name:
+                    for hid, field in _split_extra(entry.extra) or ():
+                        if (
+                            hid == _EXTRA_UNICODE_PATH
+                            and len(field) >= 9
+                            and struct.unpack_from("<I", field, 5)[0] == zlib.crc32(local_name)
+                        ):
+                            rec.name = local_name
+                return
+        rec.local_extra = _filter_extra(entry.extra, {_EXTRA_ZIP64})
 
     def _copy_range(self, src_fd: int, src_off: int, length: int) -> None:
         """Copy ``length`` bytes from ``src_fd`` at ``src_off`` to our current end."""
