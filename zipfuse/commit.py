@@ -20,6 +20,7 @@ from .zipformat import CentralDirectory, ZipEntry, local_data_offset, read_centr
 from .zipwrite import EntryMeta, ZipWriter
 
 RAW, RAW_META, FILE, SYMLINK, DIR, SPECIAL = range(6)
+SMALL_FILE = 1 << 20  # dirty files up to this size are read into memory at commit
 
 
 @dataclasses.dataclass(slots=True)
@@ -142,8 +143,18 @@ def _add(writer: ZipWriter, item: Item, src_fd: int | None, src_fds: list[int]) 
         writer.add_bytes(item.meta, b"")
     else:
         fd = os.open(item.spill, os.O_RDONLY | os.O_CLOEXEC)
-        src_fds.append(fd)
-        writer.add_file(item.meta, fd, item.size)
+        if item.size <= SMALL_FILE:
+            # read now and close: a commit of 100k new files must not hold 100k descriptors
+            try:
+                data = os.pread(fd, item.size, 0)
+            finally:
+                os.close(fd)
+            if len(data) != item.size:
+                raise OSError(errno.EIO, f"spill file of {item.meta.name} is shorter than expected")
+            writer.add_bytes(item.meta, data)
+        else:
+            src_fds.append(fd)
+            writer.add_file(item.meta, fd, item.size)
 
 
 def _fsync_dir(path: str) -> None:

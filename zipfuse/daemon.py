@@ -162,6 +162,7 @@ def _daemon_main(prepared: Prepared, status_fd: int | None) -> int:
         elif msg != "ok":
             print(f"zipfuse: {msg}", file=sys.stderr)
 
+    _raise_fd_limit()
     daemon = Daemon(prepared, logfile)
     try:
         daemon.mount()
@@ -435,6 +436,15 @@ class Daemon:
             node.meta_dirty = False
             if item.kind == commit.FILE:
                 self.data.mark_clean(node)
+
+
+def _raise_fd_limit() -> None:
+    """Open files in a mount and large files in a commit each hold a descriptor here."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _oserror(exc: OSError) -> str:

@@ -349,16 +349,18 @@ class Namespace:
 
     # ----------------------------------------------------------------------------- walking
     def walk(self) -> Iterator[tuple[str, Node]]:
-        """Every (path, node) below the root, parents before children, names sorted."""
-        stack: list[tuple[str, Node]] = [("", self.root)]
+        """Every (path, node) below the root in sorted depth-first order, parents first."""
+        stack = [("", iter(sorted(self.root.children.items())))]
         while stack:
-            prefix, d = stack.pop()
-            for name in sorted(d.children, reverse=True):
-                child = d.children[name]
+            prefix, it = stack[-1]
+            for name, child in it:
                 path = prefix + os.fsdecode(name)
-                if child.is_dir:
-                    stack.append((path + "/", child))
                 yield path, child
+                if child.is_dir:
+                    stack.append((path + "/", iter(sorted(child.children.items()))))
+                    break
+            else:
+                stack.pop()
 
     def count(self) -> int:
         return len(self.nodes)
