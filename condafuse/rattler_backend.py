@@ -132,7 +132,8 @@ async def _create(prefix: Path, request: CreateRequest, cache_dir: Path) -> list
     channels = [Channel(c) for c in request.channels]
     cache_dir.mkdir(parents=True, exist_ok=True)
     gateway = Gateway(cache_dir=cache_dir / "repodata")
-    platform = str(rattler.Platform.current())
+    subdir_cls = getattr(rattler, "Subdir", None) or rattler.Platform  # Platform: py-rattler<0.2x
+    platform = str(subdir_cls.current())
     try:
         virtual = rattler.VirtualPackage.detect()
     except Exception:  # detection problems must not block offline/local installs
