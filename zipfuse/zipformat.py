@@ -89,7 +89,7 @@ class ZipEntry:
     """One central-directory record with the facts a filesystem needs, already decoded."""
 
     index: int  # position in the central directory (0-based)
-    name: str  # decoded name exactly as stored (UTF-8 if flag 0x800, else CP437); NOT sanitised
+    name: str  # decoded name as stored (UTF-8 if flag 0x800, see _decode_name); NOT sanitised
     flags: int  # general purpose bit flags
     method: int  # compression method
     crc: int

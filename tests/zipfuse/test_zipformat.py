@@ -1,0 +1,527 @@
+"""Tests for zipfuse.zipformat: end records, central directory, metadata decoding, robustness."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import stat
+import struct
+import subprocess
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+from fixtures_zip import (
+    CD_DOS_DATE,
+    CD_DOS_TIME,
+    CD_FLAGS,
+    SparseZeros,
+    patch_central,
+    text_data,
+)
+
+from zipfuse.entryreader import EntryReader, EntryReadError
+from zipfuse.zipformat import (
+    BZIP2,
+    DEFLATED,
+    LZMA,
+    STORED,
+    CentralDirectory,
+    ZipFormatError,
+    local_data_offset,
+    read_central_directory,
+)
+
+
+def parse(path: Path) -> CentralDirectory:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return read_central_directory(fd)
+    finally:
+        os.close(fd)
+
+
+def read_entry(path: Path, name: str, cache_dir: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        entry = next(e for e in read_central_directory(fd).entries if e.name == name)
+        reader = EntryReader(fd, entry, str(cache_dir))
+        try:
+            return reader.read(0, entry.file_size + 1)
+        finally:
+            reader.close()
+    finally:
+        os.close(fd)
+
+
+def local_ns(date_time: tuple[int, ...]) -> int:
+    return int(time.mktime((*date_time, 0, 0, -1))) * 10**9
+
+
+# --- archives written by Python's zipfile -------------------------------------------------
+
+
+@pytest.mark.parametrize("method", [STORED, DEFLATED, BZIP2, LZMA])
+def test_python_zipfile_methods(tmp_path: Path, method: int) -> None:
+    path = tmp_path / "py.zip"
+    contents = {"a.txt": b"hello\n", "dir/b.bin": text_data(50_000, 1), "empty": b""}
+    with zipfile.ZipFile(path, "w", method) as zf:
+        zf.mkdir("dir") if hasattr(zf, "mkdir") else zf.writestr("dir/", b"")
+        for name, data in contents.items():
+            zf.writestr(zipfile.ZipInfo(name, (2021, 6, 7, 8, 9, 10)), data, compress_type=method)
+        zf.comment = b"archive comment"
+    cd = parse(path)
+    assert cd.comment == b"archive comment"
+    assert not cd.zip64 and cd.prefix_size == 0
+    assert cd.archive_size == path.stat().st_size
+    by_name = {e.name: e for e in cd.entries}
+    assert set(by_name) == {"dir/", *contents}
+    assert [e.index for e in cd.entries] == list(range(len(cd.entries)))
+    assert by_name["dir/"].is_dir and not by_name["dir/"].is_symlink
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            e = by_name[info.filename]
+            assert (e.crc, e.file_size, e.compressed_size) == (
+                info.CRC,
+                info.file_size,
+                info.compress_size,
+            )
+            assert e.header_offset == info.header_offset
+            assert (
+                e.dos_date
+                == (info.date_time[0] - 1980) << 9 | info.date_time[1] << 5 | info.date_time[2]
+            )
+    for name, data in contents.items():
+        e = by_name[name]
+        assert e.method == method
+        assert stat.S_ISREG(e.mode) and not e.is_dir
+        assert e.uid is None and e.gid is None and e.atime_ns is None
+        assert e.mtime_ns == local_ns((2021, 6, 7, 8, 9, 10))  # DOS time is local time
+        assert read_entry(path, name, tmp_path) == data
+
+
+def test_utf8_cp437_and_unicode_path_names(tmp_path: Path) -> None:
+    path = tmp_path / "names.zip"
+    good = struct.pack("<BL", 1, zlib.crc32(b"plain.txt")) + "Ünïcode.txt".encode()
+    stale = struct.pack("<BL", 1, zlib.crc32(b"other.txt")) + b"stale.txt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("\u00e9t\u00e9.txt", b"utf8 flagged")  # non-ASCII: zipfile sets bit 11
+        legacy = zipfile.ZipInfo("cp437-\u00e9.txt")
+        legacy.create_system = 0  # made on MS-DOS: unflagged names are CP437
+        zf.writestr(legacy, b"patched below")
+        for name, upath in (("plain.txt", good), ("renamed.txt", stale)):
+            info = zipfile.ZipInfo(name)
+            info.extra = struct.pack("<HH", 0x7075, len(upath)) + upath
+            zf.writestr(info, b"x")
+    assert [e.flags & 0x800 for e in parse(path).entries] == [0x800, 0x800, 0, 0]
+    # Clear the UTF-8 flag: entry 1 (DOS) becomes CP437; entry 0, made on Unix, stays UTF-8
+    # because unflagged Unix names are taken as UTF-8 when they decode (as unzip does).
+    patch_central(path, 0, CD_FLAGS, "<H", 0)
+    patch_central(path, 1, CD_FLAGS, "<H", 0)
+    names = [e.name for e in parse(path).entries]
+    assert names[0] == "\u00e9t\u00e9.txt"
+    assert names[1] == "cp437-\u00e9.txt".encode().decode("cp437")  # mojibake, as stored
+    assert names[2] == "Ünïcode.txt"  # Unicode Path field whose CRC matches the raw name
+    assert names[3] == "renamed.txt"  # CRC of a different name: the field is stale, ignored
+
+
+def test_dos_attributes_and_invalid_dos_date(tmp_path: Path) -> None:
+    path = tmp_path / "dos.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, attr in (("ro.txt", 0x01), ("rw.txt", 0x20), ("folder", 0x10)):
+            info = zipfile.ZipInfo(name, (2000, 1, 2, 3, 4, 6))
+            info.create_system = 0  # MS-DOS: high 16 bits of external_attr mean nothing
+            info.external_attr = attr
+            zf.writestr(info, b"")
+    patch_central(path, 0, CD_DOS_DATE, "<H", 0)  # month 0, day 0: impossible
+    patch_central(path, 1, CD_DOS_TIME, "<H", 0xFFFF)  # hour 31
+    modes = {e.name: e.mode for e in parse(path).entries}
+    assert modes == {
+        "ro.txt": stat.S_IFREG | 0o444,
+        "rw.txt": stat.S_IFREG | 0o644,
+        "folder": stat.S_IFDIR | 0o755,
+    }
+    epoch_1980 = local_ns((1980, 1, 1, 0, 0, 0))
+    assert [e.mtime_ns for e in parse(path).entries] == [
+        epoch_1980,
+        epoch_1980,
+        local_ns((2000, 1, 2, 3, 4, 6)),
+    ]
+
+
+def test_unix_mode_without_type_bits_and_ntfs_times(tmp_path: Path) -> None:
+    path = tmp_path / "mode.zip"
+    mtime_100ns = 133_000_000_001_234_567  # 2022-06-18 in 100 ns units since 1601
+    ntfs = struct.pack("<LHHQQQ", 0, 1, 24, mtime_100ns, mtime_100ns + 10, 0)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in ("plain", "dir/"):
+            info = zipfile.ZipInfo(name)
+            info.create_system = 3
+            info.external_attr = 0o600 << 16  # permission bits but no S_IFMT bits
+            info.extra = struct.pack("<HH", 0x000A, len(ntfs)) + ntfs
+            zf.writestr(info, b"")
+    plain, folder = parse(path).entries
+    assert plain.mode == stat.S_IFREG | 0o600
+    assert folder.mode == stat.S_IFDIR | 0o600 and folder.is_dir
+    expected = (mtime_100ns - 116_444_736_000_000_000) * 100
+    assert plain.mtime_ns == expected and plain.atime_ns == expected + 1000
+
+
+# --- archives written by Info-ZIP zip and 7-Zip -------------------------------------------
+
+
+def make_tree(root: Path) -> None:
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "a.txt").write_bytes(b"hello\n")
+    (root / "sub" / "big.txt").write_bytes(text_data(300_000, 2))
+    (root / "sub" / "run.sh").write_bytes(b"#!/bin/sh\n")
+    (root / "sub" / "link").symlink_to("../a.txt")
+    os.chmod(root / "a.txt", 0o640)
+    os.chmod(root / "sub" / "run.sh", 0o751)
+    os.chmod(root / "sub" / "deeper", 0o700)
+    if os.geteuid() == 0:
+        os.chown(root / "a.txt", 1234, 5678)
+    for i, p in enumerate(sorted(root.rglob("*"))):
+        os.utime(p, (1_600_000_000 + i, 1_700_000_000 + 7 * i), follow_symlinks=False)
+
+
+def tree_facts(root: Path) -> dict[str, os.stat_result]:
+    facts = {}
+    for p in root.rglob("*"):
+        rel = p.relative_to(root.parent).as_posix()
+        st = p.lstat()
+        facts[rel + "/" if stat.S_ISDIR(st.st_mode) else rel] = st
+    facts[root.name + "/"] = root.lstat()
+    return facts
+
+
+@pytest.mark.skipif(shutil.which("zip") is None, reason="Info-ZIP zip not installed")
+def test_infozip_tree(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    os.utime(src, (1_600_000_000, 1_650_000_000))
+    path = tmp_path / "iz.zip"
+    subprocess.run(["zip", "-q", "-r", "-y", str(path), "src"], cwd=tmp_path, check=True)
+    facts = tree_facts(src)
+    cd = parse(path)
+    assert {e.name for e in cd.entries} == set(facts)
+    for e in cd.entries:
+        st = facts[e.name]
+        assert e.create_system == 3
+        assert e.mode == st.st_mode, e.name
+        assert e.mtime_ns == int(st.st_mtime) * 10**9, e.name  # from the UT extra field
+        assert (e.uid, e.gid) == (st.st_uid, st.st_gid), e.name  # from the 'ux' extra field
+        if e.is_symlink:
+            assert read_entry(path, e.name, tmp_path) == os.readlink(src.parent / e.name).encode()
+        elif not e.is_dir:
+            assert e.file_size == st.st_size
+            assert read_entry(path, e.name, tmp_path) == (src.parent / e.name).read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("7z") is None, reason="7z not installed")
+def test_7zip_tree(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    path = tmp_path / "7z.zip"
+    subprocess.run(
+        ["7z", "a", "-tzip", str(path), "src"], cwd=tmp_path, check=True, capture_output=True
+    )
+    facts = tree_facts(src)
+    cd = parse(path)
+    assert {e.name for e in cd.entries} <= set(facts) | {n.rstrip("/") for n in facts}
+    for e in cd.entries:
+        st = facts.get(e.name) or facts[e.name + "/"]
+        assert stat.S_IFMT(e.mode) == stat.S_IFMT(st.st_mode), e.name
+        if not e.is_dir:
+            assert stat.S_IMODE(e.mode) == stat.S_IMODE(st.st_mode), e.name
+        assert e.mtime_ns == st.st_mtime_ns // 100 * 100, e.name  # NTFS extra, 100 ns
+        if e.is_symlink:
+            assert read_entry(path, e.name, tmp_path) == os.readlink(src.parent / e.name).encode()
+        elif not e.is_dir:
+            assert read_entry(path, e.name, tmp_path) == (src.parent / e.name).read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("7z") is None, reason="7z not installed")
+def test_7zip_deflate64(tmp_path: Path) -> None:
+    data = text_data(3_000_000, 3) + bytes(2_000_000)
+    (tmp_path / "d.bin").write_bytes(data)
+    path = tmp_path / "d64.zip"
+    subprocess.run(
+        ["7z", "a", "-tzip", "-mm=Deflate64", str(path), "d.bin"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    (entry,) = parse(path).entries
+    assert entry.method == 9 and entry.file_size == len(data)
+    assert read_entry(path, "d.bin", tmp_path) == data
+
+
+# --- zip64 ---------------------------------------------------------------------------------
+
+
+def test_more_than_65535_entries(tmp_path: Path) -> None:
+    path = tmp_path / "many.zip"
+    n = 70_000
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(n):
+            zf.writestr(zipfile.ZipInfo(f"d{i % 10}/{i}"), b"")
+    cd = parse(path)
+    assert cd.zip64
+    assert len(cd.entries) == n
+    assert cd.entries[-1].name == f"d{(n - 1) % 10}/{n - 1}"
+    assert cd.entries[-1].index == n - 1
+
+
+def test_entry_larger_than_4gib(tmp_path: Path) -> None:
+    """A real zipfile-written zip64 entry of 4 GiB + 4 bytes; the zeros are a sparse hole."""
+    path = tmp_path / "huge.zip"
+    zeros = bytes(64 << 20)
+    with open(path, "wb") as raw, zipfile.ZipFile(SparseZeros(raw, zeros), "w") as zf:
+        zf.writestr("small", b"before")
+        with zf.open("huge", "w", force_zip64=True) as w:
+            for _ in range(64):
+                w.write(zeros)
+            w.write(b"END!")
+        zf.writestr("after", b"after the huge one")
+    small, huge, after = parse(path).entries
+    assert huge.file_size == huge.compressed_size == 2**32 + 4
+    assert after.header_offset > 2**32
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert local_data_offset(fd, huge) > huge.header_offset
+        reader = EntryReader(fd, huge, str(tmp_path))
+        assert reader.read(2**32 - 6, 100) == bytes(6) + b"END!"
+        assert reader.read(2**32 + 4, 10) == b""
+        reader.close()
+    finally:
+        os.close(fd)
+    assert read_entry(path, "after", tmp_path) == b"after the huge one"
+
+
+# --- prepended data, comments ----------------------------------------------------------------
+
+
+def small_archive(path: Path) -> dict[str, bytes]:
+    contents = {"one.txt": b"first entry\n" * 20, "two/three.bin": bytes(range(256)) * 4}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in contents.items():
+            zf.writestr(name, data)
+    return contents
+
+
+def test_self_extracting_prefix(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.zip"
+    contents = small_archive(plain)
+    sfx = tmp_path / "sfx.zip"
+    sfx.write_bytes(random.Random(5).randbytes(1000) + plain.read_bytes())
+    cd_plain, cd = parse(plain), parse(sfx)
+    assert cd.prefix_size == 1000
+    assert cd.cd_offset == cd_plain.cd_offset + 1000
+    for a, b in zip(cd_plain.entries, cd.entries, strict=True):
+        assert b.header_offset == a.header_offset + 1000
+    for name, data in contents.items():
+        assert read_entry(sfx, name, tmp_path) == data
+
+
+def test_sfx_prefix_with_zip64_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = tmp_path / "plain64.zip"
+    monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 1)  # makes zipfile write zip64 end records
+    with zipfile.ZipFile(plain, "w") as zf:
+        zf.writestr("x", b"zip64 entry")
+        zf.writestr("y", b"second")
+    monkeypatch.undo()
+    assert b"PK\x06\x06" in plain.read_bytes() and b"PK\x06\x07" in plain.read_bytes()
+    assert parse(plain).zip64 and parse(plain).prefix_size == 0
+    sfx = tmp_path / "sfx64.zip"
+    sfx.write_bytes(b"#!stub\n" * 100 + plain.read_bytes())
+    cd = parse(sfx)
+    assert cd.zip64 and cd.prefix_size == 700
+    assert [e.header_offset for e in cd.entries] == [
+        e.header_offset + 700 for e in parse(plain).entries
+    ]
+    assert read_entry(sfx, "x", tmp_path) == b"zip64 entry"
+    assert read_entry(sfx, "y", tmp_path) == b"second"
+
+
+def test_comment_containing_fake_end_signature(tmp_path: Path) -> None:
+    path = tmp_path / "comment.zip"
+    small_archive(path)
+    fake = b"PK\x05\x06" + bytes(18)
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.comment = b"look: " + fake + b" tail"
+    cd = parse(path)
+    assert cd.comment == b"look: " + fake + b" tail"
+    assert len(cd.entries) == 2
+
+
+def test_empty_archive(tmp_path: Path) -> None:
+    path = tmp_path / "empty.zip"
+    zipfile.ZipFile(path, "w").close()
+    cd = parse(path)
+    assert cd.entries == [] and cd.cd_size == 0 and cd.prefix_size == 0
+
+
+# --- malformed input -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"PK", b"not a zip at all" * 100, bytes(22), b"PK\x03\x04" + bytes(100)],
+)
+def test_not_a_zip(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.zip"
+    path.write_bytes(content)
+    with pytest.raises(ZipFormatError, match="not a zip archive"):
+        parse(path)
+
+
+def eocd(count: int, cd_size: int, cd_offset: int, comment: bytes = b"") -> bytes:
+    return (
+        struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, cd_size, cd_offset, len(comment))
+        + comment
+    )
+
+
+@pytest.mark.parametrize(
+    ("tail", "message"),
+    [
+        (eocd(0xFFFF, 100, 0), "does not fit"),  # absurd count for the directory size
+        (eocd(1, 10**9, 0), "exceeds the archive"),  # CD bigger than the file
+        (eocd(1, 46, 10**9), "beyond"),  # CD offset beyond its real position
+    ],
+)
+def test_bad_end_record(tmp_path: Path, tail: bytes, message: str) -> None:
+    path = tmp_path / "bad.zip"
+    path.write_bytes(bytes(200) + tail)
+    with pytest.raises(ZipFormatError, match=message):
+        parse(path)
+
+
+def test_bad_extra_field_length(tmp_path: Path) -> None:
+    path = tmp_path / "extra.zip"
+    info = zipfile.ZipInfo("x")
+    info.extra = struct.pack("<HH", 0x5455, 200) + b"\x01abcd"  # claims 200 bytes, has 5
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(info, b"data")
+    with pytest.raises(ZipFormatError, match="extra field 0x5455"):
+        parse(path)
+
+
+def test_zip64_placeholder_without_extra(tmp_path: Path) -> None:
+    path = tmp_path / "z64.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x", b"data")
+    patch_central(path, 0, 20, "<L", 0xFFFFFFFF)  # compressed size -> "see zip64 extra"
+    with pytest.raises(ZipFormatError, match="zip64"):
+        parse(path)
+
+
+def test_bad_local_header(tmp_path: Path) -> None:
+    path = tmp_path / "local.zip"
+    small_archive(path)
+    data = bytearray(path.read_bytes())
+    data[0:4] = b"XXXX"
+    path.write_bytes(bytes(data))
+    cd = parse(path)  # the central directory is intact
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(ZipFormatError, match="local header"):
+            local_data_offset(fd, cd.entries[0])
+        with pytest.raises(EntryReadError) as exc:
+            EntryReader(fd, cd.entries[0], str(tmp_path)).read(0, 10)
+        assert exc.value.errno == 5
+        assert local_data_offset(fd, cd.entries[1]) > cd.entries[1].header_offset
+    finally:
+        os.close(fd)
+
+
+def exercise(path: Path, cache_dir: Path) -> str:
+    """Parse and read everything; only the two documented exception types may escape.
+
+    Returns which stage failed ("format", "read") or "ok".
+    """
+    fd = os.open(path, os.O_RDONLY)
+    outcome = "ok"
+    try:
+        try:
+            cd = read_central_directory(fd)
+        except ZipFormatError as exc:
+            assert "\n" not in str(exc) and str(exc)
+            return "format"
+        for entry in cd.entries:
+            reader = EntryReader(fd, entry, str(cache_dir))
+            try:
+                reader.read(0, 1 << 16)
+            except EntryReadError as exc:
+                assert "\n" not in str(exc) and exc.errno
+                outcome = "read"
+            finally:
+                reader.close()
+    finally:
+        os.close(fd)
+    return outcome
+
+
+def test_every_truncation(tmp_path: Path) -> None:
+    full = tmp_path / "full.zip"
+    small_archive(full)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.zip"
+    parsed = 0
+    for length in range(len(data)):
+        cut.write_bytes(data[:length])
+        exercise(cut, tmp_path)
+        try:
+            parse(cut)
+            parsed += 1
+        except ZipFormatError:
+            pass
+    assert parsed == 0  # a prefix of a zip never ends with a valid end record
+
+
+@pytest.mark.parametrize("maker", ["python", "infozip"])
+def test_random_bit_flips(tmp_path: Path, maker: str) -> None:
+    base = tmp_path / "base.zip"
+    if maker == "python":
+        small_archive(base)
+    else:
+        if shutil.which("zip") is None:
+            pytest.skip("Info-ZIP zip not installed")
+        src = tmp_path / "src"
+        make_tree(src)
+        subprocess.run(["zip", "-q", "-r", "-y", str(base), "src"], cwd=tmp_path, check=True)
+    data = base.read_bytes()
+    rnd = random.Random(1234)
+    flipped = tmp_path / "flipped.zip"
+    outcomes = set()
+    for _ in range(400):
+        mutated = bytearray(data)
+        for _ in range(rnd.randint(1, 4)):
+            # Half of the flips land in the last 600 bytes, where the directory lives.
+            pos = (
+                rnd.randrange(len(mutated))
+                if rnd.random() < 0.5
+                else len(mutated) - 1 - rnd.randrange(600)
+            )
+            mutated[pos] ^= 1 << rnd.randrange(8)
+        flipped.write_bytes(bytes(mutated))
+        outcomes.add(exercise(flipped, tmp_path))
+    assert outcomes == {"ok", "format", "read"}  # every stage was reached and survived
+
+
+def test_random_garbage_never_crashes(tmp_path: Path) -> None:
+    rnd = random.Random(99)
+    path = tmp_path / "garbage.zip"
+    outcomes: list[str] = []
+    for _ in range(200):
+        body = rnd.randbytes(rnd.randrange(0, 400))
+        # Often give it a plausible end record so the deeper parsers get exercised too.
+        if rnd.random() < 0.7:
+            body += eocd(rnd.randrange(0, 5), rnd.randrange(0, 300), rnd.randrange(0, 300))
+        path.write_bytes(body)
+        outcomes.append(exercise(path, tmp_path))
+    assert "format" in outcomes
