@@ -47,23 +47,34 @@ def _cpu_times() -> list[int]:
 
 def _machine() -> dict:
     cpu = "?"
+    mem_kb = 0
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo")
-                      if line.startswith("MemTotal"))
-    except (OSError, StopIteration):
-        mem_kb = 0
-    return {"cpu": cpu, "cpus": os.cpu_count(), "mem_gb": mem_kb / 1024 / 1024,
-            "kernel": platform.release(), "python": platform.python_version()}
+        with open("/proc/cpuinfo") as f:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
+            )
+        with open("/proc/meminfo") as f:
+            mem_kb = next((int(ln.split()[1]) for ln in f if ln.startswith("MemTotal")), 0)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "mem_gb": mem_kb / 1024 / 1024,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
 
 
 def _git_rev() -> str | None:
     try:
-        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                           text=True, timeout=10, cwd=Path(__file__).resolve().parent)
+        r = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
         return r.stdout.strip() or None
     except Exception:
         return None
@@ -125,16 +136,24 @@ def cmd_run(args) -> int:
         for c in used:
             c.ensure_squashfs(log=_log)
 
-    cache_state = ("dropped before every sample (--drop-caches)" if args.drop_caches else
-                   "cold mount, warm disk: every sample starts from a fresh mount after its "
-                   "backing (archive, image or plain tree) was read into the page cache")
+    cache_state = (
+        "dropped before every sample (--drop-caches)"
+        if args.drop_caches
+        else "cold mount, warm disk: every sample starts from a fresh mount after its "
+        "backing (archive, image or plain tree) was read into the page cache"
+    )
     results = {
         "meta": {
             "command": "python -m benchmarks " + shlex.join(sys.argv[1:]),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t_start)),
-            "quick": quick, "reps": reps, "systems": [s.name for s in systems],
-            "workloads": wnames, "scale_sizes": scale_sizes, "cache_state": cache_state,
-            "machine": _machine(), "git": _git_rev(),
+            "quick": quick,
+            "reps": reps,
+            "systems": [s.name for s in systems],
+            "workloads": wnames,
+            "scale_sizes": scale_sizes,
+            "cache_state": cache_state,
+            "machine": _machine(),
+            "git": _git_rev(),
             "versions": {s.name: s.version() for s in systems},
             "unavailable": {k: v for k, v in unavailable.items() if v},
             "labels": {s.name: s.label for s in systems},
@@ -149,7 +168,7 @@ def cmd_run(args) -> int:
         results["meta"]["loadavg_end"] = list(os.getloadavg())
         results["meta"]["duration_s"] = time.time() - t_start
         cpu1 = _cpu_times()
-        d = [b - a for a, b in zip(cpu0, cpu1)]
+        d = [b - a for a, b in zip(cpu0, cpu1, strict=False)]
         results["meta"]["machine"]["steal_pct"] = 100 * d[7] / max(sum(d), 1) if len(d) > 7 else 0
         results["summary"] = report.summarize(results["samples"])
         tmp = out / "results.json.tmp"
@@ -167,8 +186,14 @@ def cmd_run(args) -> int:
                 for rep in range(reps):
                     k = rep % len(systems)
                     for system in systems[k:] + systems[:k]:  # A B C, B C A, ... interleaved
-                        sample = {"workload": wname, "system": system.name, "param": param,
-                                  "rep": rep, "corpus": c.name, "metrics": {}}
+                        sample = {
+                            "workload": wname,
+                            "system": system.name,
+                            "param": param,
+                            "rep": rep,
+                            "corpus": c.name,
+                            "metrics": {},
+                        }
                         if system.name in failed_for_good:
                             sample["error"] = failed_for_good[system.name]
                         elif w.writes and not system.writable:
@@ -191,10 +216,15 @@ def cmd_run(args) -> int:
                             sysmod.close_all_live()
                         sample["loadavg_after"] = list(os.getloadavg())
                         results["samples"].append(sample)
-                        shown = ", ".join(f"{k2}={v:.3g}" for k2, v in sample["metrics"].items()
-                                          if isinstance(v, (int, float)))
-                        _log(f"{wname}{'' if param is None else f'[{param}]'} rep {rep} "
-                             f"{system.name}: {sample.get('error') or shown}")
+                        shown = ", ".join(
+                            f"{k2}={v:.3g}"
+                            for k2, v in sample["metrics"].items()
+                            if isinstance(v, (int, float))
+                        )
+                        _log(
+                            f"{wname}{'' if param is None else f'[{param}]'} rep {rep} "
+                            f"{system.name}: {sample.get('error') or shown}"
+                        )
                         save()
     except (KeyboardInterrupt, _Stop) as e:
         stopped = str(e) or "interrupted"
@@ -212,33 +242,54 @@ def cmd_run(args) -> int:
     save()
     path = report.render(out)
     _log(f"wrote {out / 'results.json'} and {path}")
-    errors = [s for s in results["samples"] if s.get("error")
-              and "not applicable" not in s["error"]]
+    errors = [
+        s for s in results["samples"] if s.get("error") and "not applicable" not in s["error"]
+    ]
     if errors:
         _log(f"{len(errors)} samples failed; see report.md")
     return 1 if stopped else (2 if errors else 0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks",
-                                 description="zipfuse vs fuse-zip vs plain disk benchmarks")
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks", description="zipfuse vs fuse-zip vs plain disk benchmarks"
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run the suite")
-    r.add_argument("--quick", action="store_true",
-                   help="tiny corpora, one repetition (CI; under 3 minutes)")
-    r.add_argument("--workloads", nargs="+", metavar="W",
-                   help=f"comma or space separated (default: all: {','.join(DEFAULT_WORKLOADS)})")
-    r.add_argument("--systems", nargs="+", metavar="S",
-                   help=f"comma or space separated (default: {','.join(sysmod.DEFAULT_SYSTEMS)};"
-                        " squashfuse only if installed)")
+    r.add_argument(
+        "--quick", action="store_true", help="tiny corpora, one repetition (CI; under 3 minutes)"
+    )
+    r.add_argument(
+        "--workloads",
+        nargs="+",
+        metavar="W",
+        help=f"comma or space separated (default: all: {','.join(DEFAULT_WORKLOADS)})",
+    )
+    r.add_argument(
+        "--systems",
+        nargs="+",
+        metavar="S",
+        help=f"comma or space separated (default: {','.join(sysmod.DEFAULT_SYSTEMS)};"
+        " squashfuse only if installed)",
+    )
     r.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
     r.add_argument("--reps", type=int, help="repetitions per system (default 3; --quick: 1)")
-    r.add_argument("--scale-sizes", nargs="+", metavar="N",
-                   help=f"synthetic entry counts for 'scale' (default {FULL_SCALE})")
-    r.add_argument("--cache", default=str(corpora.DEFAULT_CACHE),
-                   help="where corpora and scratch files live (default %(default)s)")
-    r.add_argument("--drop-caches", action="store_true",
-                   help="drop the page cache before each sample (root; affects the whole machine)")
+    r.add_argument(
+        "--scale-sizes",
+        nargs="+",
+        metavar="N",
+        help=f"synthetic entry counts for 'scale' (default {FULL_SCALE})",
+    )
+    r.add_argument(
+        "--cache",
+        default=str(corpora.DEFAULT_CACHE),
+        help="where corpora and scratch files live (default %(default)s)",
+    )
+    r.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="drop the page cache before each sample (root; affects the whole machine)",
+    )
     rp = sub.add_parser("report", help="re-render report.md and charts from DIR/results.json")
     rp.add_argument("dir")
     args = ap.parse_args(argv)

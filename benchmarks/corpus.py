@@ -2,7 +2,7 @@
 
 Every corpus lives in ``CACHE/corpus/NAME/`` and holds:
 
-* ``tree/TOP/...``  the plain directory (what the ``disk`` system serves; the source for ``create``),
+* ``tree/TOP/...``  the plain directory (served by the ``disk`` system; the source of ``create``),
 * ``NAME.zip``      the same tree zipped by Info-ZIP (``zip -ry``), with TOP as its one top folder,
 * ``manifest.json`` every entry (kind, size, CRC-32 or link target) plus facts about the corpus,
 * ``NAME.sqfs``     built lazily, only when the squashfuse system is selected.
@@ -41,8 +41,17 @@ _PREFIX_EXCLUDE_PREFIXES = ("__editable__", "zipfuse-", "condafuse-")
 
 # The quick prefix: just the interpreter, libpython and a trimmed standard library.
 _QUICK_STDLIB_SKIP = {
-    "site-packages", "test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip",
-    "pydoc_data", "distutils", "unittest", "venv",
+    "site-packages",
+    "test",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "lib2to3",
+    "ensurepip",
+    "pydoc_data",
+    "distutils",
+    "unittest",
+    "venv",
 }
 
 Log = Callable[[str], None]
@@ -98,9 +107,21 @@ class Corpus:
         t0 = time.monotonic()
         # -keep-as-directory keeps TOP as the image's one top folder, like the zip.
         subprocess.run(
-            ["mksquashfs", str(self.tree / self.top), str(tmp), "-comp", "gzip", "-noappend",
-             "-keep-as-directory", "-quiet", "-no-progress", "-processors", str(os.cpu_count() or 1)],
-            check=True, stdout=subprocess.DEVNULL,
+            [
+                "mksquashfs",
+                str(self.tree / self.top),
+                str(tmp),
+                "-comp",
+                "gzip",
+                "-noappend",
+                "-keep-as-directory",
+                "-quiet",
+                "-no-progress",
+                "-processors",
+                str(os.cpu_count() or 1),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         tmp.rename(self.sqfs)
         log(f"built {self.sqfs.name} in {time.monotonic() - t0:.1f} s")
@@ -141,8 +162,12 @@ def _scan(root: Path, top: str) -> tuple[list[list], dict]:
                 largest_so = (st.st_size, rel)
     entries.sort(key=lambda e: e[0])
     meta = {
-        "entries": len(entries), "files": files, "dirs": dirs, "symlinks": links,
-        "file_bytes": nbytes, "largest_so": largest_so[1] or None,
+        "entries": len(entries),
+        "files": files,
+        "dirs": dirs,
+        "symlinks": links,
+        "file_bytes": nbytes,
+        "largest_so": largest_so[1] or None,
         "largest_so_bytes": max(largest_so[0], 0),
     }
     return entries, meta
@@ -156,19 +181,26 @@ def _zip_tree(tree: Path, top: str, archive: Path) -> float:
     return time.monotonic() - t0
 
 
-def _finish(tmpdir: Path, final: Path, name: str, kind: str, top: str, extra: dict,
-            log: Log) -> Corpus:
+def _finish(
+    tmpdir: Path, final: Path, name: str, kind: str, top: str, extra: dict, log: Log
+) -> Corpus:
     tree = tmpdir / "tree"
     log(f"{name}: scanning the tree")
     entries, meta = _scan(tree, top)
     log(f"{name}: {meta['entries']} entries, {meta['file_bytes'] / 1e6:.0f} MB; zipping")
     zip_s = _zip_tree(tree, top, tmpdir / f"{name}.zip")
     meta.update(extra)
-    meta.update({
-        "name": name, "kind": kind, "top": top, "format_version": FORMAT_VERSION,
-        "zip_bytes": (tmpdir / f"{name}.zip").stat().st_size, "zip_seconds": round(zip_s, 2),
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    })
+    meta.update(
+        {
+            "name": name,
+            "kind": kind,
+            "top": top,
+            "format_version": FORMAT_VERSION,
+            "zip_bytes": (tmpdir / f"{name}.zip").stat().st_size,
+            "zip_seconds": round(zip_s, 2),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+    )
     with open(tmpdir / "manifest.json", "w") as f:
         json.dump({"meta": meta, "entries": entries}, f)
     if final.exists():
@@ -186,6 +218,8 @@ def _cached(cache: Path, name: str) -> Corpus | None:
     except (OSError, ValueError, KeyError):
         return None
     if meta.get("format_version") != FORMAT_VERSION or not (d / f"{name}.zip").exists():
+        return None
+    if meta.get("kind") == "synthetic" and meta.get("synth_recipe") != SYNTH_RECIPE:
         return None
     return Corpus(name, meta["kind"], d, meta["top"], meta)
 
@@ -217,8 +251,9 @@ def _ignore_for_prefix(quick: bool, src_root: Path):
     libdir = src_root / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
 
     def ignore(dirpath: str, names: list[str]) -> set[str]:
-        skip = {n for n in names
-                if n in _PREFIX_EXCLUDE_NAMES or n.startswith(_PREFIX_EXCLUDE_PREFIXES)}
+        skip = {
+            n for n in names if n in _PREFIX_EXCLUDE_NAMES or n.startswith(_PREFIX_EXCLUDE_PREFIXES)
+        }
         if quick:
             d = Path(dirpath)
             if d == src_root:
@@ -227,8 +262,7 @@ def _ignore_for_prefix(quick: bool, src_root: Path):
                 keep = {f"python{sys.version_info[0]}.{sys.version_info[1]}", "python3", "python"}
                 skip |= {n for n in names if n not in keep}
             elif d == src_root / "lib":
-                skip |= {n for n in names
-                         if not (n == libdir.name or n.startswith("libpython"))}
+                skip |= {n for n in names if not (n == libdir.name or n.startswith("libpython"))}
             elif d == libdir:
                 skip |= {n for n in names if n in _QUICK_STDLIB_SKIP or n.startswith("config-")}
             skip |= {n for n in names if n.endswith((".opt-1.pyc", ".opt-2.pyc"))}
@@ -273,8 +307,13 @@ def check_prefix_python(prefix: Path, import_stmt: str) -> str:
         "lib = [l.split()[-1] for l in maps.splitlines() if 'libpython' in l]\n"
         "print(sys.prefix, lib[0] if lib else 'static')"
     )
-    out = subprocess.run([str(python_in(prefix)), "-I", "-B", "-c", code], check=True,
-                         capture_output=True, text=True, timeout=300).stdout.strip()
+    out = subprocess.run(
+        [str(python_in(prefix)), "-I", "-B", "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout.strip()
     where, lib = out.rsplit(" ", 1)
     if Path(where).resolve() != prefix.resolve():
         raise RuntimeError(f"the copied python reports sys.prefix={where}, not {prefix}")
@@ -303,9 +342,20 @@ def prefix_corpus(cache: Path = DEFAULT_CACHE, quick: bool = False, log: Log = _
         import_stmt = FULL_IMPORT
         log(f"{name}: pip install {EXTRA_PACKAGE} into the copy with its own pip")
         subprocess.run(
-            [str(python_in(dst)), "-m", "pip", "install", "--quiet", "--only-binary", ":all:",
-             "--no-warn-script-location", "--disable-pip-version-check", EXTRA_PACKAGE],
-            check=True, timeout=900,
+            [
+                str(python_in(dst)),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--only-binary",
+                ":all:",
+                "--no-warn-script-location",
+                "--disable-pip-version-check",
+                EXTRA_PACKAGE,
+            ],
+            check=True,
+            timeout=900,
         )
     extra["loaded"] = check_prefix_python(dst, import_stmt)
     extra["import_stmt"] = import_stmt
@@ -317,37 +367,45 @@ def prefix_corpus(cache: Path = DEFAULT_CACHE, quick: bool = False, log: Log = _
 # the synthetic tree
 
 
-_WORDS = ("def class import return self value data array index numpy module function error "
-          "type list dict from None True False print object config path file name test init "
-          "lambda yield while assert float int str bytes raise except finally with").split()
+_WORDS_TEXT = (
+    "def class import return self value data array index numpy module function error type list "
+    "dict from None True False print object config path file name test init lambda yield while "
+    "assert float int str bytes raise except finally with"
+)
+_WORDS = _WORDS_TEXT.split()
 
 
 def _content_pools(rng: random.Random) -> tuple[bytes, bytes]:
-    text = " ".join(rng.choice(_WORDS) + ("\n" if rng.random() < 0.12 else "")
-                    for _ in range(700_000)).encode()
+    text = " ".join(
+        rng.choice(_WORDS) + ("\n" if rng.random() < 0.12 else "") for _ in range(700_000)
+    ).encode()
     binary = rng.randbytes(2 << 20)
     # Machine code compresses about 2-3x: mix random bytes with runs of zeros and repeats.
     mixed = bytearray()
     while len(mixed) < (4 << 20):
-        mixed += binary[rng.randrange(len(binary) - 4096):][: rng.randrange(256, 4096)]
+        mixed += binary[rng.randrange(len(binary) - 4096) :][: rng.randrange(256, 4096)]
         mixed += bytes(rng.randrange(0, 1024))
     return text[: 4 << 20], bytes(mixed[: 4 << 20])
 
 
+SYNTH_RECIPE = 2  # bump when the synthetic recipe changes (cached synthetic trees are rebuilt)
+
+
 def _synthetic_size(rng: random.Random) -> int:
-    if rng.random() < 0.002:  # a few shared-library-sized files
-        return rng.randrange(1 << 20, 8 << 20)
-    return min(int(rng.lognormvariate(7.3, 1.3)), 2 << 20)  # median ~1.5 KB
+    if rng.random() < 0.0003:  # a few shared-library-sized files
+        return rng.randrange(1 << 20, 6 << 20)
+    return min(int(rng.lognormvariate(7.3, 1.3)), 1 << 20)  # median ~1.5 KB, mean ~3.5 KB
 
 
-def synthetic_corpus(entries: int, cache: Path = DEFAULT_CACHE, log: Log = _nolog,
-                     seed: int = 20261126) -> Corpus:
-    """A seeded tree of about ``entries`` entries: ~10% dirs, ~2% symlinks, the rest files.
+def synthetic_corpus(
+    entries: int, cache: Path = DEFAULT_CACHE, log: Log = _nolog, seed: int = 20261126
+) -> Corpus:
+    """A seeded tree of exactly ``entries`` entries: ~12% dirs, ~1.5% symlinks, the rest files.
 
-    Sizes are log-normal with a median near 1.5 KB (what conda environments look like: many small
-    .py/.pyc/metadata files) plus 0.2% files of 1-8 MB; 70% of files are text-like, the rest
-    binary-like and about 2x compressible. Names, sizes, contents and mtimes depend only on the
-    seed and the entry count.
+    Sizes are log-normal with a median near 1.5 KB and a mean near 3.5 KB, capped at 1 MB (conda
+    environments are mostly small .py/.pyc/metadata files), plus 0.03% files of 1-6 MB. Most
+    files are text-like; .so and .pyc files are binary-like and about 2x compressible. Names,
+    sizes, contents and mtimes depend only on the seed and the entry count.
     """
     name = f"synth-{entries}"
     got = _cached(cache, name)
@@ -368,14 +426,19 @@ def synthetic_corpus(entries: int, cache: Path = DEFAULT_CACHE, log: Log = _nolo
     while n < entries:
         r = rng.random()
         # Prefer recent folders (packages are filled in bursts) but sometimes go anywhere.
-        parent = dirs[-1 - int(rng.expovariate(0.3)) % len(dirs)] if rng.random() < 0.8 \
+        parent = (
+            dirs[-1 - int(rng.expovariate(0.3)) % len(dirs)]
+            if rng.random() < 0.8
             else rng.choice(dirs)
-        if r < 0.10 and parent.count("/") < 8:
+        )
+        if r < 0.12:
+            if parent.count("/") >= 7:  # keep the depth realistic
+                parent = parent.rsplit("/", 4)[0]
             d = f"{parent}/{rng.choice(_WORDS)}_{counts['d']}"
             (root / d).mkdir()
             dirs.append(d)
             counts["d"] += 1
-        elif r < 0.12 and files:
+        elif r < 0.135 and files:
             target = rng.choice(files[-200:])
             link = f"{parent}/link_{counts['l']}"
             os.symlink(os.path.relpath(target, parent), root / link)
@@ -387,7 +450,7 @@ def synthetic_corpus(entries: int, cache: Path = DEFAULT_CACHE, log: Log = _nolo
             pool = binary if ext in (".so", ".pyc") else text
             if size <= len(pool):
                 off = rng.randrange(0, len(pool) - size + 1)
-                data = pool[off: off + size]
+                data = pool[off : off + size]
             else:
                 data = (pool * (size // len(pool) + 1))[:size]
             with open(root / f, "wb") as fh:
@@ -399,7 +462,8 @@ def synthetic_corpus(entries: int, cache: Path = DEFAULT_CACHE, log: Log = _nolo
         n += 1
     for d in dirs:
         os.utime(root / d, (base_mtime, base_mtime))
-    return _finish(tmp, cache / "corpus" / name, name, "synthetic", top, {"seed": seed}, log)
+    extra = {"seed": seed, "synth_recipe": SYNTH_RECIPE}
+    return _finish(tmp, cache / "corpus" / name, name, "synthetic", top, extra, log)
 
 
 def main() -> None:  # python -m benchmarks.corpus [quick|full|synth N]

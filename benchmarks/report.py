@@ -24,16 +24,21 @@ def summarize(samples: list[dict]) -> dict:
         for metric, v in s["metrics"].items():
             if not isinstance(v, (int, float)) or v is None:
                 continue
-            d = (out.setdefault(s["workload"], {}).setdefault(_key(s.get("param")), {})
-                 .setdefault(metric, {}).setdefault(s["system"], {"values": []}))
+            d = (
+                out.setdefault(s["workload"], {})
+                .setdefault(_key(s.get("param")), {})
+                .setdefault(metric, {})
+                .setdefault(s["system"], {"values": []})
+            )
             d["values"].append(v)
     for w in out.values():
         for p in w.values():
             for m in p.values():
                 for d in m.values():
                     vals = d["values"]
-                    d.update(n=len(vals), median=statistics.median(vals), min=min(vals),
-                             max=max(vals))
+                    d.update(
+                        n=len(vals), median=statistics.median(vals), min=min(vals), max=max(vals)
+                    )
     return out
 
 
@@ -63,16 +68,34 @@ def targets(summary: dict, system: str = "zipfuse") -> list[dict]:
     rows = []
     for desc, w, p, metric, ref, op, goal in TARGETS:
         r = ratio(summary, w, p, metric, system, ref)
-        rows.append({"target": desc, "value": r, "unit": "x",
-                     "met": None if r is None else (r <= goal if op == "<=" else r >= goal)})
+        rows.append(
+            {
+                "target": desc,
+                "value": r,
+                "unit": "x",
+                "met": None if r is None else (r <= goal if op == "<=" else r >= goal),
+            }
+        )
     peak = summary.get("create", {}).get("", {}).get("peak_rss_mb", {}).get(system)
     v = peak["median"] if peak else None
-    rows.append({"target": "create: daemon peak RSS <= 200 MB", "value": v, "unit": "MB",
-                 "met": None if v is None else v <= 200})
+    rows.append(
+        {
+            "target": "create: daemon peak RSS <= 200 MB",
+            "value": v,
+            "unit": "MB",
+            "met": None if v is None else v <= 200,
+        }
+    )
     sp = summary.get("parallel_read", {}).get("", {}).get("speedup", {}).get(system)
     v = sp["median"] if sp else None
-    rows.append({"target": "two readers >= 1.6x one reader", "value": v, "unit": "x",
-                 "met": None if v is None else v >= 1.6})
+    rows.append(
+        {
+            "target": "two readers >= 1.6x one reader",
+            "value": v,
+            "unit": "x",
+            "met": None if v is None else v >= 1.6,
+        }
+    )
     return rows
 
 
@@ -99,25 +122,33 @@ def write_markdown(results: dict, out: Path, charts: dict[str, str]) -> Path:
     summary = results["summary"]
     systems = meta["systems"]
     lines = [
-        "# zipfuse benchmark report", "",
-        f"Run `{meta['command']}` on {meta['started']} ({meta['duration_s']:.0f} s).", "",
+        "# zipfuse benchmark report",
+        "",
+        f"Run `{meta['command']}` on {meta['started']} ({meta['duration_s']:.0f} s).",
+        "",
         f"Machine: {meta['machine']['cpu']} × {meta['machine']['cpus']} CPUs, "
         f"{meta['machine']['mem_gb']:.0f} GB RAM, Linux {meta['machine']['kernel']}, "
         f"Python {meta['machine']['python']}. Load average at start "
         f"{'/'.join(f'{x:.1f}' for x in meta['loadavg_start'])}, at end "
         f"{'/'.join(f'{x:.1f}' for x in meta['loadavg_end'])}; CPU steal during the run "
-        f"{meta['machine'].get('steal_pct', 0):.1f}%.", "",
-        "Systems: " + "; ".join(f"`{s}` {meta['versions'].get(s, '')}".rstrip()
-                                 for s in systems) + ".", "",
+        f"{meta['machine'].get('steal_pct', 0):.1f}%.",
+        "",
+        "Systems: "
+        + "; ".join(f"`{s}` {meta['versions'].get(s, '')}".rstrip() for s in systems)
+        + ".",
+        "",
         f"Repetitions: {meta['reps']} per system, interleaved (system order rotated every "
         f"repetition). Page cache: {meta['cache_state']}. Figures are medians; ratios compare "
-        "medians of the same run.", "",
+        "medians of the same run.",
+        "",
     ]
     for c in meta["corpora"]:
-        lines.append(f"- corpus `{c['name']}`: {c['entries']:,} entries ({c['files']:,} files, "
-                     f"{c['dirs']:,} folders, {c['symlinks']:,} symlinks), "
-                     f"{c['file_bytes'] / 1e6:,.0f} MB of file data, zip {c['zip_bytes'] / 1e6:,.0f} MB"
-                     + (f"; import: `{c['import_stmt']}`" if c.get("import_stmt") else ""))
+        lines.append(
+            f"- corpus `{c['name']}`: {c['entries']:,} entries ({c['files']:,} files, "
+            f"{c['dirs']:,} folders, {c['symlinks']:,} symlinks), "
+            f"{c['file_bytes'] / 1e6:,.0f} MB of file data, zip {c['zip_bytes'] / 1e6:,.0f} MB"
+            + (f"; import: `{c['import_stmt']}`" if c.get("import_stmt") else "")
+        )
     lines.append("")
     if "zipfuse" in systems:
         lines += ["## Targets (zipfuse)", "", "| target | measured | met |", "|---|---|---|"]
@@ -129,8 +160,11 @@ def write_markdown(results: dict, out: Path, charts: dict[str, str]) -> Path:
     errors: dict[str, list[str]] = {}
     for e in results["samples"]:
         if e.get("error"):
-            msg = f"`{e['system']}`" + (f" ({e['param']})" if e.get("param") else "") \
+            msg = (
+                f"`{e['system']}`"
+                + (f" ({e['param']})" if e.get("param") else "")
                 + f": {e['error']}"
+            )
             if msg not in errors.setdefault(e["workload"], []):
                 errors[e["workload"]].append(msg)
     for wname in meta["workloads"]:
@@ -139,20 +173,34 @@ def write_markdown(results: dict, out: Path, charts: dict[str, str]) -> Path:
         params = summary.get(wname, {})
         if params:
             refs = [r for r in REFERENCE_SYSTEMS if r in systems]
-            head = "| " + ("entries | " if w.corpus == "synthetic" else "") + \
-                "metric | system | median | min–max | " + " | ".join(f"× {r}" for r in refs) + " |"
+            head = (
+                "| "
+                + ("entries | " if w.corpus == "synthetic" else "")
+                + "metric | system | median | min–max | "
+                + " | ".join(f"× {r}" for r in refs)
+                + " |"
+            )
             lines += [head, "|" + "---|" * (head.count("|") - 1)]
             for param in sorted(params, key=lambda p: int(p) if p.isdigit() else 0):
                 for metric, by_sys in params[param].items():
                     spec = METRICS.get(metric)
-                    label = f"{spec.label} ({spec.unit})" if spec and spec.unit else \
-                        (spec.label if spec else metric)
+                    if spec is None:  # descriptive facts (entries, file sizes): in results.json
+                        continue
+                    label = (
+                        f"{spec.label} ({spec.unit})"
+                        if spec and spec.unit
+                        else (spec.label if spec else metric)
+                    )
                     unit = spec.unit if spec else ""
                     for sname in _order(systems, by_sys):
                         d = by_sys[sname]
                         cells = [f"{int(param):,}"] if w.corpus == "synthetic" else []
-                        cells += [label, sname, _fmt(d["median"], unit),
-                                  f"{_fmt(d['min'], unit)}–{_fmt(d['max'], unit)}"]
+                        cells += [
+                            label,
+                            sname,
+                            _fmt(d["median"], unit),
+                            f"{_fmt(d['min'], unit)}–{_fmt(d['max'], unit)}",
+                        ]
                         for r in refs:
                             x = ratio(summary, wname, param, metric, sname, r)
                             cells.append("–" if x is None or sname == r else f"{x:.2f}")
@@ -191,18 +239,28 @@ def write_charts(results: dict, out: Path) -> dict[str, str]:
                 continue
             fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8))
             axes = [axes] if len(metrics) == 1 else list(axes)
-            for ax, metric in zip(axes, metrics):
+            for ax, metric in zip(axes, metrics, strict=False):
                 for sname in systems:
-                    pts = sorted((int(p), d[metric][sname]) for p, d in params.items()
-                                 if metric in d and sname in d[metric] and p.isdigit())
+                    pts = sorted(
+                        (int(p), d[metric][sname])
+                        for p, d in params.items()
+                        if metric in d and sname in d[metric] and p.isdigit()
+                    )
                     if not pts:
                         continue
                     xs = [x for x, _ in pts]
                     ys = [max(v["median"], 1e-4) for _, v in pts]
-                    lo = [y - max(v["min"], 1e-4) for y, (_, v) in zip(ys, pts)]
-                    hi = [max(v["max"], 1e-4) - y for y, (_, v) in zip(ys, pts)]
-                    ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=sname,
-                                color=COLORS.get(sname))
+                    lo = [y - max(v["min"], 1e-4) for y, (_, v) in zip(ys, pts, strict=False)]
+                    hi = [max(v["max"], 1e-4) - y for y, (_, v) in zip(ys, pts, strict=False)]
+                    ax.errorbar(
+                        xs,
+                        ys,
+                        yerr=[lo, hi],
+                        marker="o",
+                        capsize=3,
+                        label=sname,
+                        color=COLORS.get(sname),
+                    )
                 ax.set_xscale("log")
                 ax.set_yscale("log")
                 ax.set_xlabel("entries")
@@ -217,23 +275,33 @@ def write_charts(results: dict, out: Path) -> dict[str, str]:
                 continue
             fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6))
             axes = [axes] if len(metrics) == 1 else list(axes)
-            for ax, metric in zip(axes, metrics):
+            for ax, metric in zip(axes, metrics, strict=False):
                 names = _order(systems, p[metric])
                 med = [p[metric][s]["median"] for s in names]
-                lo = [m - p[metric][s]["min"] for m, s in zip(med, names)]
-                hi = [p[metric][s]["max"] - m for m, s in zip(med, names)]
-                ax.bar(names, med, yerr=[lo, hi], capsize=4,
-                       color=[COLORS.get(s, "#9467bd") for s in names])
+                lo = [m - p[metric][s]["min"] for m, s in zip(med, names, strict=False)]
+                hi = [p[metric][s]["max"] - m for m, s in zip(med, names, strict=False)]
+                ax.bar(
+                    names,
+                    med,
+                    yerr=[lo, hi],
+                    capsize=4,
+                    color=[COLORS.get(s, "#9467bd") for s in names],
+                )
                 spec = METRICS[metric]
                 ax.set_title(spec.label, fontsize=9)
-                ax.set_ylabel(spec.unit + (" (higher is better)" if spec.higher_is_better
-                                           else ""))
+                ax.set_ylabel(spec.unit + (" (higher is better)" if spec.higher_is_better else ""))
                 ax.tick_params(axis="x", labelsize=8)
                 for i, m in enumerate(med):
-                    ax.annotate(_fmt(m, spec.unit), (i, m), ha="center", va="bottom", fontsize=7,
-                                xytext=(0, 2), textcoords="offset points")
-        fig.suptitle(f"{wname} — median of {results['meta']['reps']} (bars: min–max)",
-                     fontsize=10)
+                    ax.annotate(
+                        _fmt(m, spec.unit),
+                        (i, m),
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                        xytext=(0, 2),
+                        textcoords="offset points",
+                    )
+        fig.suptitle(f"{wname} — median of {results['meta']['reps']} (bars: min–max)", fontsize=10)
         fig.tight_layout()
         name = f"{wname}.png"
         fig.savefig(out / name, dpi=90)

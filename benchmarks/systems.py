@@ -141,7 +141,7 @@ def prewarm_file(path: Path) -> None:
 
 def prewarm_tree(root: Path) -> None:
     buf = bytearray(1 << 20)
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         for n in filenames:
             p = os.path.join(dirpath, n)
             if os.path.islink(p):
@@ -273,8 +273,9 @@ class Disk(System):
             prewarm_tree(backing)
 
     def backing_bytes(self, backing: Path) -> int:
-        out = subprocess.run(["du", "-sb", str(backing)], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            ["du", "-sb", str(backing)], capture_output=True, text=True, check=True
+        ).stdout
         return int(out.split()[0])
 
     def _open(self, backing: Path, mountpoint: Path, read_only: bool) -> Mount:
@@ -307,17 +308,23 @@ class FuseZip(System):
 
     def version(self) -> str:
         try:
-            return subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "fuse-zip"],
-                                  capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(
+                ["dpkg-query", "-W", "-f", "${Version}", "fuse-zip"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
         except Exception:
             return ""
 
     def _open(self, backing: Path, mountpoint: Path, read_only: bool) -> Mount:
         args = ["fuse-zip", "-f"] + (["-r"] if read_only else []) + [str(backing), str(mountpoint)]
-        p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
-        m = Mount(self.name, backing, mountpoint, read_only, pid=p.pid, popen=p,
-                  mountpoint=mountpoint)
+        p = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        m = Mount(
+            self.name, backing, mountpoint, read_only, pid=p.pid, popen=p, mountpoint=mountpoint
+        )
         try:
             wait_mounted(mountpoint, p, timeout=120)
         except BaseException:
@@ -367,8 +374,12 @@ class Squashfuse(System):
 
     def version(self) -> str:
         try:
-            return subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "squashfuse"],
-                                  capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(
+                ["dpkg-query", "-W", "-f", "${Version}", "squashfuse"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
         except Exception:
             return ""
 
@@ -376,9 +387,12 @@ class Squashfuse(System):
         return corpus.ensure_squashfs()
 
     def _open(self, backing: Path, mountpoint: Path, read_only: bool) -> Mount:
-        p = subprocess.Popen([self.binary, "-f", str(backing), str(mountpoint)],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
+        p = subprocess.Popen(
+            [self.binary, "-f", str(backing), str(mountpoint)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         m = Mount(self.name, backing, mountpoint, True, pid=p.pid, popen=p, mountpoint=mountpoint)
         try:
             wait_mounted(mountpoint, p, timeout=60)
@@ -429,6 +443,7 @@ class Zipfuse(System):
     def version(self) -> str:
         try:
             import zipfuse
+
             return getattr(zipfuse, "__version__", "") or "0.1.0"
         except Exception:
             return ""
@@ -440,9 +455,14 @@ class Zipfuse(System):
             pid = getattr(info, "pid", None)
         else:
             exe = self._cli()
-            subprocess.run([exe, "mount"] + (["--read-only"] if read_only else [])
-                           + [str(backing), str(mountpoint)], check=True, timeout=300,
-                           capture_output=True)
+            subprocess.run(
+                [exe, "mount"]
+                + (["--read-only"] if read_only else [])
+                + [str(backing), str(mountpoint)],
+                check=True,
+                timeout=300,
+                capture_output=True,
+            )
             pid = self._cli_pid(exe, mountpoint)
         m = Mount(self.name, backing, mountpoint, read_only, pid=pid, mountpoint=mountpoint)
         try:
@@ -474,8 +494,12 @@ class Zipfuse(System):
             if api is not None:
                 api.unmount(str(m.mountpoint))
             else:
-                subprocess.run([self._cli(), "unmount", str(m.mountpoint)], check=True,
-                               timeout=COMMIT_TIMEOUT, capture_output=True)
+                subprocess.run(
+                    [self._cli(), "unmount", str(m.mountpoint)],
+                    check=True,
+                    timeout=COMMIT_TIMEOUT,
+                    capture_output=True,
+                )
             # The contract says the daemon has exited; make sure, so RSS and timing are honest.
             deadline = time.monotonic() + 60
             while m.pid and pid_alive(m.pid) and time.monotonic() < deadline:
@@ -493,7 +517,10 @@ class Zipfuse(System):
 
 
 SYSTEMS: dict[str, type[System]] = {
-    "disk": Disk, "zipfuse": Zipfuse, "fuse-zip": FuseZip, "squashfuse": Squashfuse,
+    "disk": Disk,
+    "zipfuse": Zipfuse,
+    "fuse-zip": FuseZip,
+    "squashfuse": Squashfuse,
 }
 DEFAULT_SYSTEMS = ("disk", "zipfuse", "fuse-zip", "squashfuse")
 

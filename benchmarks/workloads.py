@@ -164,8 +164,14 @@ def run_readers(root: Path, groups: list[list[str]], listdir: Path) -> tuple[flo
         p.write_text("\n".join(g))
         lists.append(p)
     t0 = time.monotonic()
-    procs = [subprocess.Popen([sys.executable, "-S", "-c", _READER, str(root), str(p)],
-                              stdout=subprocess.PIPE, text=True) for p in lists]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-S", "-c", _READER, str(root), str(p)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for p in lists
+    ]
     total = 0
     for p in procs:
         out, _ = p.communicate(timeout=3600)
@@ -177,6 +183,7 @@ def run_readers(root: Path, groups: list[list[str]], listdir: Path) -> tuple[flo
 
 def daemon_peak_kb(m: Mount) -> int | None:
     from .systems import proc_status_kb
+
     return proc_status_kb(m.pid, "VmHWM") if m.pid else None
 
 
@@ -251,13 +258,15 @@ def _verify_archive(archive: Path, corpus: Corpus, prefix_in_archive: str = "") 
         infos = {i.filename.rstrip("/"): i for i in z.infolist()}
         missing = [p for p in want if prefix_in_archive + p not in infos]
         if missing:
-            raise RuntimeError(f"{len(missing)} entries missing from the archive, e.g. {missing[0]}")
+            raise RuntimeError(
+                f"{len(missing)} entries missing from the archive, e.g. {missing[0]}"
+            )
         sample = random.Random(7).sample(sorted(want), min(200, len(want)))
         for p, e in want.items():
             i = infos[prefix_in_archive + p]
             mode = i.external_attr >> 16
             if e[1] == "f":
-                if i.file_size != e[2] or i.CRC != e[3]:
+                if i.file_size != e[2] or e[3] != i.CRC:
                     raise RuntimeError(f"{p}: size/CRC differ after the round trip")
                 if p in sample and zlib.crc32(z.read(i)) != e[3]:
                     raise RuntimeError(f"{p}: content differs after the round trip")
@@ -286,8 +295,11 @@ def w_create(ctx: Ctx, system: System, corpus: Corpus) -> dict:
     try:
         t0 = time.monotonic()
         # cp keeps symlinks, modes and mtimes; not owners or xattrs (fuse-zip 0.5 has none).
-        r = subprocess.run(["cp", "-R", "-P", "--preserve=mode,timestamps", str(src),
-                            str(m.root) + "/"], capture_output=True, timeout=7200)
+        r = subprocess.run(
+            ["cp", "-R", "-P", "--preserve=mode,timestamps", str(src), str(m.root) + "/"],
+            capture_output=True,
+            timeout=7200,
+        )
         copy_s = time.monotonic() - t0
         if r.returncode != 0:
             raise RuntimeError(f"cp failed: {r.stderr.decode()[-500:]}")
@@ -303,8 +315,14 @@ def w_create(ctx: Ctx, system: System, corpus: Corpus) -> dict:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     peak = max(filter(None, (res.peak_rss_kb, rss_before)), default=None)
-    return {"copy_s": copy_s, "commit_s": res.seconds, "total_s": copy_s + res.seconds,
-            "peak_rss_mb": _mb(peak), "archive_mb": size / 1e6, "verified": 1}
+    return {
+        "copy_s": copy_s,
+        "commit_s": res.seconds,
+        "total_s": copy_s + res.seconds,
+        "peak_rss_mb": _mb(peak),
+        "archive_mb": size / 1e6,
+        "verified": 1,
+    }
 
 
 SMALL_PKG = "zbench_pkg"
@@ -313,15 +331,21 @@ SMALL_PKG = "zbench_pkg"
 def _small_change(root: Path, corpus: Corpus, target: str) -> None:
     """What `pip install` of one small pure-Python wheel does: ~10 new files, one appended."""
     rng = random.Random(42)
-    site = root / corpus.top / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" \
+    site = (
+        root
+        / corpus.top
+        / "lib"
+        / f"python{sys.version_info[0]}.{sys.version_info[1]}"
         / "site-packages"
+    )
     pkg = site / SMALL_PKG
     dist = site / f"{SMALL_PKG}-1.0.dist-info"
     pkg.mkdir(parents=True)
     dist.mkdir()
     for i in range(8):
         (pkg / f"mod{i}.py").write_bytes(
-            b"".join(b"x%d = %d\n" % (j, rng.randrange(1 << 30)) for j in range(200 * (i + 1))))
+            b"".join(b"x%d = %d\n" % (j, rng.randrange(1 << 30)) for j in range(200 * (i + 1)))
+        )
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: zbench-pkg\nVersion: 1.0\n")
     (dist / "RECORD").write_text("\n".join(f"{SMALL_PKG}/mod{i}.py,," for i in range(8)) + "\n")
     with open(root / target, "a") as f:
@@ -356,8 +380,11 @@ def w_small_change(ctx: Ctx, system: System, corpus: Corpus) -> dict:
                 raise RuntimeError("the appended line is not in the committed archive")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"change_s": change_s, "change_commit_s": res.seconds,
-            "change_total_s": change_s + res.seconds}
+    return {
+        "change_s": change_s,
+        "change_commit_s": res.seconds,
+        "change_total_s": change_s + res.seconds,
+    }
 
 
 def _append_target(corpus: Corpus) -> str:
@@ -445,24 +472,72 @@ class Workload:
     models: str  # what it stands for, for a conda user
 
 
-WORKLOADS: dict[str, Workload] = {w.name: w for w in (
-    Workload("mount", w_mount, "prefix", False,
-             "activating an environment: time until the mount answers, and the memory it holds"),
-    Workload("walk", w_walk, "prefix", False,
-             "conda list / pip freeze / find / du: metadata of every file"),
-    Workload("read_all", w_read_all, "prefix", False,
-             "a backup, a checksum pass or a virus scan over the environment"),
-    Workload("import", w_import, "prefix", False,
-             "starting a Python program from the environment (first and second time)"),
-    Workload("random_read", w_random_read, "prefix", False,
-             "a big shared library being paged in at random offsets (mmap of a .so)"),
-    Workload("parallel_read", w_parallel_read, "prefix", False,
-             "two jobs of an array using the same environment at once"),
-    Workload("create", w_create, "prefix", True,
-             "conda create / unpacking a whole environment into a new archive"),
-    Workload("small_change", w_small_change, "prefix", True,
-             "pip install of one small package into an existing environment, then deactivate"),
-    Workload("scale", w_scale, "synthetic", False,
-             "how mount and walk grow with the number of entries (small to huge environments)"),
-)}
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload(
+            "mount",
+            w_mount,
+            "prefix",
+            False,
+            "activating an environment: time until the mount answers, and the memory it holds",
+        ),
+        Workload(
+            "walk",
+            w_walk,
+            "prefix",
+            False,
+            "conda list / pip freeze / find / du: metadata of every file",
+        ),
+        Workload(
+            "read_all",
+            w_read_all,
+            "prefix",
+            False,
+            "a backup, a checksum pass or a virus scan over the environment",
+        ),
+        Workload(
+            "import",
+            w_import,
+            "prefix",
+            False,
+            "starting a Python program from the environment (first and second time)",
+        ),
+        Workload(
+            "random_read",
+            w_random_read,
+            "prefix",
+            False,
+            "a big shared library being paged in at random offsets (mmap of a .so)",
+        ),
+        Workload(
+            "parallel_read",
+            w_parallel_read,
+            "prefix",
+            False,
+            "two jobs of an array using the same environment at once",
+        ),
+        Workload(
+            "create",
+            w_create,
+            "prefix",
+            True,
+            "conda create / unpacking a whole environment into a new archive",
+        ),
+        Workload(
+            "small_change",
+            w_small_change,
+            "prefix",
+            True,
+            "pip install of one small package into an existing environment, then deactivate",
+        ),
+        Workload(
+            "scale",
+            w_scale,
+            "synthetic",
+            False,
+            "how mount and walk grow with the number of entries (small to huge environments)",
+        ),
+    )
+}
 DEFAULT_WORKLOADS = tuple(WORKLOADS)

@@ -1,0 +1,64 @@
+"""The benchmark suite must keep working: run `python -m benchmarks run --quick` end to end.
+
+This mounts for real (disk, fuse-zip when installed, zipfuse) and takes about a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.workloads import WORKLOADS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.fuse
+@pytest.mark.slow
+def test_quick_run_has_numbers_for_every_system_and_workload(fuse, tmp_path: Path) -> None:
+    systems = ["disk", "zipfuse"]
+    if shutil.which("fuse-zip") or os.environ.get("CI"):
+        systems.insert(1, "fuse-zip")
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "benchmarks", "run", "--quick",
+        "--systems", ",".join(systems),
+        "--out", str(out),
+        "--cache", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    log = r.stderr[-4000:]
+    assert (out / "results.json").exists(), log
+    results = json.loads((out / "results.json").read_text())
+    errors = [
+        f"{s['workload']}/{s['system']}: {s['error']}" for s in results["samples"] if s.get("error")
+    ]
+    assert not errors, "\n".join(errors) + "\n" + log
+    assert r.returncode == 0, log
+
+    summary = results["summary"]
+    for wname in WORKLOADS:
+        for system in systems:
+            params = summary.get(wname, {})
+            assert params, f"no results for workload {wname}"
+            for param, metrics in params.items():
+                got = [m for m, by_sys in metrics.items() if system in by_sys]
+                assert got, f"{wname}[{param}] has no number for {system}"
+                for m in got:
+                    v = metrics[m][system]["median"]
+                    assert isinstance(v, (int, float)) and v >= 0, (wname, system, m, v)
+
+    report = (out / "report.md").read_text()
+    for wname in WORKLOADS:
+        assert f"## {wname}" in report
+    assert (out / "import.png").stat().st_size > 1000
+
+    # Nothing may stay mounted or running below the scratch folder.
+    with open("/proc/self/mountinfo") as f:
+        assert str(tmp_path) not in f.read()
