@@ -39,6 +39,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
+import functools
 import os
 import queue
 import stat
@@ -214,7 +215,11 @@ def _encode_name(name: str) -> tuple[bytes, int]:
 
 def _dos_datetime(mtime_ns: int) -> tuple[int, int]:
     """(dos_time, dos_date) of ``mtime_ns`` in local time, clamped to what DOS dates can hold."""
-    secs = mtime_ns // 1_000_000_000
+    return _dos_datetime_secs(mtime_ns // 1_000_000_000)
+
+
+@functools.lru_cache(maxsize=1024)  # files of one install share mtimes; localtime() is not free
+def _dos_datetime_secs(secs: int) -> tuple[int, int]:
     try:
         tm = time.localtime(secs)
         parts = (tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec)
@@ -243,28 +248,39 @@ def _filetime(ns: int) -> int:
     return min(max(ticks, 0), (1 << 64) - 1)
 
 
+# 0x7875 (uid, gid) followed by 0x000a (NTFS mtime, atime, ctime): same in local and central.
+_EXTRA_OWNER_NTFS = struct.Struct("<HHBBIBIHHIHHQQQ")
+_EXTRA_UT_LOCAL = struct.Struct("<HHBii")  # 0x5455, mtime + atime
+_EXTRA_UT_CENTRAL = struct.Struct("<HHBi")  # 0x5455, mtime only
+_I32_MIN = -(1 << 31)
+_I32_MAX = (1 << 31) - 1
+
+
 def _meta_extras(meta: EntryMeta) -> tuple[bytes, bytes]:
     """(local, central) extra fields carrying times, uid and gid."""
-    local = []
-    central = []
-    mtime = _u32_time(meta.mtime_ns // 1_000_000_000)
-    atime = _u32_time(meta.atime_ns // 1_000_000_000)
+    mtime_ns = meta.mtime_ns
+    mt = _filetime(mtime_ns)
+    tail = _EXTRA_OWNER_NTFS.pack(
+        _EXTRA_UNIX_UX, 11, 1, 4, meta.uid & _U32, 4, meta.gid & _U32,
+        _EXTRA_NTFS, 32, 0, 1, 24, mt, _filetime(meta.atime_ns), mt,
+    )  # fmt: skip
+    msecs = mtime_ns // 1_000_000_000
+    asecs = meta.atime_ns // 1_000_000_000
+    if _I32_MIN <= msecs <= _I32_MAX and _I32_MIN <= asecs <= _I32_MAX:  # the common case
+        return (
+            _EXTRA_UT_LOCAL.pack(_EXTRA_EXT_TIME, 9, 3, msecs, asecs) + tail,
+            _EXTRA_UT_CENTRAL.pack(_EXTRA_EXT_TIME, 5, 3, msecs) + tail,
+        )
+    mtime = _u32_time(msecs)
+    atime = _u32_time(asecs)
     if mtime is not None and atime is not None:
-        local.append(_EXTRA_HDR.pack(_EXTRA_EXT_TIME, 9) + b"\x03" + mtime + atime)
-        central.append(_EXTRA_HDR.pack(_EXTRA_EXT_TIME, 5) + b"\x03" + mtime)
+        local = _EXTRA_HDR.pack(_EXTRA_EXT_TIME, 9) + b"\x03" + mtime + atime
+        central = _EXTRA_HDR.pack(_EXTRA_EXT_TIME, 5) + b"\x03" + mtime
     elif mtime is not None:
-        local.append(_EXTRA_HDR.pack(_EXTRA_EXT_TIME, 5) + b"\x01" + mtime)
-        central.append(_EXTRA_HDR.pack(_EXTRA_EXT_TIME, 5) + b"\x01" + mtime)
-    ux = _EXTRA_HDR.pack(_EXTRA_UNIX_UX, 11) + struct.pack(
-        "<BBIBI", 1, 4, meta.uid & _U32, 4, meta.gid & _U32
-    )
-    mt = _filetime(meta.mtime_ns)
-    ntfs = _EXTRA_HDR.pack(_EXTRA_NTFS, 32) + struct.pack(
-        "<IHHQQQ", 0, 1, 24, mt, _filetime(meta.atime_ns), mt
-    )
-    local += (ux, ntfs)
-    central += (ux, ntfs)
-    return b"".join(local), b"".join(central)
+        local = central = _EXTRA_HDR.pack(_EXTRA_EXT_TIME, 5) + b"\x01" + mtime
+    else:
+        local = central = b""
+    return local + tail, central + tail
 
 
 def _split_extra(extra: bytes) -> list[tuple[int, bytes]] | None:
@@ -588,6 +604,8 @@ class ZipWriter:
             while self._inflight > 0 and self._inflight + cost > self._max_inflight:
                 if self._error is not None:
                     raise self._error
+                if self._aborted:
+                    raise ValueError("ZipWriter was aborted")
                 self._budget.wait()
             if self._error is not None:
                 raise self._error
@@ -784,15 +802,15 @@ class ZipWriter:
         if len(comment) > _U16:
             raise ValueError("archive comment longer than 65535 bytes")
         self._check()
-        self._jobs.put(_END)
-        self._writer.join()
-        if self._error is not None:
-            self.abort()
-            raise self._error
         try:
+            self._jobs.put(_END)
+            self._writer.join()
+            if self._error is not None:
+                raise self._error
             size = self._write_end(bytes(comment))
         except BaseException as exc:
-            self._error = exc
+            if self._error is None:
+                self._error = exc
             self.abort()
             raise
         self._closed = True
@@ -910,6 +928,11 @@ class ZipWriter:
 
     def _write_blocks(self, job: _Job, offset: int) -> None:
         rec = job.rec
+        # Give back the job's own share now: every earlier entry is written, so once the blocks
+        # submitted so far are written too the budget is empty and the producer may go on even
+        # when max_inflight is smaller than a block.
+        self._release(job.cost)
+        job.cost = 0
         header = rec.local_header()  # placeholder CRC and sizes, same length as the final one
         self._emit(header)
         crc = 0
