@@ -8,9 +8,11 @@ fork ever happens inside a running trio loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -84,7 +86,8 @@ def prepare(config: Config) -> Prepared:
     except OSError as exc:
         raise ZipfuseError(f"cannot open {config.archive}: {exc.strerror}") from None
     try:
-        cd = read_central_directory(fd)
+        with _no_gc():
+            cd = read_central_directory(fd)
     except ZipFormatError as exc:
         os.close(fd)
         raise ZipfuseError(f"{config.archive}: {exc}") from None
@@ -216,7 +219,9 @@ class Daemon:
             log.warning("spill area held files from an earlier session; moved to %s", stale)
             spill = SpillArea(cfg.spill_dir, cfg.archive)
         self.spill = spill
-        self.ns = Namespace.from_archive(self.cd, os.getuid(), os.getgid(), now)
+        with _no_gc():
+            self.ns = Namespace.from_archive(self.cd, os.getuid(), os.getgid(), now)
+        gc.freeze()  # the index lives as long as the mount: keep it out of every later gc pass
         self.data = FileData(self.archive_fd, spill)
         self.ns.on_drop.append(self.data.drop)
         self.ops = ZipOperations(self.ns, self.data, read_only=cfg.read_only)
@@ -436,6 +441,18 @@ class Daemon:
             node.meta_dirty = False
             if item.kind == commit.FILE:
                 self.data.mark_clean(node)
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """Building 100k long-lived objects triggers many useless cyclic-gc passes; skip them."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _raise_fd_limit() -> None:

@@ -110,42 +110,50 @@ class Namespace:
         ns = cls(uid, gid, now_ns)
         if cd is None:
             return ns
+        dirs: dict[str, Node] = {"": ns.root}  # path -> directory, so each entry costs one lookup
         for entry in cd.entries:
-            parts = sanitize(entry.name)
-            if parts is None:
-                log.warning("skipping entry with unsafe name %r", entry.name)
-                continue
-            if not parts:
-                continue
-            ns._load_entry(entry, parts, now_ns)
+            name = entry.name
+            if _plain(name):
+                path = name[:-1] if name.endswith("/") else name
+            else:
+                parts = sanitize(name)
+                if parts is None:
+                    log.warning("skipping entry with unsafe name %r", name)
+                    continue
+                path = "/".join(parts)
+            if path:
+                ns._load_entry(entry, path, dirs, now_ns)
         ns.changes = 0
         return ns
 
-    def _load_entry(self, entry: ZipEntry, parts: tuple[str, ...], now_ns: int) -> None:
-        parent = self.root
-        for comp in parts[:-1]:
-            name = os.fsencode(comp)
-            child = parent.children.get(name)
-            if child is None or not child.is_dir:
-                if child is not None:
-                    log.warning("%r: a directory hides the file of the same name", entry.name)
-                    self._detach(parent, name, child)
-                child = self._new_node(stat.S_IFDIR | 0o755, self.uid, self.gid, now_ns)
-                self._attach(parent, name, child)
-            parent = child
-        name = os.fsencode(parts[-1])
+    def _dir_at(self, path: str, dirs: dict[str, Node], now_ns: int) -> Node:
+        """The directory at ``path``, creating implicit parents (they have no entry)."""
+        node = dirs.get(path)
+        if node is not None:
+            return node
+        head, _, tail = path.rpartition("/")
+        parent = self._dir_at(head, dirs, now_ns)
+        name = _enc(tail)
         existing = parent.children.get(name)
-        path = "/".join(parts)
-        if entry.is_dir:
-            if existing is not None and not existing.is_dir:
-                log.warning("%r: a directory hides the file of the same name", entry.name)
-                self._detach(parent, name, existing)
-                existing = None
-            if existing is None:
-                existing = self._new_node(entry.mode, self.uid, self.gid, now_ns)
-                self._attach(parent, name, existing)
+        if existing is not None and existing.is_dir:
             node = existing
         else:
+            if existing is not None:
+                log.warning("%r: a directory hides the file of the same name", path)
+                self._detach(parent, name, existing)
+            node = self._new_node(stat.S_IFDIR | 0o755, self.uid, self.gid, now_ns)
+            self._attach(parent, name, node)
+        dirs[path] = node
+        return node
+
+    def _load_entry(self, entry: ZipEntry, path: str, dirs: dict[str, Node], now_ns: int) -> None:
+        if entry.is_dir:
+            node = self._dir_at(path, dirs, now_ns)
+        else:
+            head, _, tail = path.rpartition("/")
+            parent = self._dir_at(head, dirs, now_ns)
+            name = _enc(tail)
+            existing = parent.children.get(name)
             if existing is not None:
                 if existing.is_dir:
                     log.warning("%r: hidden by a directory of the same name", entry.name)
@@ -364,6 +372,25 @@ class Namespace:
 
     def count(self) -> int:
         return len(self.nodes)
+
+
+def _enc(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _plain(name: str) -> bool:
+    """True when ``sanitize`` would only strip a trailing '/': the common case, checked fast."""
+    return (
+        name.isascii()
+        and len(name) <= 255
+        and "\0" not in name
+        and ".." not in name
+        and "//" not in name
+        and "/./" not in name
+        and not name.startswith(("/", "./"))
+        and not name.endswith("/.")
+        and name != "."
+    )
 
 
 RENAME_NOREPLACE = 1
