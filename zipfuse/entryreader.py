@@ -369,6 +369,9 @@ class EntryReader:
             raise EntryReadError(
                 errno.EOPNOTSUPP, f"{entry.name}: compression method {entry.method} not supported"
             )
+        if entry.method == STORED and entry.file_size != entry.compressed_size:
+            # Reading on would hand out bytes of the next entry (or of the directory).
+            raise EntryReadError(errno.EIO, f"{entry.name}: corrupt data: stored sizes disagree")
 
     def _get_data_offset(self) -> int:
         if self._data_offset is None:

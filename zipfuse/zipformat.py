@@ -394,7 +394,8 @@ def _owner(ex: dict[int, bytes]) -> tuple[int | None, int | None]:
             if len(ux) >= 3 + usz + gsz:
                 uid = int.from_bytes(ux[2 : 2 + usz], "little")
                 gid = int.from_bytes(ux[3 + usz : 3 + usz + gsz], "little")
-                return uid, gid
+                if uid < 2**32 and gid < 2**32:  # anything wider is not a real id
+                    return uid, gid
     new = ex.get(_EXTRA_UX_NEW)
     if new is not None and len(new) >= 4:
         return _U16.unpack_from(new, 0)[0], _U16.unpack_from(new, 2)[0]
@@ -432,10 +433,15 @@ def _ntfs_times(data: bytes | None) -> tuple[int, int | None] | None:
             mtime, atime = struct.unpack_from("<QQ", data, pos)
             if mtime == 0:  # zero means "not recorded" (7-Zip writes zero atime/ctime)
                 return None
-            atime_ns = (atime - _NTFS_EPOCH_DELTA) * 100 if atime else None
-            return (mtime - _NTFS_EPOCH_DELTA) * 100, atime_ns
+            atime_ns = _clamp_ns((atime - _NTFS_EPOCH_DELTA) * 100) if atime else None
+            return _clamp_ns((mtime - _NTFS_EPOCH_DELTA) * 100), atime_ns
         pos += size
     return None
+
+
+def _clamp_ns(ns: int) -> int:
+    """Keep absurd 64-bit NTFS times within what st_mtime_ns (signed 64 bit) can hold."""
+    return max(-(2**63), min(ns, 2**63 - 1))
 
 
 def dos_to_ns(dos_date: int, dos_time: int) -> int:

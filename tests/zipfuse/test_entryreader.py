@@ -307,3 +307,16 @@ def test_truncated_archive_data(tmp_path: Path, open_archive) -> None:
         reader.read(0, len(data))
     assert exc.value.errno == errno.EIO
     reader.close()
+
+
+def test_stored_entry_with_inconsistent_sizes(tmp_path: Path, open_archive) -> None:
+    path = tmp_path / "stored.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("x", b"0123456789")
+        zf.writestr("y", b"neighbour")
+    patch_central(path, 0, 24, "<L", 1000)  # uncompressed size: would run into entry "y"
+    arc = open_archive(path)
+    with pytest.raises(EntryReadError, match="sizes disagree") as exc:
+        arc.reader("x").read(0, 100)
+    assert exc.value.errno == errno.EIO
+    assert arc.reader("y").read(0, 100) == b"neighbour"
