@@ -1,0 +1,146 @@
+"""The zipfuse command line: one-line errors, status, signals, busy unmounts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import zipfile
+
+import pytest
+
+from tests.conftest import force_cleanup, mounted
+from zipfuse import api, registry
+
+pytestmark = pytest.mark.usefixtures("fuse")
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["zipfuse", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.fixture
+def small_zip(tmp_path):
+    path = tmp_path / "small.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("dir/file.txt", "hello\n")
+    return path
+
+
+def test_mount_errors_are_one_line(tmp_path, small_zip):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    one_line_error(
+        run("mount", "--read-only", str(tmp_path / "missing.zip"), str(mnt)), "does not exist"
+    )
+    notzip = tmp_path / "notzip.zip"
+    notzip.write_text("this is not a zip archive\n" * 10)
+    one_line_error(run("mount", str(notzip), str(mnt)), "not a zip")
+    empty = tmp_path / "empty.zip"
+    empty.write_bytes(b"")
+    one_line_error(run("mount", str(empty), str(mnt)), "empty.zip")
+    one_line_error(run("mount", str(small_zip), str(tmp_path / "nowhere")), "does not exist")
+    one_line_error(run("mount", str(small_zip), str(small_zip)), "not a directory")
+    one_line_error(run("unmount", str(mnt)), "not a zipfuse mount")
+    one_line_error(run("sync", str(mnt)), "not a zipfuse mount")
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(small_zip.read_bytes()[:-30])
+    one_line_error(run("mount", str(truncated), str(mnt)), "truncated.zip")
+    assert str(mnt) not in registry.fuse_mounts()
+
+
+def test_busy_mountpoint_and_second_writer_refused(tmp_path, small_zip):
+    mnt, other = tmp_path / "mnt", tmp_path / "other"
+    other.mkdir()
+    with mounted(small_zip, mnt):
+        one_line_error(run("mount", str(small_zip), str(mnt)), "already a mount point")
+        one_line_error(run("mount", str(small_zip), str(other)), "already mounted read-write")
+        # a reader beside the writer is fine
+        with mounted(small_zip, other, read_only=True):
+            assert (other / "dir" / "file.txt").read_text() == "hello\n"
+
+
+def test_status_json_and_sync(tmp_path, small_zip):
+    mnt = tmp_path / "mnt"
+    with mounted(small_zip, mnt) as info:
+        (mnt / "new.txt").write_text("new data\n")
+        proc = run("status", "--json")
+        assert proc.returncode == 0
+        rows = json.loads(proc.stdout)
+        row = next(r for r in rows if r["mountpoint"] == str(mnt))
+        assert {"archive", "mountpoint", "pid", "state", "read_only", "dirty_bytes"} <= set(row)
+        assert row["pid"] == info.pid and row["archive"] == str(small_zip)
+        assert row["state"] == "mounted" and row["read_only"] is False
+        assert row["dirty_bytes"] == len("new data\n")
+        proc = run("sync", str(mnt))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == ""  # quiet when not on a terminal
+        with zipfile.ZipFile(small_zip) as z:
+            assert z.read("new.txt") == b"new data\n"
+        assert api.find_mount(str(mnt)).dirty_bytes == 0
+        (mnt / "later.txt").write_text("later\n")
+    with zipfile.ZipFile(small_zip) as z:
+        assert z.read("later.txt") == b"later\n"
+        assert z.testzip() is None
+
+
+def test_sigterm_is_a_clean_unmount(tmp_path, small_zip):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    info = api.mount(str(small_zip), str(mnt))
+    try:
+        (mnt / "by-signal.txt").write_text("kept\n")
+        rec = {"pid": info.pid, "start_time": registry.process_start_time(info.pid)}
+        os.kill(info.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while registry.alive(rec) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not registry.alive(rec)
+        assert str(mnt) not in registry.fuse_mounts()
+        with zipfile.ZipFile(small_zip) as z:
+            assert z.read("by-signal.txt") == b"kept\n"
+        assert api.find_mount(str(mnt)) is None
+    finally:
+        force_cleanup(str(mnt))
+
+
+def test_busy_unmount_fails_and_keeps_mount(tmp_path, small_zip):
+    mnt = tmp_path / "mnt"
+    with mounted(small_zip, mnt):
+        holder = subprocess.Popen(["sleep", "60"], cwd=mnt)
+        try:
+            one_line_error(run("unmount", str(mnt)), "busy")
+            assert str(mnt) in registry.fuse_mounts()
+            assert (mnt / "dir" / "file.txt").read_text() == "hello\n"
+        finally:
+            holder.kill()
+            holder.wait()
+
+
+def test_help_everywhere():
+    for args in (
+        ["--help"],
+        ["mount", "--help"],
+        ["unmount", "--help"],
+        ["sync", "--help"],
+        ["status", "--help"],
+    ):
+        proc = run(*args)
+        assert proc.returncode == 0 and "usage: zipfuse" in proc.stdout
