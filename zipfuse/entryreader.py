@@ -12,7 +12,9 @@ decoded forwards, so an ``EntryReader`` picks one strategy per entry:
   short forward jumps decode and discard;
 - once access is really random (a backward jump past the window, or a forward jump of more than
   ``FORWARD_SKIP_LIMIT``), the whole entry is decoded once into an unlinked temporary file in
-  ``cache_dir`` (``file``) and every later read is an ``os.pread`` on it.
+  ``cache_dir`` (``file``) and every later read is an ``os.pread`` on it. If that file cannot
+  be written (disk full, missing directory), the reader keeps streaming and restarts the decoder
+  from the beginning for each backward jump: slow, but reads still succeed.
 
 Memory per reader stays around ``WINDOW`` + two decode chunks (or ``SMALL_ENTRY``) whatever the
 entry size; the compressed stream is fed to the decoder ``INPUT_CHUNK`` bytes at a time. Deflate64
@@ -33,6 +35,7 @@ from __future__ import annotations
 import bz2
 import errno
 import functools
+import logging
 import lzma
 import os
 import struct
@@ -53,6 +56,8 @@ from .zipformat import (
     ZipFormatError,
     local_data_offset,
 )
+
+log = logging.getLogger(__name__)
 
 SMALL_ENTRY = 4 << 20  # entries up to this size are decoded into memory at once
 WINDOW = 1 << 20  # recent plaintext kept by the sequential decoder
@@ -412,7 +417,16 @@ class EntryReader:
                 self._stream = self._new_stream()
             pos = self._stream.pos
             if offset < pos - len(self._window) or offset > pos + FORWARD_SKIP_LIMIT:
-                self._decode_to_file()
+                try:
+                    self._decode_to_file()
+                except EntryReadError as exc:
+                    if exc.errno == errno.EIO:
+                        raise
+                    # No room (or no permission) for the cache file: still answer, slowly,
+                    # by decoding again from the start.
+                    log.warning("%s; decoding from the start instead", exc)
+                    self._stream = self._new_stream()
+                    return self._read_streaming(offset, end)
                 assert self._cache is not None
                 return self._pread(self._cache.fileno(), end - offset, offset)
             return self._read_streaming(offset, end)
@@ -437,7 +451,7 @@ class EntryReader:
         try:
             cache = tempfile.TemporaryFile(dir=self._cache_dir)  # noqa: SIM115 (kept open)
         except OSError as exc:
-            raise EntryReadError(exc.errno or errno.EIO, f"cache file: {exc}") from exc
+            raise EntryReadError(exc.errno or errno.EIO, f"cache file: {exc.strerror}") from exc
         try:
             while chunk := stream.next_chunk():
                 cache.write(chunk)
@@ -446,7 +460,7 @@ class EntryReader:
             cache.close()
             if isinstance(exc, EntryReadError):
                 raise
-            raise EntryReadError(exc.errno or errno.EIO, f"cache file: {exc}") from exc
+            raise EntryReadError(exc.errno or errno.EIO, f"cache file: {exc.strerror}") from exc
         self._cache = cache
 
     def _read_streaming(self, offset: int, end: int) -> bytes:

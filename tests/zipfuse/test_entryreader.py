@@ -320,3 +320,19 @@ def test_stored_entry_with_inconsistent_sizes(tmp_path: Path, open_archive) -> N
         arc.reader("x").read(0, 100)
     assert exc.value.errno == errno.EIO
     assert arc.reader("y").read(0, 100) == b"neighbour"
+
+
+def test_unwritable_cache_dir_falls_back_to_restarting(
+    tmp_path: Path, big_zip: Path, big_data: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    fd = os.open(big_zip, os.O_RDONLY)
+    entry = next(e for e in read_central_directory(fd).entries if e.name == "big.txt")
+    reader = EntryReader(fd, entry, str(tmp_path / "does-not-exist"))
+    try:
+        assert reader.read(BIG - 1000, 1000) == big_data[-1000:]
+        assert reader.read(10, 100) == big_data[10:110]  # backwards: decode again from 0
+        assert reader.strategy == "stream"
+        assert "decoding from the start instead" in caplog.text
+    finally:
+        reader.close()
+        os.close(fd)
