@@ -82,8 +82,14 @@ def scan(src: Path) -> tuple[list[tuple[str, os.stat_result]], int]:
     return out, total
 
 
-def pack(src: Path, dest: Path, top: str, *, level: int = 6,
-         progress: Callable[[PackProgress], None] | None = None) -> int:
+def pack(
+    src: Path,
+    dest: Path,
+    top: str,
+    *,
+    level: int = 6,
+    progress: Callable[[PackProgress], None] | None = None,
+) -> int:
     """Write ``src`` as ``top/...`` into the new zip ``dest``. Returns the number of entries."""
     src = Path(src)
     if not src.is_dir():
@@ -96,8 +102,9 @@ def pack(src: Path, dest: Path, top: str, *, level: int = 6,
     n_total = len(entries) + 1
     try:
         with open(tmp, "wb") as raw:
-            with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED,
-                                 compresslevel=level, allowZip64=True) as z:
+            with zipfile.ZipFile(
+                raw, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level, allowZip64=True
+            ) as z:
                 z.writestr(_zipinfo(top + "/", os.stat(src), stat.S_IFDIR), b"")
                 for i, (rel, st) in enumerate(entries, start=2):
                     arc = f"{top}/{rel}"
@@ -112,7 +119,8 @@ def pack(src: Path, dest: Path, top: str, *, level: int = 6,
                         zi = _zipinfo(arc, st, stat.S_IFREG)
                         zi.compress_type = zipfile.ZIP_DEFLATED
                         zi.file_size = st.st_size
-                        with open(full, "rb") as f, z.open(zi, "w", force_zip64=st.st_size > 2**31) as w:
+                        big = st.st_size > 2**31
+                        with open(full, "rb") as f, z.open(zi, "w", force_zip64=big) as w:
                             while chunk := f.read(_CHUNK):
                                 w.write(chunk)
                                 done_bytes += len(chunk)
@@ -140,6 +148,7 @@ def pack(src: Path, dest: Path, top: str, *, level: int = 6,
     if progress:
         progress(PackProgress(n_total, n_total, total, total))
     if skipped:
-        print(f"condafuse: skipped {skipped} special files (sockets, FIFOs, devices)",
-              file=sys.stderr)
+        print(
+            f"condafuse: skipped {skipped} special files (sockets, FIFOs, devices)", file=sys.stderr
+        )
     return n_total - skipped

@@ -44,51 +44,87 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="condafuse", description=DESCRIPTION, epilog=EPILOG,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--frontend", metavar="FRONTEND",
-                   help="conda, mamba, micromamba, rattler, auto, or an executable's path "
-                        "(default: $CONDA_FUSE_FRONTEND, else auto-detect)")
+    p = _Parser(
+        prog="condafuse",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--frontend",
+        metavar="FRONTEND",
+        help="conda, mamba, micromamba, rattler, auto, or an executable's path "
+        "(default: $CONDA_FUSE_FRONTEND, else auto-detect)",
+    )
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"condafuse {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def add(name: str, help_: str, **kw) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".",
-                              formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+        return sub.add_parser(
+            name,
+            help=help_,
+            description=help_[0].upper() + help_[1:] + ".",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kw,
+        )
 
-    c = add("create", "create environment NAME (conda create arguments follow NAME)",
-            epilog="example: condafuse create sci python=3.11 numpy -c conda-forge\n"
-                   "Runs `<frontend> create --prefix MOUNT_ROOT/NAME/NAME --yes ARGS` in a new\n"
-                   "read-write mount and commits the archive before returning.")
-    c.add_argument("--frontend", dest="sub_frontend", metavar="FRONTEND",
-                   help="frontend for this command (see `condafuse --help`)")
+    c = add(
+        "create",
+        "create environment NAME (conda create arguments follow NAME)",
+        epilog="example: condafuse create sci python=3.11 numpy -c conda-forge\n"
+        "Runs `<frontend> create --prefix MOUNT_ROOT/NAME/NAME --yes ARGS` in a new\n"
+        "read-write mount and commits the archive before returning.",
+    )
+    c.add_argument(
+        "--frontend",
+        dest="sub_frontend",
+        metavar="FRONTEND",
+        help="frontend for this command (see `condafuse --help`)",
+    )
     c.add_argument("name", metavar="NAME")
-    c.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
-                   help="passed to the frontend's create (specs, -c CHANNEL, ...)")
+    c.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        metavar="ARGS",
+        help="passed to the frontend's create (specs, -c CHANNEL, ...)",
+    )
 
     a = add("activate", "activate NAME in the calling shell (needs the shell hook)")
     a.add_argument("name", metavar="NAME")
     a.add_argument("--read-only", action="store_true", help="mount read-only if not mounted")
     add("deactivate", "deactivate the active environment (needs the shell hook)")
 
-    s = add("shell", "print shell code for activate/deactivate (used by the shell hook)",
-            epilog='In scripts without the hook: eval "$(condafuse shell activate NAME)"')
+    s = add(
+        "shell",
+        "print shell code for activate/deactivate (used by the shell hook)",
+        epilog='In scripts without the hook: eval "$(condafuse shell activate NAME)"',
+    )
     ssub = s.add_subparsers(dest="shell_command", metavar="ACTION", parser_class=_Parser)
     sa = ssub.add_parser("activate", help="print code that activates NAME (mounting it)")
     sa.add_argument("name", metavar="NAME")
     sa.add_argument("--read-only", action="store_true", help="mount read-only if not mounted")
     ssub.add_parser("deactivate", help="print code that deactivates the active environment")
 
-    h = add("shell-hook", "print the shell function for ~/.bashrc or ~/.zshrc",
-            epilog='usage: eval "$(condafuse shell-hook bash)"')
-    h.add_argument("shell", nargs="?", choices=shell.SHELLS, default=None,
-                   help="bash or zsh (default: from $SHELL, else bash)")
+    h = add(
+        "shell-hook",
+        "print the shell function for ~/.bashrc or ~/.zshrc",
+        epilog='usage: eval "$(condafuse shell-hook bash)"',
+    )
+    h.add_argument(
+        "shell",
+        nargs="?",
+        choices=shell.SHELLS,
+        default=None,
+        help="bash or zsh (default: from $SHELL, else bash)",
+    )
 
-    r = add("run", "run a command inside NAME (mounted read-only for the run if needed)",
-            epilog="example: condafuse run sci -- python script.py\n"
-                   "The exit status is the command's.")
+    r = add(
+        "run",
+        "run a command inside NAME (mounted read-only for the run if needed)",
+        epilog="example: condafuse run sci -- python script.py\nThe exit status is the command's.",
+    )
     r.add_argument("name", metavar="NAME")
     r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS]")
 
@@ -99,8 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     u = add("unmount", "commit and unmount NAME (waits until the archive is on disk)")
     u.add_argument("names", nargs="*", metavar="NAME")
     u.add_argument("--all", action="store_true", help="unmount every condafuse environment")
-    u.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="give up waiting after SECONDS")
+    u.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up waiting after SECONDS",
+    )
 
     ls = add("list", "list environments: archives and mounts")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
@@ -112,12 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("name", metavar="NAME")
     rm.add_argument("-y", "--yes", action="store_true", help="do not ask")
 
-    im = add("import", "pack an existing conda environment directory into archive NAME",
-             epilog="The original directory is left alone.")
+    im = add(
+        "import",
+        "pack an existing conda environment directory into archive NAME",
+        epilog="The original directory is left alone.",
+    )
     im.add_argument("prefix", metavar="PREFIX")
     im.add_argument("name", metavar="NAME")
-    im.add_argument("--level", type=int, default=6, choices=range(0, 10), metavar="0-9",
-                    help="deflate level (default 6)")
+    im.add_argument(
+        "--level",
+        type=int,
+        default=6,
+        choices=range(0, 10),
+        metavar="0-9",
+        help="deflate level (default 6)",
+    )
 
     ex = add("export", "copy environment NAME out into directory DIR")
     ex.add_argument("name", metavar="NAME")
@@ -160,8 +210,9 @@ def _shell_activate(paths: Paths, name: str, read_only: bool) -> str:
     if activator.kind == "conda":
         script = shell.conda_script(activator.conda_exe, "activate", str(prefix), os.environ)
         return script + f"export CONDAFUSE_ENV={shell._q(name)}\n"
-    act = shell.BuiltinActivator(os.environ, envs.display_name_factory(paths),
-                                 paths.name_for_prefix)
+    act = shell.BuiltinActivator(
+        os.environ, envs.display_name_factory(paths), paths.name_for_prefix
+    )
     return act.activate(str(prefix))
 
 
@@ -175,10 +226,12 @@ def _shell_deactivate(paths: Paths) -> str:
             lvl = 0
         back = os.environ.get(f"CONDA_PREFIX_{lvl}") if lvl > 0 else None
         name = paths.name_for_prefix(back) if back else None
-        return script + (f"export CONDAFUSE_ENV={shell._q(name)}\n" if name
-                         else "unset CONDAFUSE_ENV\n")
-    act = shell.BuiltinActivator(os.environ, envs.display_name_factory(paths),
-                                 paths.name_for_prefix)
+        return script + (
+            f"export CONDAFUSE_ENV={shell._q(name)}\n" if name else "unset CONDAFUSE_ENV\n"
+        )
+    act = shell.BuiltinActivator(
+        os.environ, envs.display_name_factory(paths), paths.name_for_prefix
+    )
     return act.deactivate()
 
 
@@ -203,8 +256,9 @@ def dispatch(args, parser: argparse.ArgumentParser) -> int:
         elif args.shell_command == "deactivate":
             sys.stdout.write(_shell_deactivate(paths))
         else:
-            raise CondafuseError("use `condafuse shell activate NAME` or "
-                                 "`condafuse shell deactivate`", EXIT_USAGE)
+            raise CondafuseError(
+                "use `condafuse shell activate NAME` or `condafuse shell deactivate`", EXIT_USAGE
+            )
     elif cmd == "shell-hook":
         sh = args.shell or os.path.basename(os.environ.get("SHELL", "bash"))
         sys.stdout.write(shell.hook(sh if sh in shell.SHELLS else "bash"))
@@ -234,8 +288,11 @@ def dispatch(args, parser: argparse.ArgumentParser) -> int:
             print(json.dumps(rep, indent=1))
         else:
             fe = rep.get("frontend")
-            fe_text = (f"{fe} ({rep['frontend_exe'] or 'embedded py-rattler'}; "
-                       f"{rep['frontend_source']})" if fe else f"none ({rep['frontend_error']})")
+            fe_text = (
+                f"{fe} ({rep['frontend_exe'] or 'embedded py-rattler'}; {rep['frontend_source']})"
+                if fe
+                else f"none ({rep['frontend_error']})"
+            )
             print(f"archive path:  {rep['archive_path']}")
             print(f"mount root:    {rep['mount_root']}")
             print(f"tmpdir:        {rep['tmpdir']}")

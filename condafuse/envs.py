@@ -93,8 +93,10 @@ class ProgressPrinter:
         self.finished = final
         self.last = now
         pct = 100.0 * p.bytes_done / p.bytes_total if p.bytes_total else 100.0
-        line = (f"condafuse: {self.label}: {p.entries_done}/{p.entries_total} entries, "
-                f"{_mb(p.bytes_done)}/{_mb(p.bytes_total)} ({pct:.0f}%)")
+        line = (
+            f"condafuse: {self.label}: {p.entries_done}/{p.entries_total} entries, "
+            f"{_mb(p.bytes_done)}/{_mb(p.bytes_total)} ({pct:.0f}%)"
+        )
         if self.tty:
             self.stream.write("\r" + line + "\x1b[K")
         else:
@@ -143,8 +145,9 @@ def _prepare_mountpoint(mp: Path) -> None:
     except OSError as exc:
         raise CondafuseError(f"cannot read mount point {mp}: {exc.strerror}") from None
     if busy:
-        raise CondafuseError(f"mount point {mp} is not empty; move its contents away first",
-                             EXIT_BUSY)
+        raise CondafuseError(
+            f"mount point {mp} is not empty; move its contents away first", EXIT_BUSY
+        )
 
 
 def _writer_elsewhere(archive: Path, mp: Path) -> Any | None:
@@ -154,8 +157,9 @@ def _writer_elsewhere(archive: Path, mp: Path) -> Any | None:
     return None
 
 
-def ensure_mounted(paths: Paths, name: str, *, read_only: bool, fallback_ro: bool = True,
-                   quiet: bool = False) -> tuple[Any, bool]:
+def ensure_mounted(
+    paths: Paths, name: str, *, read_only: bool, fallback_ro: bool = True, quiet: bool = False
+) -> tuple[Any, bool]:
     """Mount NAME unless it already is. Returns (MountInfo, mounted_now).
 
     Only one read-write mount per archive: if another one exists (here, at another mount point,
@@ -167,19 +171,23 @@ def ensure_mounted(paths: Paths, name: str, *, read_only: bool, fallback_ro: boo
     info = _call("find_mount", str(mp))
     if info is not None:
         if not _same(info.archive, archive):
-            raise CondafuseError(f"{mp} is already a mount of another archive ({info.archive})",
-                                 EXIT_BUSY)
+            raise CondafuseError(
+                f"{mp} is already a mount of another archive ({info.archive})", EXIT_BUSY
+            )
         if not read_only and info.read_only and not quiet:
-            log(f"{name} is mounted read-only; `condafuse unmount {name}` and mount it again "
-                "to write")
+            log(
+                f"{name} is mounted read-only; `condafuse unmount {name}` and mount it again "
+                "to write"
+            )
         return info, False
     want_ro = read_only
     if not want_ro:
         other = _writer_elsewhere(archive, mp)
         if other is not None:
             if not fallback_ro:
-                raise CondafuseError(f"{name} is already mounted read-write at {other.mountpoint}",
-                                     EXIT_BUSY)
+                raise CondafuseError(
+                    f"{name} is already mounted read-write at {other.mountpoint}", EXIT_BUSY
+                )
             log(f"{name} is mounted read-write at {other.mountpoint}; mounting it read-only here")
             want_ro = True
     _prepare_mountpoint(mp)
@@ -187,16 +195,18 @@ def ensure_mounted(paths: Paths, name: str, *, read_only: bool, fallback_ro: boo
     spill.mkdir(parents=True, exist_ok=True, mode=0o700)
     api = zf()
     try:
-        info = api.mount(str(archive), str(mp), read_only=want_ro, spill_dir=str(spill),
-                         timeout=MOUNT_TIMEOUT)
+        info = api.mount(
+            str(archive), str(mp), read_only=want_ro, spill_dir=str(spill), timeout=MOUNT_TIMEOUT
+        )
     except api.ZipfuseError as exc:
         if want_ro or not fallback_ro:
             _rmdir_quiet(mp)
             raise CondafuseError(str(exc)) from None
         # Probably a writer elsewhere (another host): a read-only view is still useful.
         try:
-            info = api.mount(str(archive), str(mp), read_only=True, spill_dir=str(spill),
-                             timeout=MOUNT_TIMEOUT)
+            info = api.mount(
+                str(archive), str(mp), read_only=True, spill_dir=str(spill), timeout=MOUNT_TIMEOUT
+            )
         except api.ZipfuseError:
             _rmdir_quiet(mp)
             raise CondafuseError(str(exc)) from None
@@ -238,8 +248,10 @@ def unmount_one(paths: Paths, name: str, *, timeout: float | None = None) -> Non
     if info is None:
         raise CondafuseError(f"{name} is not mounted", EXIT_NOT_FOUND)
     if _active_here(mp):
-        log(f"warning: {name} is active in this shell (CONDA_PREFIX={os.environ['CONDA_PREFIX']});"
-            " run `condafuse deactivate` (the shell hook does it for you)")
+        log(
+            f"warning: {name} is active in this shell (CONDA_PREFIX={os.environ['CONDA_PREFIX']});"
+            " run `condafuse deactivate` (the shell hook does it for you)"
+        )
     printer = ProgressPrinter(f"writing {name}.zip")
     if not info.read_only:
         log(f"unmounting {name}: committing {_mb(info.dirty_bytes)} of changes")
@@ -263,8 +275,7 @@ def condafuse_mounts(paths: Paths) -> list[tuple[str, Any]]:
     return sorted(out, key=lambda t: t[0])
 
 
-def unmount(paths: Paths, names: Sequence[str], *, all_: bool,
-            timeout: float | None = None) -> int:
+def unmount(paths: Paths, names: Sequence[str], *, all_: bool, timeout: float | None = None) -> int:
     if all_:
         names = [n for n, _ in condafuse_mounts(paths)]
         if not names:
@@ -298,8 +309,12 @@ def _check_prefix_len(prefix: Path) -> None:
 
 
 def write_meta(prefix: Path, name: str, **fields: Any) -> None:
-    data = {"format": 1, "name": name, "prefix": str(prefix),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    data = {
+        "format": 1,
+        "name": name,
+        "prefix": str(prefix),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
     data.update(fields)
     (prefix / META_FILE).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
@@ -333,8 +348,9 @@ def create(paths: Paths, frontend: frontends.Frontend, name: str, args: Sequence
     else:
         cmd = frontends.create_command(frontend, prefix, args)
     if _call("find_mount", str(mp)) is not None:
-        raise CondafuseError(f"{mp} is already mounted; `condafuse unmount {name}` first",
-                             EXIT_BUSY)
+        raise CondafuseError(
+            f"{mp} is already mounted; `condafuse unmount {name}` first", EXIT_BUSY
+        )
     paths.archive_dir.mkdir(parents=True, exist_ok=True)
     _prepare_mountpoint(mp)
     spill = paths.env_spill_dir(name)
@@ -343,8 +359,9 @@ def create(paths: Paths, frontend: frontends.Frontend, name: str, args: Sequence
     try:
         api = zf()
         try:
-            api.mount(str(archive), str(mp), read_only=False, spill_dir=str(spill),
-                      timeout=MOUNT_TIMEOUT)
+            api.mount(
+                str(archive), str(mp), read_only=False, spill_dir=str(spill), timeout=MOUNT_TIMEOUT
+            )
         except api.ZipfuseError as exc:
             raise CondafuseError(str(exc)) from None
         except AttributeError:
@@ -354,8 +371,12 @@ def create(paths: Paths, frontend: frontends.Frontend, name: str, args: Sequence
             from . import rattler_backend
 
             installed = rattler_backend.create(prefix, request, paths.pkgs_dir)
-            meta = {"frontend": "rattler", "specs": request.specs, "channels": request.channels,
-                    "packages": installed}
+            meta = {
+                "frontend": "rattler",
+                "specs": request.specs,
+                "channels": request.channels,
+                "packages": installed,
+            }
         else:
             log("running " + " ".join(cmd))
             try:
@@ -363,8 +384,9 @@ def create(paths: Paths, frontend: frontends.Frontend, name: str, args: Sequence
             except OSError as exc:
                 raise CondafuseError(f"cannot run {cmd[0]}: {exc.strerror}") from None
             if rc != 0:
-                raise CondafuseError(f"{frontend.kind} create failed (exit status {rc}); "
-                                     f"nothing was kept")
+                raise CondafuseError(
+                    f"{frontend.kind} create failed (exit status {rc}); nothing was kept"
+                )
             meta = {"frontend": frontend.kind, "args": list(args)}
         if not (prefix / "conda-meta").is_dir():
             raise CondafuseError(f"{frontend.kind} did not create a conda environment at {prefix}")
@@ -418,17 +440,22 @@ def list_envs(paths: Paths) -> list[dict[str, Any]]:
             st = archive.stat()
             row["size"] = st.st_size
             row["modified"] = datetime.datetime.fromtimestamp(st.st_mtime).isoformat(
-                timespec="seconds")
+                timespec="seconds"
+            )
         except OSError:
             row["size"] = None  # new archive, not committed yet
             row["modified"] = None
         m = by_archive.get(os.path.realpath(archive))
         if m is None:
-            row.update(mounted=False, state=None, read_only=None, dirty_bytes=None,
-                       mountpoint=None)
+            row.update(mounted=False, state=None, read_only=None, dirty_bytes=None, mountpoint=None)
         else:
-            row.update(mounted=True, state=m.state, read_only=m.read_only,
-                       dirty_bytes=m.dirty_bytes, mountpoint=m.mountpoint)
+            row.update(
+                mounted=True,
+                state=m.state,
+                read_only=m.read_only,
+                dirty_bytes=m.dirty_bytes,
+                mountpoint=m.mountpoint,
+            )
         rows.append(row)
     return rows
 
@@ -457,8 +484,10 @@ def format_list(rows: list[dict[str, Any]]) -> str:
             mount, dirty = "-", "-"
         table.append((r["name"], size, modified, mount, dirty))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n"
-                   for row in table)
+    return "".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
+        for row in table
+    )
 
 
 def remove(paths: Paths, name: str, *, yes: bool) -> None:
@@ -466,12 +495,14 @@ def remove(paths: Paths, name: str, *, yes: bool) -> None:
     mp = paths.mountpoint(name)
     for m in mounts():
         if _same(m.archive, archive) or _same(m.mountpoint, mp):
-            raise CondafuseError(f"{name} is mounted at {m.mountpoint}; "
-                                 f"`condafuse unmount {name}` first", EXIT_BUSY)
+            raise CondafuseError(
+                f"{name} is mounted at {m.mountpoint}; `condafuse unmount {name}` first", EXIT_BUSY
+            )
     if not yes:
         if not sys.stdin.isatty():
-            raise CondafuseError(f"not removing {name} without confirmation: pass --yes",
-                                 EXIT_USAGE)
+            raise CondafuseError(
+                f"not removing {name} without confirmation: pass --yes", EXIT_USAGE
+            )
         size = _mb(archive.stat().st_size)
         sys.stderr.write(f"Remove environment {name} ({archive}, {size})? [y/N] ")
         sys.stderr.flush()
@@ -493,12 +524,16 @@ def remove(paths: Paths, name: str, *, yes: bool) -> None:
 def check_prefix(paths: Paths, name: str) -> Path:
     prefix = paths.prefix(name)
     if not (prefix / "conda-meta").is_dir():
-        raise CondafuseError(f"{paths.archive(name)} holds no conda environment {name}/ "
-                             "(expected NAME/conda-meta inside the archive)")
+        raise CondafuseError(
+            f"{paths.archive(name)} holds no conda environment {name}/ "
+            "(expected NAME/conda-meta inside the archive)"
+        )
     recorded = read_meta(prefix).get("prefix")
     if recorded and recorded != str(prefix):
-        log(f"warning: {name} was created for prefix {recorded}, now mounted at {prefix}; "
-            "programs with the old path baked in may fail (was CONDA_FUSE_MOUNT_ROOT changed?)")
+        log(
+            f"warning: {name} was created for prefix {recorded}, now mounted at {prefix}; "
+            "programs with the old path baked in may fail (was CONDA_FUSE_MOUNT_ROOT changed?)"
+        )
     return prefix
 
 
@@ -525,8 +560,7 @@ def run(paths: Paths, name: str, cmd: Sequence[str]) -> int:
     info, mounted_now = ensure_mounted(paths, name, read_only=True)
     try:
         prefix = check_prefix(paths, name)
-        act = BuiltinActivator(dict(os.environ), display_name_factory(paths),
-                               paths.name_for_prefix)
+        act = BuiltinActivator(dict(os.environ), display_name_factory(paths), paths.name_for_prefix)
         env = act.run_environment(str(prefix))
         scripts = _scripts(prefix, "activate.d")
         argv = list(cmd)
@@ -571,8 +605,11 @@ def import_env(paths: Paths, src: Path, name: str, *, level: int = 6) -> None:
         raise CondafuseError(f"{src} is not a conda environment (no conda-meta/)", EXIT_USAGE)
     archive = paths.archive(name)
     if archive.exists():
-        raise CondafuseError(f"environment {name!r} already exists ({archive}); "
-                             f"`condafuse remove {name}` first or pick another name", EXIT_EXISTS)
+        raise CondafuseError(
+            f"environment {name!r} already exists ({archive}); "
+            f"`condafuse remove {name}` first or pick another name",
+            EXIT_EXISTS,
+        )
     paths.archive_dir.mkdir(parents=True, exist_ok=True)
     printer = ProgressPrinter(f"packing {src}")
     try:
@@ -584,9 +621,11 @@ def import_env(paths: Paths, src: Path, name: str, *, level: int = 6) -> None:
     new_prefix = paths.prefix(name)
     log(f"imported {src} as {name} ({n} entries, {_mb(archive.stat().st_size)})")
     if str(src) != str(new_prefix):
-        log(f"note: files still refer to {src}; the env is mounted at {new_prefix}. "
+        log(
+            f"note: files still refer to {src}; the env is mounted at {new_prefix}. "
             "Scripts with the old path baked in (shebangs, activate.d) keep using the old "
-            "location")
+            "location"
+        )
 
 
 def export_env(paths: Paths, name: str, dest: Path) -> None:
@@ -638,4 +677,3 @@ def copy_tree(src: Path, dest: Path, progress: ProgressPrinter | None = None) ->
         os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
     if progress:
         progress.close()
-

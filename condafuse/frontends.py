@@ -88,12 +88,15 @@ def discover(choice: str | None = None, env: Mapping[str, str] | None = None) ->
                 return Frontend("micromamba", exe, source)
             exe = _which(choice, env)
             if not exe:
-                raise CondafuseError(f"frontend {choice!r} ({source}) not found on PATH", EXIT_USAGE)
+                raise CondafuseError(
+                    f"frontend {choice!r} ({source}) not found on PATH", EXIT_USAGE
+                )
             return Frontend(choice, exe, source)
         if "/" in choice:
             if not _is_exe(choice):
-                raise CondafuseError(f"frontend {choice!r} ({source}) is not an executable file",
-                                     EXIT_USAGE)
+                raise CondafuseError(
+                    f"frontend {choice!r} ({source}) is not an executable file", EXIT_USAGE
+                )
             return Frontend(_kind_of_exe(choice), os.path.abspath(choice), source)
         raise CondafuseError(
             f"unknown frontend {choice!r} ({source}): use auto, {', '.join(KINDS)} "

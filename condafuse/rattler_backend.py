@@ -78,16 +78,18 @@ def parse_create_args(args: Sequence[str], env: Mapping[str, str] | None = None)
         else:
             specs.append(arg)
     if not specs:
-        raise CondafuseError("no packages given: e.g. condafuse create NAME python=3.11 numpy",
-                             EXIT_USAGE)
+        raise CondafuseError(
+            "no packages given: e.g. condafuse create NAME python=3.11 numpy", EXIT_USAGE
+        )
     if not override:
         defaults = env.get("CONDA_FUSE_CHANNELS", DEFAULT_CHANNELS)
         for ch in re.split(r"[,\s]+", defaults.strip()):
             if ch and _channel_url(ch) not in channels:
                 channels.append(_channel_url(ch))
     if not channels:
-        raise CondafuseError("no channels: give -c CHANNEL (or drop --override-channels)",
-                             EXIT_USAGE)
+        raise CondafuseError(
+            "no channels: give -c CHANNEL (or drop --override-channels)", EXIT_USAGE
+        )
     return CreateRequest(specs=specs, channels=channels, quiet=quiet)
 
 
@@ -116,7 +118,8 @@ def create(prefix: str | Path, request: CreateRequest, cache_dir: Path) -> list[
     except Exception as exc:  # rattler raises its own exception classes; keep one line
         name = type(exc).__name__
         msg = " ".join(str(exc).split()) or name
-        raise CondafuseError(f"py-rattler: {msg}" if name in msg else f"py-rattler {name}: {msg}")
+        text = f"py-rattler: {msg}" if name in msg else f"py-rattler {name}: {msg}"
+        raise CondafuseError(text) from None
 
 
 async def _create(prefix: Path, request: CreateRequest, cache_dir: Path) -> list[str]:
@@ -152,8 +155,9 @@ async def _create(prefix: Path, request: CreateRequest, cache_dir: Path) -> list
     # The package cache lives on local disk and the prefix inside a FUSE mount: hard links
     # cannot work across them, so do not even try.
     config = Config.from_toml("allow-hard-links = false\n")
-    kwargs = dict(target_prefix=str(prefix), cache_dir=cache_dir / "pkgs", show_progress=False,
-                  config=config)
+    kwargs = dict(
+        target_prefix=str(prefix), cache_dir=cache_dir / "pkgs", show_progress=False, config=config
+    )
     try:
         await rattler.install(records, requested_specs=specs, **kwargs)
     except TypeError:

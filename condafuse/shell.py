@@ -40,8 +40,10 @@ condafuse() {
             %(rehash)s
             ;;
         unmount)
-            if [ -n "${CONDAFUSE_ENV-}" ] && { [ "${2-}" = "$CONDAFUSE_ENV" ] || [ "${2-}" = "--all" ]; }; then
-                echo "condafuse: environment '$CONDAFUSE_ENV' is active in this shell; deactivating it first" >&2
+            if [ -n "${CONDAFUSE_ENV-}" ] &&
+                { [ "${2-}" = "$CONDAFUSE_ENV" ] || [ "${2-}" = "--all" ]; }; then
+                echo "condafuse: environment '$CONDAFUSE_ENV' is active in this shell;" \
+                    "deactivating it first" >&2
                 condafuse deactivate || return $?
             fi
             __condafuse_exe "$@"
@@ -112,7 +114,7 @@ def _path_without(path: str, bindir: str) -> list[str]:
 
 
 def _strip_modifier(ps1: str, modifier: str) -> str:
-    return ps1[len(modifier):] if modifier and ps1.startswith(modifier) else ps1
+    return ps1[len(modifier) :] if modifier and ps1.startswith(modifier) else ps1
 
 
 class BuiltinActivator:
@@ -122,8 +124,12 @@ class BuiltinActivator:
     (``NAME`` for condafuse envs); ``condafuse_name(prefix)`` gives ``CONDAFUSE_ENV`` or None.
     """
 
-    def __init__(self, env: Mapping[str, str], display_name: Callable[[str], str],
-                 condafuse_name: Callable[[str], str | None]) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        display_name: Callable[[str], str],
+        condafuse_name: Callable[[str], str | None],
+    ) -> None:
         self.env = env
         self.display_name = display_name
         self.condafuse_name = condafuse_name
@@ -140,9 +146,11 @@ class BuiltinActivator:
     def _enter_vars(self, prefix: str) -> list[str]:
         name = self.display_name(prefix)
         modifier = f"({name}) "
-        lines = [f"export CONDA_PREFIX={_q(prefix)}",
-                 f"export CONDA_DEFAULT_ENV={_q(name)}",
-                 f"export CONDA_PROMPT_MODIFIER={_q(modifier)}"]
+        lines = [
+            f"export CONDA_PREFIX={_q(prefix)}",
+            f"export CONDA_DEFAULT_ENV={_q(name)}",
+            f"export CONDA_PROMPT_MODIFIER={_q(modifier)}",
+        ]
         cf = self.condafuse_name(prefix)
         lines.append(f"export CONDAFUSE_ENV={_q(cf)}" if cf else "unset CONDAFUSE_ENV")
         for k, v in _env_vars(Path(prefix)).items():
@@ -217,13 +225,15 @@ class BuiltinActivator:
         if old:
             parts = _path_without(os.pathsep.join(parts), os.path.join(old, "bin"))
         name = self.display_name(prefix)
-        out.update({
-            "PATH": os.pathsep.join([os.path.join(prefix, "bin")] + parts),
-            "CONDA_PREFIX": prefix,
-            "CONDA_DEFAULT_ENV": name,
-            "CONDA_PROMPT_MODIFIER": f"({name}) ",
-            "CONDA_SHLVL": "1",
-        })
+        out.update(
+            {
+                "PATH": os.pathsep.join([os.path.join(prefix, "bin")] + parts),
+                "CONDA_PREFIX": prefix,
+                "CONDA_DEFAULT_ENV": name,
+                "CONDA_PROMPT_MODIFIER": f"({name}) ",
+                "CONDA_SHLVL": "1",
+            }
+        )
         cf = self.condafuse_name(prefix)
         if cf:
             out["CONDAFUSE_ENV"] = cf
@@ -243,8 +253,7 @@ def conda_script(conda_exe: str, action: str, prefix: str | None, env: Mapping[s
     # so ask for {name} (= NAME) explicitly.
     child["CONDA_ENV_PROMPT"] = "({name}) "
     try:
-        proc = subprocess.run(cmd, env=child, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, timeout=120)
+        proc = subprocess.run(cmd, env=child, capture_output=True, text=True, timeout=120)
     except OSError as exc:
         raise CondafuseError(f"cannot run {conda_exe}: {exc.strerror}") from None
     except subprocess.TimeoutExpired:

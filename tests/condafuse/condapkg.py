@@ -35,8 +35,8 @@ from pathlib import Path
 # padded /opt/anaconda1anaconda2anaconda3 path, and so do we (shorter than 255 on purpose).
 PLACEHOLDER = "/opt/anaconda1anaconda2anaconda3" + "_placehold" * 20
 STAMP = 1_700_000_000  # fixed mtime/timestamp: reproducible packages
-PYVER = "%d.%d.%d" % sys.version_info[:3]
-PYMM = "%d.%d" % sys.version_info[:2]
+PYVER = "{}.{}.{}".format(*sys.version_info[:3])
+PYMM = "{}.{}".format(*sys.version_info[:2])
 
 
 @dataclass
@@ -108,17 +108,24 @@ class Package:
         ]
         with_prefix = [it for it in self.items if it.prefix]
         if with_prefix:
-            members.append(("info/has_prefix",
-                            "".join(f"{PLACEHOLDER} text {it.path}\n" for it in with_prefix)))
+            members.append(
+                (
+                    "info/has_prefix",
+                    "".join(f"{PLACEHOLDER} text {it.path}\n" for it in with_prefix),
+                )
+            )
         if self.entry_points:
-            link = {"noarch": {"type": "python", "entry_points": self.entry_points},
-                    "package_metadata_version": 1}
+            link = {
+                "noarch": {"type": "python", "entry_points": self.entry_points},
+                "package_metadata_version": 1,
+            }
             members.append(("info/link.json", json.dumps(link)))
         return [(n, s.encode()) for n, s in members]
 
 
-def _tar_add(tar: tarfile.TarFile, path: str, data: bytes = b"", mode: int = 0o644,
-             link: str | None = None) -> None:
+def _tar_add(
+    tar: tarfile.TarFile, path: str, data: bytes = b"", mode: int = 0o644, link: str | None = None
+) -> None:
     ti = tarfile.TarInfo(path)
     ti.mtime = STAMP
     if link is not None:
@@ -172,32 +179,86 @@ def packages(host_python: str | None = None) -> list[tuple[Package, str]]:
     """(package, format) pairs of the test channel."""
     host = os.path.realpath(host_python or sys.executable)
     out: list[tuple[Package, str]] = []
-    out.append((Package("cfdata", "0.1", "noarch", noarch="generic", items=[
-        Item("share/cfdata/greeting.txt", b"greetings from cfdata\n"),
-    ]), "tar.bz2"))
+    out.append(
+        (
+            Package(
+                "cfdata",
+                "0.1",
+                "noarch",
+                noarch="generic",
+                items=[
+                    Item("share/cfdata/greeting.txt", b"greetings from cfdata\n"),
+                ],
+            ),
+            "tar.bz2",
+        )
+    )
     for version, fmt in (("1.0", "tar.bz2"), ("1.1", "conda")):
-        out.append((Package("cftool", version, "linux-64", depends=["cfdata >=0.1"], items=[
-            Item("bin/cftool", tool_script(version), 0o755, prefix=True),
-            Item("bin/cft", link="cftool"),
-            Item("share/cftool/VERSION", f"{version}\n".encode()),
-            Item("etc/conda/activate.d/cftool.sh",
-                 b'export CFTOOL_ACTIVE="on:${CONDA_PREFIX}"\n'),
-            Item("etc/conda/deactivate.d/cftool.sh", b"unset CFTOOL_ACTIVE\n"),
-        ]), fmt))
-    out.append((Package("python", PYVER, "linux-64", items=[
-        Item(f"bin/python{PYMM}", link=host),
-        Item("bin/python3", link=f"python{PYMM}"),
-        Item("bin/python", link=f"python{PYMM}"),
-        Item(f"lib/python{PYMM}/site-packages/README.txt", b"stand-in python\n"),
-        Item("pyvenv.cfg", (f"home = {os.path.dirname(host)}\n"
+        out.append(
+            (
+                Package(
+                    "cftool",
+                    version,
+                    "linux-64",
+                    depends=["cfdata >=0.1"],
+                    items=[
+                        Item("bin/cftool", tool_script(version), 0o755, prefix=True),
+                        Item("bin/cft", link="cftool"),
+                        Item("share/cftool/VERSION", f"{version}\n".encode()),
+                        Item(
+                            "etc/conda/activate.d/cftool.sh",
+                            b'export CFTOOL_ACTIVE="on:${CONDA_PREFIX}"\n',
+                        ),
+                        Item("etc/conda/deactivate.d/cftool.sh", b"unset CFTOOL_ACTIVE\n"),
+                    ],
+                ),
+                fmt,
+            )
+        )
+    out.append(
+        (
+            Package(
+                "python",
+                PYVER,
+                "linux-64",
+                items=[
+                    Item(f"bin/python{PYMM}", link=host),
+                    Item("bin/python3", link=f"python{PYMM}"),
+                    Item("bin/python", link=f"python{PYMM}"),
+                    Item(f"lib/python{PYMM}/site-packages/README.txt", b"stand-in python\n"),
+                    Item(
+                        "pyvenv.cfg",
+                        (
+                            f"home = {os.path.dirname(host)}\n"
                             "include-system-site-packages = false\n"
-                            f"version = {PYVER}\n").encode()),
-    ]), "tar.bz2"))
-    out.append((Package("cfpy", "0.1", "noarch", noarch="python", depends=["python"],
-                        entry_points=["cfpy = cfpy:main"], items=[
-        Item("site-packages/cfpy/__init__.py",
-             b"import sys\n\n\ndef main():\n    print('cfpy sys.prefix=' + sys.prefix)\n"),
-    ]), "tar.bz2"))
+                            f"version = {PYVER}\n"
+                        ).encode(),
+                    ),
+                ],
+            ),
+            "tar.bz2",
+        )
+    )
+    out.append(
+        (
+            Package(
+                "cfpy",
+                "0.1",
+                "noarch",
+                noarch="python",
+                depends=["python"],
+                entry_points=["cfpy = cfpy:main"],
+                items=[
+                    Item(
+                        "site-packages/cfpy/__init__.py",
+                        b"import sys\n\n\ndef main():\n"
+                        b"    print('cfpy sys.prefix=' + sys.prefix)\n",
+                    ),
+                ],
+            ),
+            "tar.bz2",
+        )
+    )
     return out
 
 

@@ -66,43 +66,73 @@ class CF:
     def prefix(self, name: str) -> Path:
         return self.mount_root / name / name
 
-    def run(self, *args: str, check: bool | None = True, timeout: float = CMD_TIMEOUT,
-            env: dict[str, str] | None = None, input: str | None = None,
-            ) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        *args: str,
+        check: bool | None = True,
+        timeout: float = CMD_TIMEOUT,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run the condafuse program; ``check=True`` asserts exit 0 (showing stderr if not)."""
         proc = subprocess.run(
-            [str(self.bindir / "condafuse"), *args], env=env or self.env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-            stdin=subprocess.DEVNULL if input is None else None, input=input,
+            [str(self.bindir / "condafuse"), *args],
+            env=env or self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL if input is None else None,
+            input=input,
         )
         if check:
             assert proc.returncode == 0, f"condafuse {' '.join(args)}: {proc.stderr}"
         return proc
 
-    def shell(self, script: str, shell: str = "bash", timeout: float = CMD_TIMEOUT,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def shell(
+        self,
+        script: str,
+        shell: str = "bash",
+        timeout: float = CMD_TIMEOUT,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run ``script`` in a real, non-interactive bash/zsh without any rc files."""
-        argv = {"bash": ["bash", "--norc", "--noprofile", "-c", script],
-                "zsh": ["zsh", "-f", "-c", script]}[shell]
-        return subprocess.run(argv, env=env or self.env, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        argv = {
+            "bash": ["bash", "--norc", "--noprofile", "-c", script],
+            "zsh": ["zsh", "-f", "-c", script],
+        }[shell]
+        return subprocess.run(
+            argv,
+            env=env or self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def list_json(self) -> dict[str, dict]:
         rows = json.loads(self.run("list", "--json").stdout)
         return {r["name"]: r for r in rows}
 
     def create(self, name: str, channel: Path, *specs: str) -> subprocess.CompletedProcess:
-        return self.run("--frontend", "rattler", "create", name, "-c", channel.as_uri(),
-                        "--override-channels", *(specs or ("cftool", "cfpy")))
+        return self.run(
+            "--frontend",
+            "rattler",
+            "create",
+            name,
+            "-c",
+            channel.as_uri(),
+            "--override-channels",
+            *(specs or ("cftool", "cfpy")),
+        )
 
 
 def _clean_path() -> str:
     """PATH without any conda, mamba or micromamba (tests decide which frontend exists)."""
     keep = []
     for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        if d and not any(os.path.exists(os.path.join(d, x))
-                         for x in ("conda", "mamba", "micromamba")):
+        if d and not any(
+            os.path.exists(os.path.join(d, x)) for x in ("conda", "mamba", "micromamba")
+        ):
             keep.append(d)
     return os.pathsep.join(keep)
 
@@ -114,10 +144,13 @@ def cf(tmp_path: Path) -> CF:
     bindir = root / "bin"
     bindir.mkdir()
     launcher = bindir / "condafuse"
-    launcher.write_text(f"#!/bin/sh\nexec {sys.executable} -m condafuse \"$@\"\n")
+    launcher.write_text(f'#!/bin/sh\nexec {sys.executable} -m condafuse "$@"\n')
     launcher.chmod(0o755)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CONDA", "MAMBA", "_CE_", "CONDAFUSE", "PS1"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CONDA", "MAMBA", "_CE_", "CONDAFUSE", "PS1"))
+    }
     env.update(
         HOME=str(root / "home"),
         CONDA_FUSE_ARCHIVE_PATH=str(root / "home" / "archives"),
@@ -125,7 +158,8 @@ def cf(tmp_path: Path) -> CF:
         PATH=f"{bindir}{os.pathsep}{_clean_path()}",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         CONDA_FUSE_CHANNELS="",  # no default channel: nothing may touch the network
-        https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9",
+        https_proxy="http://127.0.0.1:9",
+        http_proxy="http://127.0.0.1:9",
         CONDA_FUSE_PKGS_DIR=str(root / "pkgs"),
         PYTHONDONTWRITEBYTECODE="1",
     )
@@ -155,8 +189,9 @@ def cleanup_mounts(root: Path) -> None:
         if not ours(rec["mountpoint"]):
             continue
         if rec["mountpoint"] in registry.fuse_mounts():
-            subprocess.run(["fusermount3", "-u", "-z", rec["mountpoint"]],
-                           capture_output=True, timeout=30)
+            subprocess.run(
+                ["fusermount3", "-u", "-z", rec["mountpoint"]], capture_output=True, timeout=30
+            )
         if registry.alive(rec):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(rec["pid"]), signal.SIGKILL)  # a daemon this test started

@@ -33,13 +33,15 @@ def test_paths_defaults_follow_the_bash_tool(tmp_path):
 
 
 def test_paths_from_variables(tmp_path):
-    p = Paths.from_env({
-        "HOME": "/nonexistent",
-        "CONDA_FUSE_ARCHIVE_PATH": str(tmp_path / "a"),
-        "CONDA_FUSE_MOUNT_ROOT": "~/mnt",
-        "TMPDIR": str(tmp_path / "t"),
-        "CONDA_FUSE_SPILL_DIR": str(tmp_path / "s"),
-    })
+    p = Paths.from_env(
+        {
+            "HOME": "/nonexistent",
+            "CONDA_FUSE_ARCHIVE_PATH": str(tmp_path / "a"),
+            "CONDA_FUSE_MOUNT_ROOT": "~/mnt",
+            "TMPDIR": str(tmp_path / "t"),
+            "CONDA_FUSE_SPILL_DIR": str(tmp_path / "s"),
+        }
+    )
     assert p.archive_dir == tmp_path / "a"
     assert p.mount_root == Path("/nonexistent/mnt")
     assert p.spill_dir == tmp_path / "s"
@@ -83,8 +85,9 @@ def test_frontend_discovery_order(tmp_path):
     mamba = make_stub(tmp_path / "bin", "mamba", log)
     assert frontends.discover(None, _env(tmp_path)).exe == str(mamba)
     conda = make_stub(tmp_path / "bin", "conda", log)
-    assert frontends.discover(None, _env(tmp_path)) == frontends.Frontend("conda", str(conda),
-                                                                          "PATH")
+    assert frontends.discover(None, _env(tmp_path)) == frontends.Frontend(
+        "conda", str(conda), "PATH"
+    )
     # $CONDA_EXE beats PATH
     other = tmp_path / "opt" / "conda"
     other.parent.mkdir()
@@ -107,8 +110,11 @@ def test_frontend_discovery_order(tmp_path):
 
 def test_frontend_errors(tmp_path):
     (tmp_path / "bin").mkdir()
-    for choice, text in (("nope", "unknown frontend"), ("conda", "not found on PATH"),
-                         ("/no/such/conda", "not an executable")):
+    for choice, text in (
+        ("nope", "unknown frontend"),
+        ("conda", "not found on PATH"),
+        ("/no/such/conda", "not an executable"),
+    ):
         with pytest.raises(CondafuseError) as e:
             frontends.discover(choice, _env(tmp_path))
         assert text in str(e.value) and e.value.code == 2
@@ -117,8 +123,17 @@ def test_frontend_errors(tmp_path):
 def test_exact_create_command_line(tmp_path):
     fe = frontends.Frontend("conda", "/opt/conda/bin/conda", "PATH")
     cmd = frontends.create_command(fe, "/m/sci/sci", ["python=3.11", "numpy", "-c", "bioconda"])
-    assert cmd == ["/opt/conda/bin/conda", "create", "--prefix", "/m/sci/sci", "--yes",
-                   "python=3.11", "numpy", "-c", "bioconda"]
+    assert cmd == [
+        "/opt/conda/bin/conda",
+        "create",
+        "--prefix",
+        "/m/sci/sci",
+        "--yes",
+        "python=3.11",
+        "numpy",
+        "-c",
+        "bioconda",
+    ]
     # a user's own --yes is not doubled
     cmd = frontends.create_command(fe, "/m/x/x", ["-y", "numpy"])
     assert cmd == ["/opt/conda/bin/conda", "create", "--prefix", "/m/x/x", "-y", "numpy"]
@@ -149,12 +164,23 @@ def test_rattler_argument_parsing(tmp_path):
     local = tmp_path / "chan"
     local.mkdir()
     req = rattler_backend.parse_create_args(
-        ["python=3.11", "numpy", "-c", str(local), "--channel", "bioconda", "-y",
-         "--override-channels"], env={})
+        [
+            "python=3.11",
+            "numpy",
+            "-c",
+            str(local),
+            "--channel",
+            "bioconda",
+            "-y",
+            "--override-channels",
+        ],
+        env={},
+    )
     assert req.specs == ["python=3.11", "numpy"]
     assert req.channels == [local.as_uri(), "bioconda"]
-    req = rattler_backend.parse_create_args(["-cfile:///x", "pkg"],
-                                            env={"CONDA_FUSE_CHANNELS": "a, b"})
+    req = rattler_backend.parse_create_args(
+        ["-cfile:///x", "pkg"], env={"CONDA_FUSE_CHANNELS": "a, b"}
+    )
     assert req.channels == ["file:///x", "a", "b"]
     req = rattler_backend.parse_create_args(["pkg"], env={})
     assert req.channels == ["conda-forge"]
@@ -162,9 +188,12 @@ def test_rattler_argument_parsing(tmp_path):
     spec_file.write_text("# comment\nnumpy >=1\n\nscipy\n")
     req = rattler_backend.parse_create_args(["--file", str(spec_file)], env={})
     assert req.specs == ["numpy >=1", "scipy"]
-    for bad, text in ((["--solver", "x", "p"], "does not understand '--solver'"),
-                      ([], "no packages given"), (["-c"], "needs a channel"),
-                      (["p", "--override-channels"], None)):
+    for bad, text in (
+        (["--solver", "x", "p"], "does not understand '--solver'"),
+        ([], "no packages given"),
+        (["-c"], "needs a channel"),
+        (["p", "--override-channels"], None),
+    ):
         if text is None:
             with pytest.raises(CondafuseError, match="no channels"):
                 rattler_backend.parse_create_args(bad, env={"CONDA_FUSE_CHANNELS": ""})
@@ -176,24 +205,35 @@ def test_rattler_argument_parsing(tmp_path):
 
 def test_rattler_backend_installs_a_real_env_offline(channel, tmp_path):
     """No FUSE: the embedded backend solves and installs from the local channel."""
-    req = rattler_backend.parse_create_args(["-c", str(channel), "--override-channels",
-                                             "cftool 1.0", "cfpy", "-q"], env={})
+    req = rattler_backend.parse_create_args(
+        ["-c", str(channel), "--override-channels", "cftool 1.0", "cfpy", "-q"], env={}
+    )
     prefix = tmp_path / "env"
     names = rattler_backend.create(prefix, req, tmp_path / "cache")
-    assert sorted(names) == sorted(["cftool-1.0-0", "cfdata-0.1-0", "cfpy-0.1-0",
-                                    f"python-{sys.version.split()[0]}-0"])
+    assert sorted(names) == sorted(
+        ["cftool-1.0-0", "cfdata-0.1-0", "cfpy-0.1-0", f"python-{sys.version.split()[0]}-0"]
+    )
     out = subprocess.run([prefix / "bin" / "cft"], capture_output=True, text=True, check=True)
     assert out.stdout == f"cftool 1.0 prefix={prefix}\ngreetings from cfdata\n"
     out = subprocess.run([prefix / "bin" / "cfpy"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"cfpy sys.prefix={prefix}"
     # the .conda build is the newest
-    names = rattler_backend.create(tmp_path / "env2", rattler_backend.parse_create_args(
-        ["-c", str(channel), "--override-channels", "cftool", "-q"], env={}), tmp_path / "cache")
+    names = rattler_backend.create(
+        tmp_path / "env2",
+        rattler_backend.parse_create_args(
+            ["-c", str(channel), "--override-channels", "cftool", "-q"], env={}
+        ),
+        tmp_path / "cache",
+    )
     assert "cftool-1.1-0" in names
     with pytest.raises(CondafuseError, match="py-rattler"):
-        rattler_backend.create(tmp_path / "env3", rattler_backend.parse_create_args(
-            ["-c", str(channel), "--override-channels", "nosuchpkg", "-q"], env={}),
-            tmp_path / "cache")
+        rattler_backend.create(
+            tmp_path / "env3",
+            rattler_backend.parse_create_args(
+                ["-c", str(channel), "--override-channels", "nosuchpkg", "-q"], env={}
+            ),
+            tmp_path / "cache",
+        )
 
 
 # --------------------------------------------------------------------------------- shell
@@ -244,7 +284,10 @@ def test_builtin_activator_in_real_bash(tmp_path):
 PS1='$ '
 act() {{ eval "$(PS1="$PS1" {py} a "$1")"; }}
 deact() {{ eval "$(PS1="$PS1" {py} d)"; }}
-show() {{ echo "$1|$PS1|${{CONDA_PREFIX-}}|${{CONDA_DEFAULT_ENV-}}|$CONDA_SHLVL|${{CONDAFUSE_ENV-}}|${{ORDER-}}|${{DEORDER-}}|${{CONDA_PREFIX_1-}}|${{ST_one-}}|${{ST_two-}}|${{PATH%%:*}}"; }}
+show() {{
+  echo "$1|$PS1|${{CONDA_PREFIX-}}|${{CONDA_DEFAULT_ENV-}}|$CONDA_SHLVL|${{CONDAFUSE_ENV-}}|\
+${{ORDER-}}|${{DEORDER-}}|${{CONDA_PREFIX_1-}}|${{ST_one-}}|${{ST_two-}}|${{PATH%%:*}}"
+}}
 export CONDA_SHLVL=0
 act {one}; show A
 act {two}; show B
@@ -252,18 +295,24 @@ deact; show C
 deact; show D
 echo "$PATH"
 """
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
-           "CONDA_FUSE_MOUNT_ROOT": str(tmp_path / "envs"),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    out = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], env=env,
-                         capture_output=True, text=True)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "CONDA_FUSE_MOUNT_ROOT": str(tmp_path / "envs"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    out = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", script], env=env, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == f"A|(one) $ |{one}|one|1|one|oneaoneb|||it's||{one}/bin"
-    assert lines[1] == (f"B|(two) $ |{two}|two|2|two|oneaonebtwoatwob|onebonea|{one}||it's|"
-                        f"{two}/bin")
-    assert lines[2] == (f"C|(one) $ |{one}|one|1|one|oneaonebtwoatwoboneaoneb|onebonea"
-                        f"twobtwoa||it's||{one}/bin")
+    assert lines[1] == (
+        f"B|(two) $ |{two}|two|2|two|oneaonebtwoatwob|onebonea|{one}||it's|{two}/bin"
+    )
+    assert lines[2] == (
+        f"C|(one) $ |{one}|one|1|one|oneaonebtwoatwoboneaoneb|oneboneatwobtwoa||it's||{one}/bin"
+    )
     assert lines[3].startswith("D|$ |||0||")
     assert lines[4] == "/usr/bin:/bin"
     assert paths.name_for_prefix(str(one)) == "one"
@@ -272,11 +321,16 @@ echo "$PATH"
 def test_builtin_activator_quotes_hostile_values(tmp_path):
     prefix = tmp_path / "we ird$(x)" / "p'q"
     (prefix / "conda-meta").mkdir(parents=True)
-    act = shell.BuiltinActivator({"PATH": "/bin", "PS1": "$(rm -rf /) "}, lambda p: "n;ls",
-                                 lambda p: None)
+    act = shell.BuiltinActivator(
+        {"PATH": "/bin", "PS1": "$(rm -rf /) "}, lambda p: "n;ls", lambda p: None
+    )
     text = act.activate(str(prefix))
-    out = subprocess.run(["bash", "--norc", "-c", text + 'printf "%s\\n" "$CONDA_PREFIX" "$PS1"'],
-                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        ["bash", "--norc", "-c", text + 'printf "%s\\n" "$CONDA_PREFIX" "$PS1"'],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert out.stdout.splitlines() == [str(prefix), "(n;ls) $(rm -rf /) "]
 
 
@@ -309,8 +363,21 @@ def test_pack_keeps_symlinks_modes_and_times(tmp_path):
 
 # --------------------------------------------------------------------------------- CLI style
 
-SUBCOMMANDS = ["create", "activate", "deactivate", "shell", "shell-hook", "run", "mount",
-               "unmount", "list", "paths", "remove", "import", "export"]
+SUBCOMMANDS = [
+    "create",
+    "activate",
+    "deactivate",
+    "shell",
+    "shell-hook",
+    "run",
+    "mount",
+    "unmount",
+    "list",
+    "paths",
+    "remove",
+    "import",
+    "export",
+]
 
 
 @pytest.mark.parametrize("sub", [None, *SUBCOMMANDS])
@@ -322,24 +389,33 @@ def test_help_everywhere(sub, capsys):
     assert "usage: condafuse" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("argv", "code", "text"), [
-    (["create", "bad/name", "x"], 2, "invalid environment name"),
-    (["activate", "x"], 2, "shell-hook"),
-    (["deactivate"], 2, "shell-hook"),
-    (["unmount"], 2, "give NAME or --all"),
-    (["unmount", "x", "--all"], 2, "not both"),
-    (["frobnicate"], 2, "invalid choice"),
-    (["run", "nosuch", "--", "true"], 3, "no environment 'nosuch'"),
-    (["remove", "nosuch", "--yes"], 3, "no environment 'nosuch'"),
-    (["export", "nosuch", "/tmp/x"], 3, "no environment 'nosuch'"),
-    (["import", "/no/such/dir", "x"], 3, "is not a directory"),
-    (["--frontend", "nope", "create", "x", "p"], 2, "unknown frontend"),
-    (["shell-hook", "fish"], 2, "invalid choice"),
-])
+@pytest.mark.parametrize(
+    ("argv", "code", "text"),
+    [
+        (["create", "bad/name", "x"], 2, "invalid environment name"),
+        (["activate", "x"], 2, "shell-hook"),
+        (["deactivate"], 2, "shell-hook"),
+        (["unmount"], 2, "give NAME or --all"),
+        (["unmount", "x", "--all"], 2, "not both"),
+        (["frobnicate"], 2, "invalid choice"),
+        (["run", "nosuch", "--", "true"], 3, "no environment 'nosuch'"),
+        (["remove", "nosuch", "--yes"], 3, "no environment 'nosuch'"),
+        (["export", "nosuch", "/tmp/x"], 3, "no environment 'nosuch'"),
+        (["import", "/no/such/dir", "x"], 3, "is not a directory"),
+        (["--frontend", "nope", "create", "x", "p"], 2, "unknown frontend"),
+        (["shell-hook", "fish"], 2, "invalid choice"),
+    ],
+)
 def test_errors_are_one_line_with_exit_codes(tmp_path, argv, code, text):
     env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=str(Path(__file__).parents[2]))
-    proc = subprocess.run([sys.executable, "-m", "condafuse", *argv], env=env,
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "condafuse", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == code, proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("condafuse: error:")]
     assert len(errors) == 1 and text in errors[0], proc.stderr
