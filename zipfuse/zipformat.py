@@ -290,39 +290,48 @@ def _make_entry(
 ) -> ZipEntry:
     (_, create_version, create_system, extract_version, _, flags, method, dos_time, dos_date,
      crc, csize, usize, _, _, _, disk_start, _, external_attr, header_offset) = f  # fmt: skip
-    ex = _split_extra(extra, index)
-    z64 = ex.get(_EXTRA_ZIP64)
-    if 0xFFFFFFFF in (csize, usize, header_offset) or disk_start == 0xFFFF:
-        usize, csize, header_offset = _apply_zip64(
-            z64, index, usize, csize, header_offset, disk_start
-        )
-    name = _decode_name(raw_name, flags, ex.get(_EXTRA_UPATH), create_system)
+    fast = _infozip_extra(extra) if len(extra) == _INFOZIP_CENTRAL.size else None
+    if fast is not None and 0xFFFFFFFF not in (csize, usize, header_offset):
+        # the common Info-ZIP layout (UT mtime + ux uid/gid), decoded with one unpack
+        if flags & FLAG_UTF8:
+            name = raw_name.decode("utf-8", "surrogateescape")
+        else:
+            name = _decode_name(raw_name, flags, None, create_system)
+        uid, gid, mtime_ns = fast
+        atime_ns = None
+    else:
+        ex = _split_extra(extra, index)
+        if 0xFFFFFFFF in (csize, usize, header_offset) or disk_start == 0xFFFF:
+            usize, csize, header_offset = _apply_zip64(
+                ex.get(_EXTRA_ZIP64), index, usize, csize, header_offset, disk_start
+            )
+        name = _decode_name(raw_name, flags, ex.get(_EXTRA_UPATH), create_system)
+        uid, gid = _owner(ex)
+        mtime_ns, atime_ns = _times(ex, dos_date, dos_time)
     mode = _entry_mode(name, create_system, external_attr)
-    uid, gid = _owner(ex)
-    mtime_ns, atime_ns = _times(ex, dos_date, dos_time)
+    # positional: ZipEntry is built once per entry at mount time, keyword passing costs more
     return ZipEntry(
-        index=index,
-        name=name,
-        flags=flags,
-        method=method,
-        crc=crc,
-        compressed_size=csize,
-        file_size=usize,
-        header_offset=header_offset + concat,
-        create_system=create_system,
-        create_version=create_version,
-        extract_version=extract_version,
-        external_attr=external_attr,
-        mode=mode,
-        uid=uid,
-        gid=gid,
-        mtime_ns=mtime_ns,
-        atime_ns=atime_ns,
-        dos_time=dos_time,
-        dos_date=dos_date,
-        extra=extra,
-        comment=comment,
+        index, name, flags, method, crc, csize, usize, header_offset + concat, create_system,
+        create_version, extract_version, external_attr, mode, uid, gid, mtime_ns, atime_ns,
+        dos_time, dos_date, extra, comment,
+    )  # fmt: skip
+
+
+# Central extra of Info-ZIP zip on Unix: 'UT' (flags, mtime) then 'ux' (v1, 4-byte uid and gid).
+_INFOZIP_CENTRAL = struct.Struct("<HHBiHHBBIBI")
+
+
+def _infozip_extra(extra: bytes) -> tuple[int, int, int] | None:
+    """(uid, gid, mtime_ns) when ``extra`` is exactly the common Info-ZIP layout, else None."""
+    ut_id, ut_len, ut_flags, mtime, ux_id, ux_len, ver, usz, uid, gsz, gid = (
+        _INFOZIP_CENTRAL.unpack(extra)
     )
+    if (
+        ut_id == _EXTRA_UT and ut_len == 5 and ut_flags & 1 and ux_id == _EXTRA_UX3
+        and ux_len == 11 and ver == 1 and usz == 4 and gsz == 4
+    ):  # fmt: skip
+        return uid, gid, mtime * 1_000_000_000
+    return None
 
 
 def _apply_zip64(
