@@ -208,6 +208,9 @@ def unmount(
                 "(changes since the last commit are in its spill directory)"
             )
         raise ZipfuseError(f"{mp} is not a zipfuse mount")
+    # Commit while still mounted: if it fails (disk full...), the mount stays up and nothing is
+    # lost; the user can free space and retry. The commit after the unmount is then usually empty.
+    committed = sync(mp, progress=progress) if not rec["read_only"] else {}
     try:
         sock = control.connect_watch(rec["socket"])
         replies = control.read_replies(sock, timeout)
@@ -220,7 +223,9 @@ def unmount(
             proc = _fusermount(["-u", mp])
             if proc.returncode != 0:
                 why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
-                raise ZipfuseError(f"cannot unmount {mp}: {why.removeprefix('fusermount3: ')}")
+                why = why.removeprefix("fusermount3: ")
+                done = "changes are committed, but " if committed.get("committed") else ""
+                raise ZipfuseError(f"{done}cannot unmount {mp}: {why}")
             for reply in replies:
                 _progress(reply, progress)
                 if "ok" in reply:
@@ -232,7 +237,7 @@ def unmount(
     _wait_exit(rec, timeout)
     if not result.get("ok"):
         raise ZipfuseError(result.get("error", "unmount failed"))
-    return result
+    return result if result.get("committed") or not committed else committed
 
 
 def _wait_exit(rec: dict, timeout: float | None) -> None:
