@@ -39,6 +39,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
+import fcntl
 import functools
 import os
 import queue
@@ -556,6 +557,8 @@ class ZipWriter:
     ) -> None:
         if not 0 <= level <= 9:
             raise ValueError(f"compression level must be 0..9, not {level}")
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
+            raise ValueError("the archive fd must not be opened with O_APPEND (pwrite appends)")
         self._fd = fd
         self._level = level
         self._progress = progress
@@ -1101,4 +1104,9 @@ class ZipWriter:
         )
         self._pwrite_all(tail, end)
         self._pos = end + len(tail)
+        try:  # whatever the file held beyond our end would hide the end records
+            os.ftruncate(self._fd, self._pos)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # not a regular file
+                raise
         return self._pos

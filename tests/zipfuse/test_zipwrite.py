@@ -35,8 +35,8 @@ def meta(name: str, mode: int, *, mtime_ns: int = NOW_NS, atime_ns: int | None =
                      else atime_ns)  # fmt: skip
 
 
-def write_zip(path: Path, fill, comment: bytes = b"", **kwargs) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+def write_zip(path: Path, fill, comment: bytes = b"", *, trunc: bool = True, **kwargs) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | (os.O_TRUNC if trunc else 0), 0o644)
     try:
         with ZipWriter(fd, **kwargs) as writer:
             fill(writer)
@@ -245,6 +245,15 @@ def test_roundtrip_every_entry_type(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_old_content_beyond_the_end_is_cut(tmp_path: Path) -> None:
+    archive = tmp_path / "reused.zip"
+    archive.write_bytes(os.urandom(100_000))
+    size = write_zip(archive, lambda w: w.add_bytes(meta("a", 0o100644), b"a"), trunc=False)
+    assert archive.stat().st_size == size < 1000
+    with zipfile.ZipFile(archive) as zf:
+        assert zf.read("a") == b"a"
+
+
 def test_dos_time_clamped_but_precise_time_kept(tmp_path: Path) -> None:
     old = -5 * 10**9  # 1969
     late = 7_500_000_000 * 10**9  # year ~2207
@@ -289,6 +298,12 @@ def test_bad_arguments_rejected(tmp_path: Path) -> None:
                 w.add_bytes(meta("late", 0o100644), b"")
         with pytest.raises(ValueError):
             ZipWriter(fd, level=10)
+    finally:
+        os.close(fd)
+    fd = os.open(tmp_path / "x.zip", os.O_WRONLY | os.O_APPEND)
+    try:
+        with pytest.raises(ValueError):
+            ZipWriter(fd)
     finally:
         os.close(fd)
     with zipfile.ZipFile(tmp_path / "x.zip") as zf:
