@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from . import envs, frontends, shell
 from .config import Paths, check_name
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CondafuseError
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CondafuseError, Terminated
 
 DESCRIPTION = """\
 Keep each conda environment in one zip archive (one file instead of tens of thousands) and
@@ -311,17 +312,32 @@ def dispatch(args, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _terminate(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    # A batch system's SIGTERM/SIGHUP unwinds like Ctrl-C, so no half-made env or stray mount
+    # is left behind (run passes them on to its command instead).
+    old = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _main(parser, argv)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     try:
         args = parser.parse_args(argv)
         return dispatch(args, parser)
     except CondafuseError as exc:
         print(f"condafuse: error: {exc}", file=sys.stderr)
         return exc.code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("condafuse: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return getattr(exc, "code", EXIT_INTERRUPTED)
     except BrokenPipeError:
         return 1
     except OSError as exc:  # environment problems (permissions, full disk): one line

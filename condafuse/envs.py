@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -380,9 +382,10 @@ def create(paths: Paths, frontend: frontends.Frontend, name: str, args: Sequence
         else:
             log("running " + " ".join(cmd))
             try:
-                rc = subprocess.call(cmd)
+                proc = subprocess.Popen(cmd)
             except OSError as exc:
                 raise CondafuseError(f"cannot run {cmd[0]}: {exc.strerror}") from None
+            rc = _wait_forwarding(proc)
             if rc != 0:
                 raise CondafuseError(
                     f"{frontend.kind} create failed (exit status {rc}); nothing was kept"
@@ -397,15 +400,17 @@ def create(paths: Paths, frontend: frontends.Frontend, name: str, args: Sequence
         finally:
             printer.close()
     except BaseException as exc:
-        _undo_create(archive, mp, mounted)
+        _undo_create(archive, mp, spill, mounted)
         if isinstance(exc, KeyboardInterrupt):
-            raise CondafuseError("interrupted; nothing was kept", 130) from None
+            raise CondafuseError(
+                "interrupted; nothing was kept", getattr(exc, "code", 130)
+            ) from None
         raise
     log(f"created {name} at {prefix} (mounted read-write; the archive is on disk)")
     log(f"activate it with `condafuse activate {name}`")
 
 
-def _undo_create(archive: Path, mp: Path, mounted: bool) -> None:
+def _undo_create(archive: Path, mp: Path, spill: Path, mounted: bool) -> None:
     if mounted:
         try:
             zf().unmount(str(mp), timeout=UNMOUNT_CLEANUP_TIMEOUT)
@@ -418,6 +423,7 @@ def _undo_create(archive: Path, mp: Path, mounted: bool) -> None:
     except OSError as exc:
         log(f"cleanup: cannot remove {archive}: {exc.strerror}")
     _rmdir_quiet(mp)
+    shutil.rmtree(spill, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -566,7 +572,7 @@ def run(paths: Paths, name: str, cmd: Sequence[str]) -> int:
         argv = list(cmd)
         if scripts:
             shell = shutil.which("bash") or "/bin/sh"
-            sourcing = "; ".join(f'. "{s}"' for s in scripts)
+            sourcing = "; ".join(f". {shlex.quote(str(s))}" for s in scripts)
             argv = [shell, "-c", f'{sourcing}; exec "$@"', "condafuse-run"] + argv
         elif shutil.which(argv[0], path=env["PATH"]) is None and "/" not in argv[0]:
             raise CondafuseError(f"command not found in {name}: {argv[0]}", 127)
@@ -574,13 +580,7 @@ def run(paths: Paths, name: str, cmd: Sequence[str]) -> int:
             proc = subprocess.Popen(argv, env=env)
         except OSError as exc:
             raise CondafuseError(f"cannot run {argv[0]}: {exc.strerror}", 127) from None
-        while True:
-            try:
-                rc = proc.wait()
-                break
-            except KeyboardInterrupt:  # the child got the SIGINT too; wait for it
-                continue
-        return 128 - rc if rc < 0 else rc
+        return _wait_forwarding(proc)
     finally:
         if mounted_now:
             try:
@@ -588,6 +588,27 @@ def run(paths: Paths, name: str, cmd: Sequence[str]) -> int:
             except CondafuseError as exc:
                 log(f"unmount after run failed: {exc}")
             _rmdir_quiet(paths.mountpoint(name))
+
+
+def _wait_forwarding(proc: subprocess.Popen) -> int:
+    """Wait for ``proc``; pass SIGTERM/SIGHUP on to it (Ctrl-C reaches it directly)."""
+
+    def forward(signum: int, frame: Any) -> None:
+        proc.send_signal(signum)
+
+    forwarded = (signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.signal(s, forward) for s in forwarded}
+    try:
+        while True:
+            try:
+                rc = proc.wait()
+                break
+            except KeyboardInterrupt:  # the child got the SIGINT too; wait for it
+                continue
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return 128 - rc if rc < 0 else rc
 
 
 # ------------------------------------------------------------------------------------------

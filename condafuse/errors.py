@@ -12,6 +12,14 @@ EXIT_BUSY = 5  # refused because it is mounted / in use
 EXIT_INTERRUPTED = 130
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM/SIGHUP arrived (a batch system stopping the job): clean up like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.code = 128 + signum
+
+
 class CondafuseError(Exception):
     """A failure meant for the user. ``str(exc)`` is one line; ``code`` is the exit status."""
 

@@ -40,7 +40,7 @@ condafuse() {
             %(rehash)s
             ;;
         unmount)
-            if [ -n "${CONDAFUSE_ENV-}" ] &&
+            if [ -n "${CONDAFUSE_ENV-}" ] && [ -n "${CONDA_PREFIX-}" ] &&
                 { [ "${2-}" = "$CONDAFUSE_ENV" ] || [ "${2-}" = "--all" ]; }; then
                 echo "condafuse: environment '$CONDAFUSE_ENV' is active in this shell;" \
                     "deactivating it first" >&2

@@ -222,6 +222,10 @@ if args[:1] == ["create"] and "--prefix" in args:
     p = args[args.index("--prefix") + 1]
     os.makedirs(os.path.join(p, "conda-meta"))
     open(os.path.join(p, "conda-meta", "history"), "w").close()
+    if os.environ.get("STUB_SLEEP"):
+        import time
+        open(os.environ["STUB_SLEEP"], "w").close()
+        time.sleep(120)
 elif args[:2] == ["shell.posix", "activate"]:
     print("export CONDA_PREFIX=" + args[2])
     print("export STUB_ACTIVATED=" + os.environ.get("CONDA_ENV_PROMPT", "").replace(" ", "_"))

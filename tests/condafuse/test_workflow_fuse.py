@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -144,6 +147,7 @@ def test_create_refuses_existing_and_leaves_nothing_on_failure(fuse, cf, channel
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert not (cf.archives / "two.zip").exists()
     assert not (cf.mount_root / "two").exists()
+    assert not list(Path(os.environ["TMPDIR"]).glob("condafuse-*/spill/two"))
     assert api.find_mount(str(cf.mount_root / "two")) is None
     assert sorted(cf.list_json()) == ["one"]
 
@@ -355,3 +359,66 @@ def test_failing_backend_is_one_line_and_leaves_nothing(fuse, cf, tmp_path):
     assert "Traceback" not in proc.stderr
     assert not (cf.archives / "x.zip").exists()
     assert not (cf.mount_root / "x").exists()
+
+
+def _wait_for(predicate, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_sigterm_reaches_the_command_of_run_and_the_mount_goes(fuse, cf, channel):
+    """A batch system stopping `condafuse run` with SIGTERM: the command gets it, its exit
+    status comes back, and the temporary read-only mount is removed."""
+    cf.create("job", channel, "cftool")
+    cf.run("unmount", "job")
+    ready = cf.root / "ready"
+    cmd = f"trap 'echo got-term; exit 9' TERM; touch {ready}; while :; do sleep 0.05; done"
+    proc = subprocess.Popen(
+        [str(cf.bindir / "condafuse"), "run", "job", "--", "sh", "-c", cmd],
+        env=cf.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(ready.exists)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 9, err
+    assert "got-term" in out
+    assert not _mounted(cf.mount_root / "job")
+
+
+def test_sigterm_during_create_leaves_nothing(fuse, cf):
+    """SIGTERM while the frontend runs: the frontend is stopped and nothing is kept."""
+    log = cf.root / "conda.log"
+    make_stub(cf.bindir, "conda", log)
+    started = cf.root / "started"
+    env = dict(cf.env, STUB_SLEEP=str(started))
+    proc = subprocess.Popen(
+        [str(cf.bindir / "condafuse"), "create", "late", "x"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(started.exists)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode != 0 and "Traceback" not in err
+    assert "nothing was kept" in err
+    assert not (cf.archives / "late.zip").exists()
+    assert not (cf.mount_root / "late").exists()
