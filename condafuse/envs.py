@@ -256,7 +256,8 @@ def unmount_one(paths: Paths, name: str, *, timeout: float | None = None) -> Non
         )
     printer = ProgressPrinter(f"writing {name}.zip")
     if not info.read_only:
-        log(f"unmounting {name}: committing {_mb(info.dirty_bytes)} of changes")
+        dirty = f" ({_mb(info.dirty_bytes)} not yet committed)" if info.dirty_bytes else ""
+        log(f"unmounting {name}: writing its archive{dirty}")
     try:
         _call("unmount", str(mp), progress=printer, timeout=timeout)
     finally:
