@@ -101,7 +101,7 @@ class Corpus:
     def ensure_squashfs(self, log: Log = _nolog) -> Path:
         if self.sqfs.exists():
             return self.sqfs
-        tmp = self.sqfs.with_suffix(".sqfs.tmp")
+        tmp = self.sqfs.with_suffix(f".sqfs.tmp{os.getpid()}")
         tmp.unlink(missing_ok=True)
         log(f"building {self.sqfs.name} with mksquashfs (gzip)")
         t0 = time.monotonic()

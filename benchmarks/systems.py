@@ -47,6 +47,7 @@ class Mount:
 class CloseResult:
     seconds: float  # from asking to unmount until durable (daemon exited / synced)
     peak_rss_kb: int | None  # daemon VmHWM, the peak over its whole life
+    cpu_s: float | None = None  # daemon user+system CPU over its whole life
 
 
 def proc_status_kb(pid: int, field: str) -> int | None:
@@ -93,6 +94,7 @@ class HwmSampler:
     def __init__(self, pid: int | None, interval: float = 0.02):
         self.pid, self.interval = pid, interval
         self.peak: int | None = proc_status_kb(pid, "VmHWM") if pid else None
+        self.cpu_s: float | None = proc_cpu_seconds(pid) if pid else None
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -102,6 +104,7 @@ class HwmSampler:
             if v is None:
                 return
             self.peak = max(self.peak or 0, v)
+            self.cpu_s = proc_cpu_seconds(self.pid) or self.cpu_s
             self._stop.wait(self.interval)
 
     def __enter__(self) -> HwmSampler:
@@ -355,7 +358,7 @@ class FuseZip(System):
         if m.popen.returncode != 0:
             err = m.popen.stderr.read().decode(errors="replace").strip()
             raise RuntimeError(f"fuse-zip exited with {m.popen.returncode}: {err}")
-        return CloseResult(secs, max(ru.ru_maxrss, s.peak or 0))
+        return CloseResult(secs, max(ru.ru_maxrss, s.peak or 0), ru.ru_utime + ru.ru_stime)
 
 
 class Squashfuse(System):
@@ -451,7 +454,10 @@ class Zipfuse(System):
     def _open(self, backing: Path, mountpoint: Path, read_only: bool) -> Mount:
         api, _ = self._api()
         if api is not None:
-            info = api.mount(str(backing), str(mountpoint), read_only=read_only)
+            try:
+                info = api.mount(str(backing), str(mountpoint), read_only=read_only, timeout=900)
+            except TypeError:  # an API without the timeout keyword
+                info = api.mount(str(backing), str(mountpoint), read_only=read_only)
             pid = getattr(info, "pid", None)
         else:
             exe = self._cli()
@@ -504,7 +510,7 @@ class Zipfuse(System):
             deadline = time.monotonic() + 60
             while m.pid and pid_alive(m.pid) and time.monotonic() < deadline:
                 time.sleep(0.005)
-        return CloseResult(time.monotonic() - t0, s.peak)
+        return CloseResult(time.monotonic() - t0, s.peak, s.cpu_s)
 
     def emergency_close(self, m: Mount) -> None:
         api, _ = self._api()

@@ -50,6 +50,7 @@ METRICS: dict[str, Metric] = {
     "commit_s": Metric("unmount until durable", "s"),
     "total_s": Metric("copy + commit", "s", headline=True),
     "peak_rss_mb": Metric("daemon peak RSS", "MB", headline=True),
+    "daemon_cpu_s": Metric("daemon CPU time, user+system", "s"),
     "archive_mb": Metric("archive size", "MB"),
     "verified": Metric("round trip verified (1 = yes)", "", higher_is_better=True),
     "change_s": Metric("make the change", "s"),
@@ -320,6 +321,7 @@ def w_create(ctx: Ctx, system: System, corpus: Corpus) -> dict:
         "commit_s": res.seconds,
         "total_s": copy_s + res.seconds,
         "peak_rss_mb": _mb(peak),
+        "daemon_cpu_s": res.cpu_s,
         "archive_mb": size / 1e6,
         "verified": 1,
     }
