@@ -290,9 +290,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="drop the page cache before each sample (root; affects the whole machine)",
     )
+    pp = sub.add_parser("profile", help="sample the zipfuse daemon with py-spy during one step")
+    pp.add_argument("--step", default="walk", choices=["walk", "import", "read_all"])
+    pp.add_argument("--quick", action="store_true", help="use the small prefix corpus")
+    pp.add_argument("--out", default="bench-out")
+    pp.add_argument("--cache", default=str(corpora.DEFAULT_CACHE))
     rp = sub.add_parser("report", help="re-render report.md and charts from DIR/results.json")
     rp.add_argument("dir")
     args = ap.parse_args(argv)
+    if args.cmd == "profile":
+        from .profile import profile
+
+        print(profile(args.step, args.quick, Path(args.out), Path(args.cache), _log))
+        return 0
     if args.cmd == "report":
         print(report.render(Path(args.dir)))
         return 0
