@@ -76,6 +76,20 @@ def find_mount_of(paths: Paths, name: str) -> Any | None:
     return _call("find_mount", str(paths.mountpoint(name)))
 
 
+def _mount_archive(paths: Paths, name: str, *, read_only: bool) -> Any:
+    """zipfuse mount of NAME.zip at MOUNT_ROOT/NAME with its own spill directory."""
+    spill = paths.env_spill_dir(name)
+    spill.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return _call(
+        "mount",
+        str(paths.archive(name)),
+        str(paths.mountpoint(name)),
+        read_only=read_only,
+        spill_dir=str(spill),
+        timeout=MOUNT_TIMEOUT,
+    )
+
+
 class ProgressPrinter:
     """Shows zipfuse Progress records on stderr (a live line on a terminal, else every 5 s)."""
 
@@ -116,11 +130,13 @@ def _mb(n: int | None) -> str:
     """Human-readable size (decimal units, like du -h --si)."""
     if n is None:
         return "-"
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1000:
+        return f"{n} B"
+    for unit in ("kB", "MB", "GB", "TB"):
         n /= 1000
-    return f"{n:.1f} TB"
+        if n < 1000 or unit == "TB":
+            break
+    return f"{n:.1f} {unit}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -170,7 +186,7 @@ def ensure_mounted(
     """
     archive = _require_archive(paths, name)
     mp = paths.mountpoint(name)
-    info = _call("find_mount", str(mp))
+    info = find_mount_of(paths, name)
     if info is not None:
         if not _same(info.archive, archive):
             raise CondafuseError(
@@ -193,28 +209,19 @@ def ensure_mounted(
             log(f"{name} is mounted read-write at {other.mountpoint}; mounting it read-only here")
             want_ro = True
     _prepare_mountpoint(mp)
-    spill = paths.env_spill_dir(name)
-    spill.mkdir(parents=True, exist_ok=True, mode=0o700)
-    api = zf()
     try:
-        info = api.mount(
-            str(archive), str(mp), read_only=want_ro, spill_dir=str(spill), timeout=MOUNT_TIMEOUT
-        )
-    except api.ZipfuseError as exc:
+        info = _mount_archive(paths, name, read_only=want_ro)
+    except CondafuseError as exc:
         if want_ro or not fallback_ro:
             _rmdir_quiet(mp)
-            raise CondafuseError(str(exc)) from None
+            raise
         # Probably a writer elsewhere (another host): a read-only view is still useful.
         try:
-            info = api.mount(
-                str(archive), str(mp), read_only=True, spill_dir=str(spill), timeout=MOUNT_TIMEOUT
-            )
-        except api.ZipfuseError:
+            info = _mount_archive(paths, name, read_only=True)
+        except CondafuseError:
             _rmdir_quiet(mp)
-            raise CondafuseError(str(exc)) from None
+            raise exc from None
         log(f"read-write mount refused ({exc}); {name} is mounted read-only")
-    except AttributeError:
-        raise CondafuseError("this zipfuse has no api.mount() yet (zipfuse core too old)") from None
     return info, True
 
 
@@ -246,7 +253,7 @@ def _active_here(mp: Path) -> bool:
 
 def unmount_one(paths: Paths, name: str, *, timeout: float | None = None) -> None:
     mp = paths.mountpoint(name)
-    info = _call("find_mount", str(mp))
+    info = find_mount_of(paths, name)
     if info is None:
         raise CondafuseError(f"{name} is not mounted", EXIT_NOT_FOUND)
     if _active_here(mp):
@@ -350,25 +357,15 @@ def create(paths: Paths, frontend: frontends.Frontend, name: str, args: Sequence
         cmd = None
     else:
         cmd = frontends.create_command(frontend, prefix, args)
-    if _call("find_mount", str(mp)) is not None:
+    if find_mount_of(paths, name) is not None:
         raise CondafuseError(
             f"{mp} is already mounted; `condafuse unmount {name}` first", EXIT_BUSY
         )
     paths.archive_dir.mkdir(parents=True, exist_ok=True)
     _prepare_mountpoint(mp)
-    spill = paths.env_spill_dir(name)
-    spill.mkdir(parents=True, exist_ok=True, mode=0o700)
     mounted = False
     try:
-        api = zf()
-        try:
-            api.mount(
-                str(archive), str(mp), read_only=False, spill_dir=str(spill), timeout=MOUNT_TIMEOUT
-            )
-        except api.ZipfuseError as exc:
-            raise CondafuseError(str(exc)) from None
-        except AttributeError:
-            raise CondafuseError("this zipfuse has no api.mount() yet") from None
+        _mount_archive(paths, name, read_only=False)
         mounted = True
         if request is not None:
             from . import rattler_backend
@@ -401,7 +398,7 @@ def create(paths: Paths, frontend: frontends.Frontend, name: str, args: Sequence
         finally:
             printer.close()
     except BaseException as exc:
-        _undo_create(archive, mp, spill, mounted)
+        _undo_create(paths, name, mounted)
         if isinstance(exc, KeyboardInterrupt):
             raise CondafuseError(
                 "interrupted; nothing was kept", getattr(exc, "code", 130)
@@ -411,20 +408,28 @@ def create(paths: Paths, frontend: frontends.Frontend, name: str, args: Sequence
     log(f"activate it with `condafuse activate {name}`")
 
 
-def _undo_create(archive: Path, mp: Path, spill: Path, mounted: bool) -> None:
-    if mounted:
-        try:
-            zf().unmount(str(mp), timeout=UNMOUNT_CLEANUP_TIMEOUT)
-        except Exception as exc:  # report, then still try to remove what was made
-            log(f"cleanup: unmount of {mp} failed: {exc}")
+def _undo_create(paths: Paths, name: str, mounted: bool) -> None:
+    """Remove everything a failed create made: its mount, archive, mount point, spill dir."""
+    mp = paths.mountpoint(name)
+    archive = paths.archive(name)
     try:
-        archive.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log(f"cleanup: cannot remove {archive}: {exc.strerror}")
+        info = find_mount_of(paths, name)
+    except CondafuseError:
+        info = None
+    if info is not None:
+        try:
+            _call("unmount", str(mp), timeout=UNMOUNT_CLEANUP_TIMEOUT)
+        except CondafuseError as exc:  # report, then still try to remove what was made
+            log(f"cleanup: unmount of {mp} failed: {exc}")
+    if mounted or (info is not None and _same(info.archive, archive)):  # new, so ours
+        try:
+            archive.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log(f"cleanup: cannot remove {archive}: {exc.strerror}")
     _rmdir_quiet(mp)
-    shutil.rmtree(spill, ignore_errors=True)
+    shutil.rmtree(paths.env_spill_dir(name), ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------
