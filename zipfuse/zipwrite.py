@@ -677,9 +677,10 @@ class ZipWriter:
         _check_name(meta.name, False)
         mode = _check_type(meta, stat.S_ISREG, stat.S_IFREG, "regular file")
         self._check()
+        data = bytes(data)  # a caller's bytearray may change after we return
         if len(data) < 64:
             rec = self._new_rec(meta, mode, STORED, zlib.crc32(data), len(data))
-            self._submit(_Job(rec, "ready", _JOB_COST + len(data), data=bytes(data)))
+            self._submit(_Job(rec, "ready", _JOB_COST + len(data), data=data))
             return
         rec = self._new_rec(meta, mode, STORED, 0, len(data))
         rec.zip64_local = len(data) + _zip64_margin(len(data)) >= self._zip64_limit

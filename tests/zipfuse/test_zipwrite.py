@@ -562,12 +562,14 @@ def make_tree(root: Path) -> None:
     (root / "pkg" / "link").symlink_to("mod.py")
 
 
-def copy_all(src: Path, dst: Path, rename=None) -> dict:
+def copy_all(src: Path, dst: Path, rename=None, copy_mode: str | None = None) -> dict:
     src_fd = os.open(src, os.O_RDONLY)
     try:
         entries = read_central_directory(src_fd).entries
 
         def fill(w: ZipWriter) -> None:
+            if copy_mode is not None:
+                w._copy_mode = copy_mode
             for e in entries:
                 off = local_data_offset(src_fd, e)
                 if rename is None:
@@ -676,15 +678,25 @@ def test_copy_raw_drops_data_descriptors_and_handles_zip64_sources(
             assert a.read(ia) == b.read(ib)
 
 
-def test_copy_raw_large_entry_uses_range_copy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["copy_file_range", "sendfile", "pread", "exdev"])
+def test_copy_raw_large_entries_every_copy_method(tmp_path: Path, monkeypatch, mode: str) -> None:
     data = os.urandom(3 << 20)
     src = tmp_path / "s.zip"
     with zipfile.ZipFile(src, "w") as zf:
         zf.writestr("r.bin", data)
+        zf.writestr("small", b"s" * 100)
+        zf.writestr("r2.bin", data[::-1])
+    if mode == "exdev":
+
+        def cross_device(*args, **kwargs):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", cross_device)
     dst = tmp_path / "d.zip"
-    copy_all(src, dst)
+    copy_all(src, dst, copy_mode=None if mode == "exdev" else mode)
     with zipfile.ZipFile(dst) as zf:
         assert zf.read("r.bin") == data
+        assert zf.read("r2.bin") == data[::-1]
     check_with_tools(dst)
 
 
