@@ -245,6 +245,57 @@ def test_roundtrip_every_entry_type(tmp_path: Path) -> None:
         os.close(fd)
 
 
+_segment = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"),
+    min_size=1,
+    max_size=12,
+)
+_kinds = st.sampled_from([stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK])
+_entry = st.tuples(
+    st.lists(_segment, min_size=1, max_size=3).map("/".join),
+    _kinds,
+    st.integers(0, 0o7777),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(-(2**31) * 10**9, 2**33 * 10**9),
+    st.integers(0, 2**32 * 10**9),
+    st.binary(max_size=300),
+)
+
+
+@given(st.lists(_entry, min_size=1, max_size=8, unique_by=lambda e: e[0]))
+@settings(max_examples=40, deadline=None)
+def test_metadata_roundtrip_property(tmp_path_factory, entries) -> None:
+    archive = tmp_path_factory.mktemp("prop") / "p.zip"
+
+    def fill(w: ZipWriter) -> None:
+        for name, kind, perm, uid, gid, mtime, atime, data in entries:
+            m = EntryMeta(name, kind | perm, uid, gid, mtime, atime)
+            if kind == stat.S_IFDIR:
+                m.name += "/"
+                w.add_directory(m)
+            elif kind == stat.S_IFLNK:
+                w.add_symlink(m, data or b"t")
+            elif kind == stat.S_IFREG:
+                w.add_bytes(m, data)
+            else:
+                w.add_special(m)
+
+    write_zip(archive, fill, threads=2)
+    got = list(read_entries(archive).values())
+    assert len(got) == len(entries)
+    with zipfile.ZipFile(archive) as zf:
+        assert zf.testzip() is None
+    for e, (name, kind, perm, uid, gid, mtime, atime, data) in zip(got, entries, strict=True):
+        assert e.name == name + ("/" if kind == stat.S_IFDIR else "")
+        assert e.mode == kind | perm
+        assert (e.uid, e.gid) == (uid, gid)
+        assert e.mtime_ns == mtime // 100 * 100
+        assert e.atime_ns == atime // 100 * 100
+        if kind == stat.S_IFREG:
+            assert e.file_size == len(data)
+
+
 def test_old_content_beyond_the_end_is_cut(tmp_path: Path) -> None:
     archive = tmp_path / "reused.zip"
     archive.write_bytes(os.urandom(100_000))
