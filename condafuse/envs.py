@@ -188,6 +188,12 @@ def ensure_mounted(
     mp = paths.mountpoint(name)
     info = find_mount_of(paths, name)
     if info is not None:
+        if info.state == "dead":
+            raise CondafuseError(
+                f"the mount of {name} at {mp} is dead (its zipfuse daemon exited); "
+                f"`condafuse unmount {name}` detaches it",
+                EXIT_BUSY,
+            )
         if not _same(info.archive, archive):
             raise CondafuseError(
                 f"{mp} is already a mount of another archive ({info.archive})", EXIT_BUSY

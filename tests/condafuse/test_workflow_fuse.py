@@ -422,3 +422,55 @@ def test_sigterm_during_create_leaves_nothing(fuse, cf):
     assert "nothing was kept" in err
     assert not (cf.archives / "late.zip").exists()
     assert not (cf.mount_root / "late").exists()
+
+
+def test_dead_mount_is_reported_and_detached(fuse, cf, channel):
+    """The daemon of a mount dies (here: killed by the test, which started it): list shows it,
+    activate/run refuse with a clear message, unmount detaches it and says what happened."""
+    cf.create("fragile", channel, "cftool")
+    info = api.find_mount(str(cf.mount_root / "fragile"))
+    os.kill(info.pid, signal.SIGKILL)
+    _wait_for(lambda: cf.list_json()["fragile"]["state"] == "dead")
+    for args in (("run", "fragile", "--", "cft"), ("shell", "activate", "fragile")):
+        proc = cf.run(*args, check=False)
+        assert proc.returncode == 5, proc.stderr
+        assert "is dead" in proc.stderr and "condafuse unmount fragile" in proc.stderr
+    proc = cf.run("unmount", "fragile", check=False)
+    assert proc.returncode == 1 and "detached" in proc.stderr
+    assert not _mounted(cf.mount_root / "fragile")
+    assert cf.list_json()["fragile"]["mounted"] is False
+    # the archive committed by create is intact and usable
+    assert "cftool 1.1" in cf.run("run", "fragile", "--", "cft").stdout
+
+
+def test_remove_asks_on_a_terminal(fuse, cf, channel):
+    import pty
+
+    cf.create("asked", channel, "cfdata")
+    cf.run("unmount", "asked")
+    for answer, kept in ((b"n\n", True), (b"y\n", False)):
+        pid, fd = pty.fork()
+        if pid == 0:  # child: the condafuse program on a terminal
+            try:
+                os.execve(str(cf.bindir / "condafuse"), ["condafuse", "remove", "asked"], cf.env)
+            finally:
+                os._exit(127)
+        out = b""
+        deadline = time.monotonic() + 60
+        while b"[y/N]" not in out and time.monotonic() < deadline:
+            try:
+                out += os.read(fd, 1024)
+            except OSError:
+                break
+        os.write(fd, answer)
+        while True:
+            try:
+                if not os.read(fd, 1024):
+                    break
+            except OSError:
+                break
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+        assert b"Remove environment asked" in out
+        assert (cf.archives / "asked.zip").exists() == kept
+        assert os.waitstatus_to_exitcode(status) == (1 if kept else 0)
