@@ -729,6 +729,30 @@ def test_copy_raw_drops_data_descriptors_and_handles_zip64_sources(
             assert a.read(ia) == b.read(ib)
 
 
+@pytest.mark.parametrize("rename", [False, True])
+def test_copy_raw_keeps_encrypted_entries_readable(tmp_path: Path, rename: bool) -> None:
+    """Traditional PKWARE encryption with bit 3 checks the password against the DOS time: such
+    entries keep bit 3, their DOS time and get a data descriptor."""
+    zip_tool = need_tool("zip")
+    unzip = need_tool("unzip")
+    (tmp_path / "a.txt").write_bytes(b"secret data " * 10)
+    (tmp_path / "b.bin").write_bytes(mixed_data(200_000))
+    src = tmp_path / "enc.zip"
+    subprocess.run(
+        [zip_tool, "-q", "-P", "pw", str(src), "a.txt", "b.bin"], cwd=tmp_path, check=True
+    )
+    dst = tmp_path / "copy.zip"
+    copy_all(src, dst, rename=(lambda n: "x/" + n) if rename else None)
+    res = subprocess.run([unzip, "-P", "pw", "-tq", str(dst)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    with zipfile.ZipFile(dst) as zf:
+        zf.setpassword(b"pw")
+        prefix = "x/" if rename else ""
+        assert zf.read(prefix + "a.txt") == b"secret data " * 10
+        assert zf.read(prefix + "b.bin") == (tmp_path / "b.bin").read_bytes()
+        assert all(i.flag_bits & 0x9 == 0x9 for i in zf.infolist())
+
+
 @pytest.mark.parametrize("mode", ["copy_file_range", "sendfile", "pread", "exdev"])
 def test_copy_raw_large_entries_every_copy_method(tmp_path: Path, monkeypatch, mode: str) -> None:
     data = os.urandom(3 << 20)
