@@ -447,7 +447,8 @@ class Zipfuse(System):
         try:
             import zipfuse
 
-            return getattr(zipfuse, "__version__", "") or "0.1.0"
+            where = os.path.dirname(os.path.dirname(zipfuse.__file__))
+            return f"{getattr(zipfuse, '__version__', '') or '0.1.0'} (from {where})"
         except Exception:
             return ""
 
