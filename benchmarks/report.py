@@ -117,6 +117,52 @@ def _order(systems: list[str], present) -> list[str]:
     return [s for s in systems if s in present]
 
 
+# (workload, metric, short label) shown in the one-table summary
+SUMMARY_ROWS = [
+    ("mount", "mount_s", "mount (s)"),
+    ("mount", "rss_mb", "daemon RSS after mount (MB)"),
+    ("walk", "walk_s", "stat every entry (s)"),
+    ("read_all", "read_mbps", "read every file (MB/s)"),
+    ("import", "cold_s", "import, cold (s)"),
+    ("import", "warm_s", "import, warm (s)"),
+    ("random_read", "rand_s", "1000 random 4 KiB reads in the largest .so (s)"),
+    ("parallel_read", "speedup", "two readers vs one (x)"),
+    ("create", "copy_s", "create: copy in (s)"),
+    ("create", "commit_s", "create: unmount until durable (s)"),
+    ("create", "total_s", "create: total (s)"),
+    ("create", "peak_rss_mb", "create: daemon peak RSS (MB)"),
+    ("create", "archive_mb", "create: archive size (MB)"),
+    ("small_change", "change_total_s", "small change + commit (s)"),
+]
+
+
+def summary_table(results: dict) -> list[str]:
+    """One row per headline number, one column per system (medians), plus zipfuse ÷ fuse-zip."""
+    summary = results["summary"]
+    systems = results["meta"]["systems"]
+    both = "zipfuse" in systems and "fuse-zip" in systems
+    head = "| | " + " | ".join(systems) + (" | zipfuse ÷ fuse-zip |" if both else " |")
+    rows = [head, "|" + "---|" * (len(systems) + 1 + both)]
+    sized = [(w, m, lab) for w, m, lab in SUMMARY_ROWS]
+    for n in results["meta"].get("scale_sizes", []) if "scale" in summary else []:
+        sized.append(("scale", f"mount_s@{n}", f"mount, {n:,} entries (s)"))
+        sized.append(("scale", f"walk_s@{n}", f"walk, {n:,} entries (s)"))
+    for w, m, lab in sized:
+        param = ""
+        if "@" in m:
+            m, param = m.split("@")
+        by_sys = summary.get(w, {}).get(param, {}).get(m)
+        if not by_sys:
+            continue
+        unit = METRICS[m].unit if m in METRICS else ""
+        cells = [_fmt(by_sys[s]["median"], unit) if s in by_sys else "–" for s in systems]
+        if both:
+            r = ratio(summary, w, param, m, "zipfuse", "fuse-zip")
+            cells.append("–" if r is None else f"{r:.2f}")
+        rows.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def write_markdown(results: dict, out: Path, charts: dict[str, str]) -> Path:
     meta = results["meta"]
     summary = results["summary"]
@@ -149,7 +195,14 @@ def write_markdown(results: dict, out: Path, charts: dict[str, str]) -> Path:
             f"{c['file_bytes'] / 1e6:,.0f} MB of file data, zip {c['zip_bytes'] / 1e6:,.0f} MB"
             + (f"; import: `{c['import_stmt']}`" if c.get("import_stmt") else "")
         )
-    lines.append("")
+    loads = [x["loadavg"][0] for x in results["samples"] if x.get("loadavg")]
+    if loads:
+        lines.append("")
+        lines.append(
+            f"1-minute load average when samples started: min {min(loads):.1f}, median "
+            f"{statistics.median(loads):.1f}, max {max(loads):.1f} (per sample in results.json)."
+        )
+    lines += ["", "## Summary", "", *summary_table(results), ""]
     if "zipfuse" in systems:
         lines += ["## Targets (zipfuse)", "", "| target | measured | met |", "|---|---|---|"]
         for t in targets(summary):
