@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -203,47 +202,3 @@ def cleanup_mounts(root: Path) -> None:
         if ours(mp):
             subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True, timeout=30)
     assert not problems, f"the test left mounts behind: {problems}"
-
-
-def make_stub(bindir: Path, name: str, log: Path) -> Path:
-    """A recording stand-in for conda/mamba/micromamba: ONLY for command-line checks.
-
-    It logs argv (and CONDA_ENV_PROMPT) as JSON lines; ``create --prefix P`` makes a minimal
-    ``P/conda-meta``; ``shell.posix activate P`` / ``deactivate`` print a small script.
-    """
-    stub = bindir / name
-    stub.write_text(f"""#!{sys.executable}
-import json, os, sys
-args = sys.argv[1:]
-with open({str(log)!r}, "a") as f:
-    f.write(json.dumps({{"exe": {name!r}, "argv": args,
-                        "env_prompt": os.environ.get("CONDA_ENV_PROMPT")}}) + "\\n")
-if args[:1] == ["create"] and "--prefix" in args:
-    p = args[args.index("--prefix") + 1]
-    os.makedirs(os.path.join(p, "conda-meta"))
-    open(os.path.join(p, "conda-meta", "history"), "w").close()
-    if os.environ.get("STUB_SLEEP"):
-        import time
-        open(os.environ["STUB_SLEEP"], "w").close()
-        time.sleep(120)
-elif args[:2] == ["shell.posix", "activate"]:
-    print("export CONDA_PREFIX=" + args[2])
-    print("export STUB_ACTIVATED=" + os.environ.get("CONDA_ENV_PROMPT", "").replace(" ", "_"))
-elif args[:2] == ["shell.posix", "deactivate"]:
-    print("unset CONDA_PREFIX")
-    print("export STUB_DEACTIVATED=1")
-elif os.environ.get("STUB_FAIL"):
-    sys.exit(3)
-""")
-    stub.chmod(0o755)
-    return stub
-
-
-def read_log(log: Path) -> list[dict]:
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines()]
-
-
-def zsh_available() -> bool:
-    return shutil.which("zsh") is not None

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import make_stub, zsh_available
+from cfhelpers import make_stub, need_zsh
 
 from condafuse import cli, frontends, rattler_backend, shell
 from condafuse.archive import pack
@@ -241,8 +241,8 @@ def test_rattler_backend_installs_a_real_env_offline(channel, tmp_path):
 
 @pytest.mark.parametrize("sh", ["bash", "zsh"])
 def test_shell_hook_is_valid_shell(sh):
-    if sh == "zsh" and not zsh_available():
-        pytest.skip("zsh is not installed")
+    if sh == "zsh":
+        need_zsh()
     text = shell.hook(sh, exe="/usr/bin/true")
     assert "condafuse()" in text
     subprocess.run([sh, "-n"], input=text, text=True, check=True)

@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import make_stub, read_log, zsh_available
+from cfhelpers import make_stub, need_zsh, read_log
 
 from zipfuse import api
 
@@ -322,10 +322,7 @@ def test_create_delegates_to_conda_with_exact_arguments(fuse, cf):
 
 
 def test_zsh_session(fuse, cf, channel):
-    if not zsh_available():
-        if os.environ.get("CI"):
-            pytest.fail("zsh is needed for the zsh hook test in CI")
-        pytest.skip("zsh is not installed")
+    need_zsh()
     cf.create("zdemo", channel, "cftool")
     prefix = cf.prefix("zdemo")
     script = (
