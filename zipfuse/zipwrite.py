@@ -126,6 +126,7 @@ _SAMPLE = 64 << 10  # bytes per sample when deciding store vs deflate for a spli
 _SAMPLES = 8  # samples spread over the file
 _JOB_COST = 2048  # budget charged per queued entry on top of its data, bounds the job count
 _OUT_BUFFER = 1 << 20  # flush the output buffer beyond this many bytes
+_IDLE_FLUSH = 256 << 10  # ... or this many when the writer is about to wait for work
 _OUT_PIECES = 512  # ... or this many pieces (IOV_MAX is 1024 on Linux)
 _SMALL_COPY = 64 << 10  # copy_raw below this: one pread into the output buffer
 
@@ -849,6 +850,8 @@ class ZipWriter:
     def _writer_main(self) -> None:
         try:
             while True:
+                if self._jobs.empty():
+                    self._flush_idle()
                 job = self._jobs.get()
                 if job is _END or self._aborted:
                     break
@@ -894,6 +897,16 @@ class ZipWriter:
                 bufs[0] = memoryview(bufs[0])[n:]
         self._pos += total
 
+    def _flush_idle(self) -> None:
+        """About to wait: write out a well-filled buffer so the disk works while we wait."""
+        if self._out_len >= _IDLE_FLUSH:
+            self._flush()
+
+    def _result(self, fut: Future):
+        if not fut.done():
+            self._flush_idle()
+        return fut.result()
+
     def _here(self) -> int:
         return self._pos + self._out_len
 
@@ -908,7 +921,7 @@ class ZipWriter:
             self._emit(job.data)
             self._bytes_done += rec.usize
         elif job.kind == "whole":
-            method, crc, payload = job.future.result()
+            method, crc, payload = self._result(job.future)
             job.future = None
             rec.method, rec.crc, rec.csize = method, crc, len(payload)
             if method == DEFLATED:
@@ -943,12 +956,14 @@ class ZipWriter:
         csize = 0
         usize = 0
         while True:
+            if job.blocks.empty():
+                self._flush_idle()
             item = job.blocks.get()
             if item is _END:
                 break
             if item is _ABANDONED:
                 raise RuntimeError(f"entry {rec.name!r} was abandoned by its producer")
-            block_crc, length, payload = item.result()
+            block_crc, length, payload = self._result(item)
             crc = crc32_combine(crc, block_crc, length)
             csize += len(payload)
             usize += length
