@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -112,7 +113,7 @@ def create(prefix: str | Path, request: CreateRequest, cache_dir: Path) -> list[
     if not prefix.is_absolute():
         raise ValueError("prefix must be absolute (it is written into the installed files)")
     try:
-        return asyncio.run(_create(prefix, request, cache_dir))
+        names = asyncio.run(_create(prefix, request, cache_dir))
     except CondafuseError:
         raise
     except Exception as exc:  # rattler raises its own exception classes; keep one line
@@ -120,6 +121,30 @@ def create(prefix: str | Path, request: CreateRequest, cache_dir: Path) -> list[
         msg = " ".join(str(exc).split()) or name
         text = f"py-rattler: {msg}" if name in msg else f"py-rattler {name}: {msg}"
         raise CondafuseError(text) from None
+    compile_pyc(prefix, quiet=request.quiet)
+    return names
+
+
+def compile_pyc(prefix: Path, *, quiet: bool = False) -> None:
+    """Byte-compile site-packages with the env's own python, as conda does at link time for
+    noarch: python packages (rattler does not). Without it every run from a read-only mount
+    compiles those modules again in memory. Failures only warn: the env works without .pyc."""
+    python = prefix / "bin" / "python"
+    site_dirs = sorted(prefix.glob("lib/python*/site-packages"))
+    if not site_dirs or not os.access(python, os.X_OK):
+        return
+    cmd = [str(python), "-m", "compileall", "-q", "-j", "0", *map(str, site_dirs)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"condafuse: warning: could not byte-compile: {exc}", file=sys.stderr)
+        return
+    if proc.returncode != 0:
+        last = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["?"]
+        print(f"condafuse: warning: byte-compiling failed: {last[0]}", file=sys.stderr)
+    elif not quiet:
+        print("condafuse: byte-compiled site-packages", file=sys.stderr)
 
 
 async def _create(prefix: Path, request: CreateRequest, cache_dir: Path) -> list[str]:

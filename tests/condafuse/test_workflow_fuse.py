@@ -87,6 +87,9 @@ echo "END=${{CONDA_PREFIX-unset}}"
         link = z.getinfo("demo/bin/cft")
         assert stat.S_ISLNK(link.external_attr >> 16) and z.read(link) == b"cftool"
         assert stat.S_IMODE(z.getinfo("demo/bin/cftool").external_attr >> 16) & 0o111
+        # noarch: python modules were byte-compiled at create time, as conda does
+        pyc = [n for n in names if n.startswith("demo/lib/python") and "/cfpy/__pycache__/" in n]
+        assert any(n.endswith(".pyc") for n in pyc), names
         meta = json.loads(z.read("demo/.condafuse.json"))
         assert meta["prefix"] == str(prefix) and meta["frontend"] == "rattler"
 
