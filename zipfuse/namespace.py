@@ -228,6 +228,7 @@ class Namespace:
 
     def touch(self, node: Node, now_ns: int) -> None:
         node.mtime_ns = node.ctime_ns = now_ns
+        node.meta_dirty = True  # the stored mtime must follow
         self.changes += 1
 
     # ----------------------------------------------------------------------------- mutations
