@@ -867,6 +867,30 @@ def test_abort_with_pending_work(tmp_path: Path, small_blocks) -> None:
     assert not _writer_threads()
 
 
+def test_abort_from_another_thread_wakes_a_blocked_producer(tmp_path: Path) -> None:
+    gate = threading.Event()
+    fd = os.open(tmp_path / "o.zip", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # The writer stalls in the progress callback, so the producer soon blocks on the budget.
+        w = ZipWriter(fd, progress=lambda n, b: gate.wait(), max_inflight=8 * zipwrite._JOB_COST)
+
+        def stopper() -> None:
+            time.sleep(0.3)
+            threading.Timer(0.2, gate.set).start()
+            w.abort()
+
+        t = threading.Thread(target=stopper)
+        t.start()
+        with pytest.raises(ValueError, match="aborted"):
+            for i in range(1000):
+                w.add_bytes(meta(f"f{i}", 0o100644), b"x")
+        t.join()
+    finally:
+        gate.set()
+        os.close(fd)
+    assert not _writer_threads()
+
+
 _RSS_SCRIPT = textwrap.dedent(
     """
     import os, random, resource, sys
