@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -210,7 +211,7 @@ def _shell_activate(paths: Paths, name: str, read_only: bool) -> str:
     prefix = envs.check_prefix(paths, name)
     if activator.kind == "conda":
         script = shell.conda_script(activator.conda_exe, "activate", str(prefix), os.environ)
-        return script + f"export CONDAFUSE_ENV={shell._q(name)}\n"
+        return script + f"export CONDAFUSE_ENV={shlex.quote(name)}\n"
     act = shell.BuiltinActivator(
         os.environ, envs.display_name_factory(paths), paths.name_for_prefix
     )
@@ -228,7 +229,7 @@ def _shell_deactivate(paths: Paths) -> str:
         back = os.environ.get(f"CONDA_PREFIX_{lvl}") if lvl > 0 else None
         name = paths.name_for_prefix(back) if back else None
         return script + (
-            f"export CONDAFUSE_ENV={shell._q(name)}\n" if name else "unset CONDAFUSE_ENV\n"
+            f"export CONDAFUSE_ENV={shlex.quote(name)}\n" if name else "unset CONDAFUSE_ENV\n"
         )
     act = shell.BuiltinActivator(
         os.environ, envs.display_name_factory(paths), paths.name_for_prefix

@@ -6,6 +6,7 @@ An env NAME is ``ARCHIVES/NAME.zip`` whose single top folder is ``NAME/``, mount
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -16,7 +17,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -570,17 +571,32 @@ def display_name_factory(paths: Paths) -> Callable[[str], str]:
 # run
 
 
+@contextlib.contextmanager
+def mounted_for(paths: Paths, name: str, purpose: str) -> Iterator[Any]:
+    """NAME mounted for the block: an existing mount is used as is; otherwise it is mounted
+    read-only and unmounted afterwards."""
+    info, mounted_now = ensure_mounted(paths, name, read_only=True)
+    try:
+        yield info
+    finally:
+        if mounted_now:
+            try:
+                _call("unmount", info.mountpoint, timeout=UNMOUNT_CLEANUP_TIMEOUT)
+            except CondafuseError as exc:
+                log(f"unmount after {purpose} failed: {exc}")
+            _rmdir_quiet(paths.mountpoint(name))
+
+
 def run(paths: Paths, name: str, cmd: Sequence[str]) -> int:
-    from .shell import BuiltinActivator, _scripts
+    from .shell import BuiltinActivator, activation_scripts
 
     if not cmd:
         raise CondafuseError("no command given: condafuse run NAME -- CMD [ARGS]", EXIT_USAGE)
-    info, mounted_now = ensure_mounted(paths, name, read_only=True)
-    try:
+    with mounted_for(paths, name, "run"):
         prefix = check_prefix(paths, name)
         act = BuiltinActivator(dict(os.environ), display_name_factory(paths), paths.name_for_prefix)
         env = act.run_environment(str(prefix))
-        scripts = _scripts(prefix, "activate.d")
+        scripts = activation_scripts(prefix, "activate.d")
         argv = list(cmd)
         if scripts:
             shell = shutil.which("bash") or "/bin/sh"
@@ -593,13 +609,6 @@ def run(paths: Paths, name: str, cmd: Sequence[str]) -> int:
         except OSError as exc:
             raise CondafuseError(f"cannot run {argv[0]}: {exc.strerror}", 127) from None
         return _wait_forwarding(proc)
-    finally:
-        if mounted_now:
-            try:
-                _call("unmount", info.mountpoint, timeout=UNMOUNT_CLEANUP_TIMEOUT)
-            except CondafuseError as exc:
-                log(f"unmount after run failed: {exc}")
-            _rmdir_quiet(paths.mountpoint(name))
 
 
 def _wait_forwarding(proc: subprocess.Popen) -> int:
@@ -665,19 +674,23 @@ def export_env(paths: Paths, name: str, dest: Path) -> None:
     dest = Path(os.path.abspath(dest))
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise CondafuseError(f"{dest} exists and is not an empty directory", EXIT_EXISTS)
-    info, mounted_now = ensure_mounted(paths, name, read_only=True)
-    try:
+    made_dest = not dest.exists()
+    with mounted_for(paths, name, "export"):
         prefix = paths.prefix(name)
         if not prefix.is_dir():
             raise CondafuseError(f"{paths.archive(name)} has no top folder {name}/")
-        copy_tree(prefix, dest, ProgressPrinter(f"exporting {name}"))
-    finally:
-        if mounted_now:
-            try:
-                _call("unmount", info.mountpoint, timeout=UNMOUNT_CLEANUP_TIMEOUT)
-            except CondafuseError as exc:
-                log(f"unmount after export failed: {exc}")
-            _rmdir_quiet(paths.mountpoint(name))
+        try:
+            copy_tree(prefix, dest, ProgressPrinter(f"exporting {name}"))
+        except BaseException:  # no half-copied env left behind
+            if made_dest:
+                shutil.rmtree(dest, ignore_errors=True)
+            else:
+                for child in list(dest.iterdir()):
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+            raise
     log(f"exported {name} to {dest}")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 from .errors import EXIT_USAGE, CondafuseError
 
 SHELLS = ("bash", "zsh")
+_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _HOOK = r"""# condafuse shell hook (%(shell)s). Put in your ~/.%(rc)s:
 #   eval "$(condafuse shell-hook %(shell)s)"
@@ -79,10 +81,6 @@ def hook(shell: str, exe: str | None = None) -> str:
 # built-in activator (no conda installed)
 
 
-def _q(value: str) -> str:
-    return shlex.quote(value)
-
-
 def _env_vars(prefix: Path) -> dict[str, str]:
     """Variables an env asks for: etc/conda/env_vars.d/*.json, then conda-meta/state."""
     out: dict[str, str] = {}
@@ -95,12 +93,12 @@ def _env_vars(prefix: Path) -> dict[str, str]:
             continue
         if f.name == "state":
             data = data.get("env_vars", {}) if isinstance(data, dict) else {}
-        if isinstance(data, dict):
-            out.update({str(k): str(v) for k, v in data.items()})
+        if isinstance(data, dict):  # names go into shell code unquoted: keep only valid ones
+            out.update({str(k): str(v) for k, v in data.items() if _VAR_RE.match(str(k))})
     return out
 
 
-def _scripts(prefix: Path, which: str) -> list[Path]:
+def activation_scripts(prefix: Path, which: str) -> list[Path]:
     d = prefix / "etc" / "conda" / which
     try:
         found = sorted(p for p in d.iterdir() if p.suffix == ".sh" and p.is_file())
@@ -141,20 +139,20 @@ class BuiltinActivator:
         if not self._changeps1():
             return []
         ps1 = _strip_modifier(self.env.get("PS1", ""), self.env.get("CONDA_PROMPT_MODIFIER", ""))
-        return [f"PS1={_q(new_modifier + ps1)}"]
+        return [f"PS1={shlex.quote(new_modifier + ps1)}"]
 
     def _enter_vars(self, prefix: str) -> list[str]:
         name = self.display_name(prefix)
         modifier = f"({name}) "
         lines = [
-            f"export CONDA_PREFIX={_q(prefix)}",
-            f"export CONDA_DEFAULT_ENV={_q(name)}",
-            f"export CONDA_PROMPT_MODIFIER={_q(modifier)}",
+            f"export CONDA_PREFIX={shlex.quote(prefix)}",
+            f"export CONDA_DEFAULT_ENV={shlex.quote(name)}",
+            f"export CONDA_PROMPT_MODIFIER={shlex.quote(modifier)}",
         ]
         cf = self.condafuse_name(prefix)
-        lines.append(f"export CONDAFUSE_ENV={_q(cf)}" if cf else "unset CONDAFUSE_ENV")
+        lines.append(f"export CONDAFUSE_ENV={shlex.quote(cf)}" if cf else "unset CONDAFUSE_ENV")
         for k, v in _env_vars(Path(prefix)).items():
-            lines.append(f"export {k}={_q(v)}")
+            lines.append(f"export {k}={shlex.quote(v)}")
         return lines + self._prompt_lines(modifier)
 
     def activate(self, prefix: str) -> str:
@@ -167,24 +165,32 @@ class BuiltinActivator:
         lines: list[str] = []
         if old and os.path.normpath(old) == os.path.normpath(prefix) and shlvl > 0:
             # reactivation: run the scripts again, as conda does
-            lines += [f". {_q(str(s))}" for s in _scripts(Path(prefix), "deactivate.d")]
-            lines += [f". {_q(str(s))}" for s in _scripts(Path(prefix), "activate.d")]
+            lines += [
+                f". {shlex.quote(str(s))}" for s in activation_scripts(Path(prefix), "deactivate.d")
+            ]
+            lines += [
+                f". {shlex.quote(str(s))}" for s in activation_scripts(Path(prefix), "activate.d")
+            ]
             return "\n".join(lines) + "\n"
         path = env.get("PATH", "")
         if old and shlvl > 0:
-            lines += [f". {_q(str(s))}" for s in _scripts(Path(old), "deactivate.d")]
+            lines += [
+                f". {shlex.quote(str(s))}" for s in activation_scripts(Path(old), "deactivate.d")
+            ]
             for k in _env_vars(Path(old)):
                 lines.append(f"unset {k}")
             parts = _path_without(path, os.path.join(old, "bin"))
-            lines.append(f"export CONDA_PREFIX_{shlvl}={_q(old)}")
+            lines.append(f"export CONDA_PREFIX_{shlvl}={shlex.quote(old)}")
         else:
             parts = [p for p in path.split(os.pathsep) if p]
         bindir = os.path.join(prefix, "bin")
         parts = [bindir] + [p for p in parts if p != bindir]
-        lines.append(f"export PATH={_q(os.pathsep.join(parts))}")
+        lines.append(f"export PATH={shlex.quote(os.pathsep.join(parts))}")
         lines.append(f"export CONDA_SHLVL={shlvl + 1}")
         lines += self._enter_vars(prefix)
-        lines += [f". {_q(str(s))}" for s in _scripts(Path(prefix), "activate.d")]
+        lines += [
+            f". {shlex.quote(str(s))}" for s in activation_scripts(Path(prefix), "activate.d")
+        ]
         return "\n".join(lines) + "\n"
 
     def deactivate(self) -> str:
@@ -196,7 +202,9 @@ class BuiltinActivator:
             shlvl = 0
         if not prefix or shlvl <= 0:
             return ""
-        lines = [f". {_q(str(s))}" for s in _scripts(Path(prefix), "deactivate.d")]
+        lines = [
+            f". {shlex.quote(str(s))}" for s in activation_scripts(Path(prefix), "deactivate.d")
+        ]
         for k in _env_vars(Path(prefix)):
             lines.append(f"unset {k}")
         parts = _path_without(env.get("PATH", ""), os.path.join(prefix, "bin"))
@@ -205,13 +213,15 @@ class BuiltinActivator:
         if back:
             bindir = os.path.join(back, "bin")
             parts = [bindir] + [p for p in parts if p != bindir]
-            lines.append(f"export PATH={_q(os.pathsep.join(parts))}")
+            lines.append(f"export PATH={shlex.quote(os.pathsep.join(parts))}")
             lines.append(f"unset CONDA_PREFIX_{new_lvl}")
             lines.append(f"export CONDA_SHLVL={new_lvl}")
             lines += self._enter_vars(back)
-            lines += [f". {_q(str(s))}" for s in _scripts(Path(back), "activate.d")]
+            lines += [
+                f". {shlex.quote(str(s))}" for s in activation_scripts(Path(back), "activate.d")
+            ]
         else:
-            lines.append(f"export PATH={_q(os.pathsep.join(parts))}")
+            lines.append(f"export PATH={shlex.quote(os.pathsep.join(parts))}")
             lines.append("unset CONDA_PREFIX CONDA_DEFAULT_ENV CONDA_PROMPT_MODIFIER CONDAFUSE_ENV")
             lines.append(f"export CONDA_SHLVL={max(new_lvl, 0)}")
             lines += self._prompt_lines("")
