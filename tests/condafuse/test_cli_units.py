@@ -322,7 +322,7 @@ def test_builtin_activator_quotes_hostile_values(tmp_path):
     prefix = tmp_path / "we ird$(x)" / "p'q"
     (prefix / "conda-meta").mkdir(parents=True)
     marker = tmp_path / "pwned"
-    state = {"env_vars": {f"X;touch {marker};Y": "1", "GOOD": "$(touch {marker})"}}
+    state = {"env_vars": {f"X;touch {marker};Y": "1", "GOOD": f"$(touch {marker})"}}
     (prefix / "conda-meta" / "state").write_text(json.dumps(state))
     act = shell.BuiltinActivator(
         {"PATH": "/bin", "PS1": "$(rm -rf /) "}, lambda p: "n;ls", lambda p: None
