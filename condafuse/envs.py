@@ -176,14 +176,12 @@ def _writer_elsewhere(archive: Path, mp: Path) -> Any | None:
     return None
 
 
-def ensure_mounted(
-    paths: Paths, name: str, *, read_only: bool, fallback_ro: bool = True, quiet: bool = False
-) -> tuple[Any, bool]:
+def ensure_mounted(paths: Paths, name: str, *, read_only: bool) -> tuple[Any, bool]:
     """Mount NAME unless it already is. Returns (MountInfo, mounted_now).
 
     Only one read-write mount per archive: if another one exists (here, at another mount point,
-    or refused by zipfuse because a writer holds the archive) and ``fallback_ro`` is set, mount
-    read-only instead and say so.
+    or refused by zipfuse because a writer holds the archive), mount read-only instead and say
+    so.
     """
     archive = _require_archive(paths, name)
     mp = paths.mountpoint(name)
@@ -199,7 +197,7 @@ def ensure_mounted(
             raise CondafuseError(
                 f"{mp} is already a mount of another archive ({info.archive})", EXIT_BUSY
             )
-        if not read_only and info.read_only and not quiet:
+        if not read_only and info.read_only:
             log(
                 f"{name} is mounted read-only; `condafuse unmount {name}` and mount it again "
                 "to write"
@@ -209,17 +207,13 @@ def ensure_mounted(
     if not want_ro:
         other = _writer_elsewhere(archive, mp)
         if other is not None:
-            if not fallback_ro:
-                raise CondafuseError(
-                    f"{name} is already mounted read-write at {other.mountpoint}", EXIT_BUSY
-                )
             log(f"{name} is mounted read-write at {other.mountpoint}; mounting it read-only here")
             want_ro = True
     _prepare_mountpoint(mp)
     try:
         info = _mount_archive(paths, name, read_only=want_ro)
     except CondafuseError as exc:
-        if want_ro or not fallback_ro:
+        if want_ro:
             _rmdir_quiet(mp)
             raise
         # Probably a writer elsewhere (another host): a read-only view is still useful.
