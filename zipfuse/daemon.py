@@ -255,8 +255,16 @@ class Daemon:
 
     # ---------------------------------------------------------------------- serve
     def run(self) -> int:
+        profile_path = os.environ.get("ZIPFUSE_PROFILE")  # developer aid: cProfile the daemon
         try:
-            code = trio.run(self._main)
+            if profile_path:
+                import cProfile
+
+                with cProfile.Profile() as prof:
+                    code = trio.run(self._main)
+                prof.dump_stats(profile_path)
+            else:
+                code = trio.run(self._main)
         except BaseException:
             log.exception("daemon failed")
             try:
