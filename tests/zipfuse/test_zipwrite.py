@@ -296,6 +296,15 @@ def test_metadata_roundtrip_property(tmp_path_factory, entries) -> None:
             assert e.file_size == len(data)
 
 
+def test_empty_archive(tmp_path: Path) -> None:
+    archive = tmp_path / "empty.zip"
+    assert write_zip(archive, lambda w: None, comment=b"nothing") == 22 + len(b"nothing")
+    with zipfile.ZipFile(archive) as zf:
+        assert zf.namelist() == []
+        assert zf.comment == b"nothing"
+    assert read_entries(archive) == {}
+
+
 def test_old_content_beyond_the_end_is_cut(tmp_path: Path) -> None:
     archive = tmp_path / "reused.zip"
     archive.write_bytes(os.urandom(100_000))
