@@ -222,10 +222,7 @@ def _shell_deactivate(paths: Paths) -> str:
     activator = frontends.find_activator()
     if activator.kind == "conda":
         script = shell.conda_script(activator.conda_exe, "deactivate", None, os.environ)
-        try:
-            lvl = int(os.environ.get("CONDA_SHLVL") or 0) - 1
-        except ValueError:
-            lvl = 0
+        lvl = shell.shlvl(os.environ) - 1
         back = os.environ.get(f"CONDA_PREFIX_{lvl}") if lvl > 0 else None
         name = paths.name_for_prefix(back) if back else None
         return script + (

@@ -107,6 +107,18 @@ def activation_scripts(prefix: Path, which: str) -> list[Path]:
     return found if which == "activate.d" else found[::-1]
 
 
+def _source(prefix: str, which: str) -> list[str]:
+    """Shell lines that source the env's activate.d or deactivate.d scripts, in conda's order."""
+    return [f". {shlex.quote(str(s))}" for s in activation_scripts(Path(prefix), which)]
+
+
+def shlvl(env: Mapping[str, str]) -> int:
+    try:
+        return max(int(env.get("CONDA_SHLVL") or 0), 0)
+    except ValueError:
+        return 0
+
+
 def _path_without(path: str, bindir: str) -> list[str]:
     return [p for p in path.split(os.pathsep) if p and p != bindir] if path else []
 
@@ -158,57 +170,41 @@ class BuiltinActivator:
     def activate(self, prefix: str) -> str:
         env = self.env
         old = env.get("CONDA_PREFIX") or ""
-        try:
-            shlvl = int(env.get("CONDA_SHLVL") or 0)
-        except ValueError:
-            shlvl = 0
+        level = shlvl(env)
         lines: list[str] = []
-        if old and os.path.normpath(old) == os.path.normpath(prefix) and shlvl > 0:
+        if old and os.path.normpath(old) == os.path.normpath(prefix) and level > 0:
             # reactivation: run the scripts again, as conda does
-            lines += [
-                f". {shlex.quote(str(s))}" for s in activation_scripts(Path(prefix), "deactivate.d")
-            ]
-            lines += [
-                f". {shlex.quote(str(s))}" for s in activation_scripts(Path(prefix), "activate.d")
-            ]
+            lines += _source(prefix, "deactivate.d")
+            lines += _source(prefix, "activate.d")
             return "\n".join(lines) + "\n"
         path = env.get("PATH", "")
-        if old and shlvl > 0:
-            lines += [
-                f". {shlex.quote(str(s))}" for s in activation_scripts(Path(old), "deactivate.d")
-            ]
+        if old and level > 0:
+            lines += _source(old, "deactivate.d")
             for k in _env_vars(Path(old)):
                 lines.append(f"unset {k}")
             parts = _path_without(path, os.path.join(old, "bin"))
-            lines.append(f"export CONDA_PREFIX_{shlvl}={shlex.quote(old)}")
+            lines.append(f"export CONDA_PREFIX_{level}={shlex.quote(old)}")
         else:
             parts = [p for p in path.split(os.pathsep) if p]
         bindir = os.path.join(prefix, "bin")
         parts = [bindir] + [p for p in parts if p != bindir]
         lines.append(f"export PATH={shlex.quote(os.pathsep.join(parts))}")
-        lines.append(f"export CONDA_SHLVL={shlvl + 1}")
+        lines.append(f"export CONDA_SHLVL={level + 1}")
         lines += self._enter_vars(prefix)
-        lines += [
-            f". {shlex.quote(str(s))}" for s in activation_scripts(Path(prefix), "activate.d")
-        ]
+        lines += _source(prefix, "activate.d")
         return "\n".join(lines) + "\n"
 
     def deactivate(self) -> str:
         env = self.env
         prefix = env.get("CONDA_PREFIX") or ""
-        try:
-            shlvl = int(env.get("CONDA_SHLVL") or 0)
-        except ValueError:
-            shlvl = 0
-        if not prefix or shlvl <= 0:
+        level = shlvl(env)
+        if not prefix or level <= 0:
             return ""
-        lines = [
-            f". {shlex.quote(str(s))}" for s in activation_scripts(Path(prefix), "deactivate.d")
-        ]
+        lines = _source(prefix, "deactivate.d")
         for k in _env_vars(Path(prefix)):
             lines.append(f"unset {k}")
         parts = _path_without(env.get("PATH", ""), os.path.join(prefix, "bin"))
-        new_lvl = shlvl - 1
+        new_lvl = level - 1
         back = env.get(f"CONDA_PREFIX_{new_lvl}") if new_lvl > 0 else None
         if back:
             bindir = os.path.join(back, "bin")
@@ -217,13 +213,11 @@ class BuiltinActivator:
             lines.append(f"unset CONDA_PREFIX_{new_lvl}")
             lines.append(f"export CONDA_SHLVL={new_lvl}")
             lines += self._enter_vars(back)
-            lines += [
-                f". {shlex.quote(str(s))}" for s in activation_scripts(Path(back), "activate.d")
-            ]
+            lines += _source(back, "activate.d")
         else:
             lines.append(f"export PATH={shlex.quote(os.pathsep.join(parts))}")
             lines.append("unset CONDA_PREFIX CONDA_DEFAULT_ENV CONDA_PROMPT_MODIFIER CONDAFUSE_ENV")
-            lines.append(f"export CONDA_SHLVL={max(new_lvl, 0)}")
+            lines.append(f"export CONDA_SHLVL={new_lvl}")
             lines += self._prompt_lines("")
         return "\n".join(lines) + "\n"
 
