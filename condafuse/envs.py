@@ -310,6 +310,15 @@ def unmount(paths: Paths, names: Sequence[str], *, all_: bool, timeout: float | 
 # create
 
 
+def _refuse_existing(archive: Path, name: str) -> None:
+    if archive.exists():
+        raise CondafuseError(
+            f"environment {name!r} already exists ({archive}); see `condafuse list`, "
+            f"or `condafuse remove {name}` first",
+            EXIT_EXISTS,
+        )
+
+
 def _check_prefix_len(prefix: Path) -> None:
     if len(str(prefix)) > MAX_PREFIX_LEN:
         raise CondafuseError(
@@ -343,12 +352,7 @@ def create(paths: Paths, frontend: frontends.Frontend, name: str, args: Sequence
     archive = paths.archive(name)
     mp = paths.mountpoint(name)
     prefix = paths.prefix(name)
-    if archive.exists():
-        raise CondafuseError(
-            f"environment {name!r} already exists ({archive}); see `condafuse list`, "
-            f"or `condafuse remove {name}` first",
-            EXIT_EXISTS,
-        )
+    _refuse_existing(archive, name)
     _check_prefix_len(prefix)
     request = None
     if frontend.kind == "rattler":
@@ -640,12 +644,7 @@ def import_env(paths: Paths, src: Path, name: str, *, level: int = 6) -> None:
     if not (src / "conda-meta").is_dir():
         raise CondafuseError(f"{src} is not a conda environment (no conda-meta/)", EXIT_USAGE)
     archive = paths.archive(name)
-    if archive.exists():
-        raise CondafuseError(
-            f"environment {name!r} already exists ({archive}); "
-            f"`condafuse remove {name}` first or pick another name",
-            EXIT_EXISTS,
-        )
+    _refuse_existing(archive, name)
     paths.archive_dir.mkdir(parents=True, exist_ok=True)
     printer = ProgressPrinter(f"packing {src}")
     try:

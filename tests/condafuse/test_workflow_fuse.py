@@ -368,6 +368,27 @@ def _wait_for(predicate, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
+def _sigterm_when(args, cf, env, ready):
+    """Start condafuse ARGS, send it SIGTERM once ``ready()``; return (proc, stdout, stderr)."""
+    proc = subprocess.Popen(
+        [str(cf.bindir / "condafuse"), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(ready)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    return proc, out, err
+
+
 def test_sigterm_reaches_the_command_of_run_and_the_mount_goes(fuse, cf, channel):
     """A batch system stopping `condafuse run` with SIGTERM: the command gets it, its exit
     status comes back, and the temporary read-only mount is removed."""
@@ -375,22 +396,7 @@ def test_sigterm_reaches_the_command_of_run_and_the_mount_goes(fuse, cf, channel
     cf.run("unmount", "job")
     ready = cf.root / "ready"
     cmd = f"trap 'echo got-term; exit 9' TERM; touch {ready}; while :; do sleep 0.05; done"
-    proc = subprocess.Popen(
-        [str(cf.bindir / "condafuse"), "run", "job", "--", "sh", "-c", cmd],
-        env=cf.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for(ready.exists)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+    proc, out, err = _sigterm_when(["run", "job", "--", "sh", "-c", cmd], cf, cf.env, ready.exists)
     assert proc.returncode == 9, err
     assert "got-term" in out
     assert not _mounted(cf.mount_root / "job")
@@ -402,22 +408,7 @@ def test_sigterm_during_create_leaves_nothing(fuse, cf):
     make_stub(cf.bindir, "conda", log)
     started = cf.root / "started"
     env = dict(cf.env, STUB_SLEEP=str(started))
-    proc = subprocess.Popen(
-        [str(cf.bindir / "condafuse"), "create", "late", "x"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for(started.exists)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+    proc, _, err = _sigterm_when(["create", "late", "x"], cf, env, started.exists)
     assert proc.returncode != 0 and "Traceback" not in err
     assert "nothing was kept" in err
     assert not (cf.archives / "late.zip").exists()
