@@ -446,3 +446,38 @@ def test_paths_json(tmp_path, monkeypatch, capsys):
     assert rep["activator"] == "builtin"
     assert cli.main(["paths"]) == 0
     assert "spill dir:" in capsys.readouterr().out
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_printer_terminal_and_log():
+    from condafuse.envs import ProgressPrinter
+    from zipfuse.api import Progress
+
+    for tty in (True, False):
+        stream = _Stream(tty)
+        printer = ProgressPrinter("writing x.zip", stream)
+        printer(Progress(1, 4, 1_000, 4_000_000))
+        printer(Progress(2, 4, 2_000_000, 4_000_000))  # too soon after the first: not shown
+        printer(Progress(4, 4, 4_000_000, 4_000_000))
+        printer(Progress(4, 4, 4_000_000, 4_000_000))  # the final line only once
+        printer.close()
+        assert stream.text.count("4/4 entries, 4.0 MB/4.0 MB (100%)") == 1
+        assert "1/4 entries, 1.0 kB/4.0 MB (0%)" in stream.text
+        assert "2/4" not in stream.text
+        if tty:
+            assert stream.text.startswith("\r") and stream.text.endswith("\n")
+        else:
+            assert stream.text.count("\n") == 2 and "\r" not in stream.text
