@@ -52,6 +52,8 @@ class Node:
         "target",
         "children",
         "parent",
+        "name",
+        "links",
         "lookups",
         "opens",
         "meta_dirty",
@@ -72,7 +74,9 @@ class Node:
         self.spill: str | None = None  # spill file with the current content (dirty)
         self.target: bytes | None = None  # symlink target, once known
         self.children: dict[bytes, Node] | None = {} if stat.S_ISDIR(mode) else None
-        self.parent: Node | None = None  # directories only
+        self.parent: Node | None = None  # directory holding ``name`` (None: no name left)
+        self.name = b""  # the node's primary name, so its path can be journaled
+        self.links: list[tuple[Node, bytes]] | None = None  # further names of a hard link
         self.lookups = 0  # kernel lookup count
         self.opens = 0  # open file handles
         self.meta_dirty = False  # mode/owner/times changed since load or last commit
@@ -180,18 +184,45 @@ class Namespace:
 
     def _attach(self, parent: Node, name: bytes, node: Node) -> None:
         parent.children[name] = node
+        if node.parent is None or node.is_dir:
+            node.parent, node.name = parent, name
+        else:
+            node.links = [*(node.links or ()), (parent, name)]
         if node.is_dir:
-            node.parent = parent
             parent.nlink += 1
 
-    def _detach(self, parent: Node, name: bytes, node: Node) -> None:
+    def _unname(self, parent: Node, name: bytes, node: Node) -> None:
+        """Remove one name of ``node`` from the directory and from the node's own records."""
         del parent.children[name]
+        if node.parent is parent and node.name == name:
+            node.parent, node.name = node.links.pop() if node.links else (None, b"")
+        elif node.links:
+            node.links.remove((parent, name))
         if node.is_dir:
             parent.nlink -= 1
-            node.nlink = 0
-        else:
-            node.nlink -= 1
+
+    def _detach(self, parent: Node, name: bytes, node: Node) -> None:
+        self._unname(parent, name, node)
+        node.nlink = 0 if node.is_dir else node.nlink - 1
         self.maybe_drop(node)
+
+    def path(self, node: Node) -> str | None:
+        """The node's current path (its primary name), or None once it has no name."""
+        parts = []
+        while node is not self.root:
+            if node.parent is None:
+                return None
+            parts.append(node.name)
+            node = node.parent
+        return os.fsdecode(b"/".join(reversed(parts)))
+
+    def resolve(self, path: str) -> Node | None:
+        node: Node | None = self.root
+        for comp in path.split("/") if path else ():
+            if node is None or node.children is None:
+                return None
+            node = node.children.get(os.fsencode(comp))
+        return node
 
     def get(self, ino: int) -> Node:
         node = self.nodes.get(ino)
@@ -336,9 +367,7 @@ class Namespace:
                 raise OSError(errno.ENOTEMPTY, "target directory not empty")
             target.ctime_ns = now_ns
             self._detach(new_parent, new, target)
-        del old_parent.children[old]
-        if node.is_dir:
-            old_parent.nlink -= 1
+        self._unname(old_parent, old, node)
         self._attach(new_parent, new, node)
         node.ctime_ns = now_ns
         self.touch(old_parent, now_ns)
@@ -346,15 +375,10 @@ class Namespace:
         return target
 
     def _swap(self, p1: Node, n1: bytes, p2: Node, n2: bytes, a: Node, b: Node) -> None:
-        p1.children[n1] = b
-        p2.children[n2] = a
-        if a.is_dir != b.is_dir:
-            dir_node, from_p, to_p = (a, p1, p2) if a.is_dir else (b, p2, p1)
-            from_p.nlink -= 1
-            to_p.nlink += 1
-            dir_node.parent = to_p
-        elif a.is_dir:
-            a.parent, b.parent = p2, p1
+        self._unname(p1, n1, a)
+        self._unname(p2, n2, b)
+        self._attach(p1, n1, b)
+        self._attach(p2, n2, a)
 
     # ----------------------------------------------------------------------------- walking
     def walk(self) -> Iterator[tuple[str, Node]]:
