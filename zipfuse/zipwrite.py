@@ -465,9 +465,7 @@ class _Job:
     cost: int  # budget to release once written
     data: bytes | memoryview = b""  # "ready"
     future: Future | None = None  # "whole": -> (method, crc, payload)
-    blocks: queue.SimpleQueue | None = (
-        None  # "blocks": Futures -> (crc, length, payload), then _END
-    )
+    blocks: queue.SimpleQueue | None = None  # "blocks": Futures -> (crc, len, payload), _END
     raw: tuple[int, ZipEntry, int, bool] | None = None  # "raw": (src_fd, entry, data_off, keep_loc)
 
 
