@@ -556,6 +556,15 @@ def _should_store(fd: int, size: int, level: int) -> bool:
     return packed >= plain * _STORE_RATIO
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on: on a shared HPC node the affinity mask (batch job, taskset)
+    is often far smaller than ``os.cpu_count()``, and extra workers would only add memory."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 # --- The writer ---
 
 
@@ -571,8 +580,9 @@ class ZipWriter:
     ``abort()`` returns. An OSError of a write or read (ENOSPC, EIO...) is raised, as the same
     exception object with its errno, from the next ``add_*``/``copy_raw``/``finish`` call.
 
-    ``level``: zlib level 1-9, 0 stores everything. ``threads``: compression workers (default
-    ``os.cpu_count()``). ``max_inflight``: bytes of plain/compressed data in flight at most.
+    ``level``: zlib level 1-9, 0 stores everything. ``threads``: compression workers (default:
+    the CPUs in this process's affinity mask, i.e. ``os.cpu_count()`` unless restricted).
+    ``max_inflight``: bytes of plain/compressed data in flight at most (default 64 MiB).
     ``progress(entries_done, bytes_done)`` runs on the writer thread after each entry and after
     each block of a split file; ``bytes_done`` counts uncompressed bytes. If it raises, the write
     fails with that exception.
@@ -600,7 +610,7 @@ class ZipWriter:
         self._progress = progress
         self._max_inflight = max(max_inflight, 1)
         self._pool = ThreadPoolExecutor(
-            max_workers=threads or os.cpu_count() or 1, thread_name_prefix="zipwrite"
+            max_workers=threads or _usable_cpus(), thread_name_prefix="zipwrite"
         )
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._open_block_jobs: collections.deque[_Job] = collections.deque()
