@@ -973,20 +973,24 @@ class ZipWriter:
         self._out = []
         self._out_len = 0
         pos = self._pos
-        while bufs:
-            n = (
-                os.pwritev(self._fd, bufs, pos)
-                if len(bufs) > 1
-                else os.pwrite(self._fd, bufs[0], pos)
-            )
-            pos += n
+        left = total
+        while left:
+            if len(bufs) > 1:
+                n = os.pwritev(self._fd, bufs, pos)
+            else:
+                n = os.pwrite(self._fd, bufs[0], pos)
             if n == 0:
                 raise OSError(errno.EIO, "write returned 0")
-            while bufs and n >= len(bufs[0]):
-                n -= len(bufs[0])
-                bufs.pop(0)
-            if n:
-                bufs[0] = memoryview(bufs[0])[n:]
+            pos += n
+            left -= n
+            if left:  # short write (rare: e.g. the disk just filled up); drop what went out
+                i = 0
+                while n >= len(bufs[i]):
+                    n -= len(bufs[i])
+                    i += 1
+                bufs = bufs[i:]
+                if n:
+                    bufs[0] = memoryview(bufs[0])[n:]
         self._pos += total
 
     def _flush_idle(self) -> None:
@@ -1189,6 +1193,7 @@ class ZipWriter:
             self._pwrite_all(view[start : start + step], off)
             off += min(step, cd_size - start)
         view.release()
+        self._central = bytearray()
         end = cd_offset + cd_size
         count = self._count
         limit = self._zip64_limit

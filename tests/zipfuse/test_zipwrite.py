@@ -823,6 +823,29 @@ def test_enospc_is_raised_with_errno(tmp_path: Path) -> None:
         subprocess.run(["umount", str(mnt)], check=True)
 
 
+def test_short_writes_are_resumed(tmp_path: Path, monkeypatch) -> None:
+    real_pwrite = os.pwrite
+
+    def short_pwritev(fd, bufs, pos):
+        return real_pwrite(fd, b"".join(bytes(b) for b in bufs)[:777], pos)
+
+    def short_pwrite(fd, data, pos):
+        return real_pwrite(fd, bytes(data)[:777], pos)
+
+    monkeypatch.setattr(os, "pwritev", short_pwritev)
+    monkeypatch.setattr(os, "pwrite", short_pwrite)
+    archive = tmp_path / "short.zip"
+    payloads = [os.urandom(i * 100) + b"a" * 3000 for i in range(30)]
+    write_zip(
+        archive,
+        lambda w: [w.add_bytes(meta(f"f{i}", 0o100644), p) for i, p in enumerate(payloads)],
+    )
+    monkeypatch.undo()
+    with zipfile.ZipFile(archive) as zf:
+        assert zf.testzip() is None
+        assert [zf.read(f"f{i}") for i in range(30)] == payloads
+
+
 def test_worker_read_error_propagates(tmp_path: Path) -> None:
     src = make_source(tmp_path / "short", b"only ten b")
     fd = os.open(tmp_path / "o.zip", os.O_RDWR | os.O_CREAT, 0o644)
