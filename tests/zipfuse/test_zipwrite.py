@@ -426,6 +426,22 @@ def test_split_file_is_one_deflate_stream(tmp_path: Path, small_blocks, threads:
     assert [b for _, b in seen] == sorted(b for _, b in seen)
 
 
+@pytest.mark.parametrize("size", [(256 << 10) + 1, 5 << 16, (5 << 16) - 1, (5 << 16) + 1])
+def test_split_sizes_at_block_boundaries(tmp_path: Path, small_blocks, size: int) -> None:
+    data = mixed_data(size, seed=size)
+    src = make_source(tmp_path / "src", data)
+    archive = tmp_path / "b.zip"
+    try:
+        write_zip(archive, lambda w: w.add_file(meta("f", 0o100644), src, size), threads=2)
+    finally:
+        os.close(src)
+    d = zlib.decompressobj(-15)
+    assert d.decompress(raw_member(archive, "f")) == data
+    assert d.eof and not d.unused_data
+    with zipfile.ZipFile(archive) as zf:
+        assert zlib.crc32(data) == zf.getinfo("f").CRC
+
+
 def test_budget_smaller_than_a_block(tmp_path: Path, small_blocks) -> None:
     """A tiny max_inflight degrades to one block at a time; it must not deadlock."""
     data = mixed_data(1_000_000, seed=4)
