@@ -107,6 +107,19 @@ def find_mount(mountpoint_or_archive: str) -> MountInfo | None:
     return _info(rec, None if rec["dead"] else _query(rec))
 
 
+def recover(archive: str, *, spill_dir: str | None = None, level: int = 6) -> str | None:
+    """Commit the changes an interrupted session left for ``archive``; say what was done."""
+    from .lock import ArchiveLock
+    from .recovery import recover as _recover
+
+    lock = ArchiveLock(os.path.abspath(archive))
+    lock.acquire()
+    try:
+        return _recover(archive, spill_dir, level=level)
+    finally:
+        lock.release()
+
+
 def mount(
     archive: str,
     mountpoint: str,
@@ -203,9 +216,10 @@ def unmount(
                 registry.unregister(int(rec["pid"]))
             if proc.returncode != 0:
                 raise ZipfuseError(f"cannot detach dead mount {mp}: {proc.stderr.strip()}")
+            archive = f" {rec['archive']}" if rec is not None else " ARCHIVE"
             raise ZipfuseError(
-                f"the daemon serving {mp} had died; the dead mount was detached "
-                "(changes since the last commit are in its spill directory)"
+                f"the daemon serving {mp} had died; the dead mount was detached; "
+                f"run 'zipfuse recover{archive}' to bring back its changes"
             )
         raise ZipfuseError(f"{mp} is not a zipfuse mount")
     # Commit while still mounted: if it fails (disk full...), the mount stays up and nothing is

@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--spill-dir",
         metavar="DIR",
-        help="where modified files are kept until commit (default: $TMPDIR/zipfuse-UID)",
+        help="where modified files are kept until commit (default: $TMPDIR/zipfuse-spill-UID)",
     )
     m.add_argument(
         "--level",
@@ -51,6 +51,19 @@ def _parser() -> argparse.ArgumentParser:
         help="extra FUSE mount options, comma separated (e.g. allow_other)",
     )
     m.add_argument("--debug", action="store_true", help="verbose daemon log")
+    m.add_argument(
+        "--restore",
+        action="store_true",
+        help="if an interrupted session left "
+        "changes, mount with them restored instead of committing them first",
+    )
+
+    r = sub.add_parser(
+        "recover",
+        help="commit the changes an interrupted session (crash, kill -9, reboot) left for ARCHIVE",
+    )
+    r.add_argument("archive", metavar="ARCHIVE")
+    r.add_argument("--spill-dir", metavar="DIR", help="the spill directory that session used")
 
     u = sub.add_parser(
         "unmount", aliases=["umount"], help="commit, unmount and wait until the archive is durable"
@@ -107,8 +120,11 @@ def _mount(args: argparse.Namespace) -> int:
         level=args.level,
         foreground=args.foreground,
         debug=args.debug,
+        restore=args.restore,
     )
     prepared = daemon.prepare(config)
+    for note in prepared.notes:
+        print(f"zipfuse: {note}", file=sys.stderr)
     if args.foreground:
         return daemon.run_foreground(prepared)
     daemon.start(prepared)
@@ -158,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             return _mount(args)
         if args.command in ("unmount", "umount", "sync"):
             return _commit_cmd(args)
+        if args.command == "recover":
+            note = api.recover(args.archive, spill_dir=args.spill_dir)
+            print(f"zipfuse: {note or 'nothing to recover for ' + args.archive}", file=sys.stderr)
+            return 0
         return _status(args)
     except ZipfuseError as exc:
         print(f"zipfuse: {exc}", file=sys.stderr)

@@ -13,8 +13,10 @@ import dataclasses
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable
 
+from .journal import fingerprint
 from .namespace import Namespace, Node
 from .zipformat import CentralDirectory, ZipEntry, local_data_offset, read_central_directory
 from .zipwrite import EntryMeta, ZipWriter
@@ -92,8 +94,15 @@ def write_archive(
     level: int = 6,
     comment: bytes = b"",
     progress: Callable[[int, int], None] | None = None,
+    expect: str | None = None,
+    before_replace: Callable[[str], None] | None = None,
 ) -> tuple[int, CentralDirectory]:
-    """Write and atomically install the new archive; return its open fd and directory."""
+    """Write and atomically install the new archive; return its open fd and directory.
+
+    ``expect`` is the fingerprint the archive on disk must still have (else the result is kept
+    beside it as a conflict file and CommitConflict is raised); ``before_replace(tmp)`` runs
+    once the temp file is durable, right before the rename.
+    """
     try:
         mode = stat.S_IMODE(os.stat(archive).st_mode)
     except FileNotFoundError:
@@ -108,7 +117,18 @@ def write_archive(
         writer.finish(comment)
         os.fchmod(fd, mode)
         os.fsync(fd)
+        _test_pause("before-rename")
+        if expect is not None and fingerprint(archive) != expect:
+            conflict = f"{archive}.conflict-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.rename(tmp, conflict)
+            raise CommitConflict(
+                f"{archive} was changed by someone else since it was mounted; "
+                f"your version was written to {conflict}"
+            )
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, archive)
+        _test_pause("after-rename")
     except BaseException:
         writer.abort()
         os.close(fd)
@@ -155,6 +175,20 @@ def _add(writer: ZipWriter, item: Item, src_fd: int | None, src_fds: list[int]) 
         else:
             src_fds.append(fd)
             writer.add_file(item.meta, fd, item.size)
+
+
+class CommitConflict(Exception):
+    """The archive changed behind our back; the message says where our version went."""
+
+
+def _test_pause(stage: str) -> None:
+    """Crash tests stop a commit at a named stage: ZIPFUSE_TEST_PAUSE=stage:marker-file."""
+    spec = os.environ.get("ZIPFUSE_TEST_PAUSE")
+    if spec and spec.split(":", 1)[0] == stage:
+        with open(spec.split(":", 1)[1], "w") as f:
+            f.write(str(os.getpid()))
+        while True:
+            time.sleep(3600)
 
 
 def _fsync_dir(path: str) -> None:

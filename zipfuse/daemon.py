@@ -22,15 +22,19 @@ import time
 import pyfuse3
 import trio
 
-from . import commit, control, registry
+from . import commit, control, journal, recovery, registry
 from .api import ZipfuseError
 from .filedata import FileData
+from .journal import Journal
+from .lock import ArchiveLock
 from .namespace import Namespace
 from .ops import ZipOperations
 from .spill import SpillArea
 from .zipformat import CentralDirectory, ZipFormatError, read_central_directory
 
 log = logging.getLogger("zipfuse")
+
+FLUSH_INTERVAL = 3.0  # seconds between background flushes of the spill area and journal
 
 
 @dataclasses.dataclass
@@ -43,6 +47,7 @@ class Config:
     level: int = 6
     foreground: bool = False
     debug: bool = False
+    restore: bool = False  # mount with an interrupted session's changes instead of committing
 
 
 @dataclasses.dataclass
@@ -50,6 +55,7 @@ class Prepared:
     config: Config
     archive_fd: int | None
     cd: CentralDirectory | None
+    notes: list[str] = dataclasses.field(default_factory=list)  # what recovery did
 
 
 def prepare(config: Config) -> Prepared:
@@ -72,13 +78,16 @@ def prepare(config: Config) -> Prepared:
         raise ZipfuseError(
             f"{config.archive} is already mounted read-write at {writers[0]['mountpoint']}"
         )
+    notes: list[str] = []
+    if not config.read_only:
+        parent = os.path.dirname(config.archive)
+        if not os.path.isdir(parent):
+            raise ZipfuseError(f"directory {parent} for the archive does not exist")
+        notes = _recover_first(config)
     if not os.path.exists(config.archive):
         if config.read_only:
             raise ZipfuseError(f"archive {config.archive} does not exist")
-        parent = os.path.dirname(config.archive)
-        if not os.path.isdir(parent):
-            raise ZipfuseError(f"directory {parent} for the new archive does not exist")
-        return Prepared(config, None, None)
+        return Prepared(config, None, None, notes)
     if os.path.isdir(config.archive):
         raise ZipfuseError(f"archive {config.archive} is a directory")
     try:
@@ -91,7 +100,21 @@ def prepare(config: Config) -> Prepared:
     except ZipFormatError as exc:
         os.close(fd)
         raise ZipfuseError(f"{config.archive}: {exc}") from None
-    return Prepared(config, fd, cd)
+    return Prepared(config, fd, cd, notes)
+
+
+def _recover_first(config: Config) -> list[str]:
+    """Before a read-write mount: take the lock, and finish an interrupted session if any."""
+    lock = ArchiveLock(config.archive)
+    lock.acquire()
+    try:
+        if config.restore and recovery.pending(config.archive, config.spill_dir):
+            return ["changes of an interrupted session are restored into the mount (not yet "
+                    "committed)"]  # fmt: skip
+        note = recovery.recover(config.archive, config.spill_dir, level=config.level)
+        return [note] if note else []
+    finally:
+        lock.release()
 
 
 def start(prepared: Prepared, timeout: float = 60.0) -> int:
@@ -209,22 +232,37 @@ class Daemon:
     def mount(self) -> None:
         cfg = self.config
         now = time.time_ns()
+        self.lock: ArchiveLock | None = None
+        self.journal: Journal | None = None
+        if not cfg.read_only:
+            self.lock = ArchiveLock(cfg.archive)
+            self.lock.acquire()
         try:
-            spill = SpillArea(cfg.spill_dir, cfg.archive)
+            spill = SpillArea(cfg.spill_dir, cfg.archive, cache_only=cfg.read_only)
         except OSError as exc:
-            raise ZipfuseError(f"cannot use spill directory: {exc}") from None
-        if not cfg.read_only and not spill.is_empty():
-            stale = f"{spill.path}.stale-{int(time.time())}"
-            os.rename(spill.path, stale)
-            log.warning("spill area held files from an earlier session; moved to %s", stale)
-            spill = SpillArea(cfg.spill_dir, cfg.archive)
+            raise ZipfuseError(f"cannot use spill directory: {exc.strerror or exc}") from None
         self.spill = spill
+        self.base = journal.fingerprint(cfg.archive)
+        records: list[dict] = []
+        if not cfg.read_only:
+            state = journal.read_state(spill.path)
+            if cfg.restore and state is not None and state.get("base") == self.base:
+                records = journal.read_records(spill.path)
+            self.journal = Journal(spill.path, cfg.archive)
+            self.journal.start(self.base, fresh=not records)
         with _no_gc():
             self.ns = Namespace.from_archive(self.cd, os.getuid(), os.getgid(), now)
+            if records:
+                applied = journal.replay(self.ns, records, spill.path)
+                self.ns.changes = max(1, applied)
+                log.info("restored %d journal records of an interrupted session", applied)
         gc.freeze()  # the index lives as long as the mount: keep it out of every later gc pass
         self.data = FileData(self.archive_fd, spill)
+        for node in self.ns.nodes.values():
+            if node.spill is not None:
+                self.data.dirty[node.ino] = node
         self.ns.on_drop.append(self.data.drop)
-        self.ops = ZipOperations(self.ns, self.data, read_only=cfg.read_only)
+        self.ops = ZipOperations(self.ns, self.data, read_only=cfg.read_only, journal=self.journal)
         options = set(pyfuse3.default_options)
         options.add(f"fsname={cfg.archive}")
         options.add("subtype=zipfuse")
@@ -281,6 +319,8 @@ class Daemon:
                 control.serve, registry.socket_path(os.getpid()), self._handle_request
             )
             nursery.start_soon(self._signals)
+            if self.journal is not None:
+                nursery.start_soon(self._flush_loop)
             await pyfuse3.main()
             pyfuse3.close(unmount=True)
             self.state = "committing"
@@ -293,6 +333,20 @@ class Daemon:
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
         return 0 if self.final and self.final.get("ok") else 2
+
+    async def _flush_loop(self) -> None:
+        """Make closed files and journal records durable within a few seconds (like ext4)."""
+        while True:
+            await trio.sleep(FLUSH_INTERVAL)
+            if self.journal is not None and self.journal.unsynced and self.state == "mounted":
+                try:
+                    await trio.to_thread.run_sync(self._flush)
+                except OSError as exc:
+                    log.error("background flush of the spill area failed: %s", exc)
+
+    def _flush(self) -> None:
+        pyfuse3.syncfs(self.spill.path)  # the spill files
+        self.journal.sync()
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
@@ -343,13 +397,21 @@ class Daemon:
         if result.get("ok"):
             self._cleanup_spill()
         else:
-            result["error"] += f"; your changes are kept in {self.spill.path}"
+            with contextlib.suppress(OSError):
+                await trio.to_thread.run_sync(self._flush)
+            result["error"] += (
+                f"; your changes are kept in {self.spill.path}: "
+                f"run 'zipfuse recover {self.config.archive}' to retry"
+            )
         return result
 
     def _cleanup_spill(self) -> None:
         self.data.close_all()
-        if not self.config.read_only:
+        if self.journal is not None:
+            self.journal.close()
             self.spill.destroy()
+        if self.lock is not None:
+            self.lock.release()
 
     async def _broadcast(self, msg: dict) -> None:
         for send in list(self.watchers):
@@ -390,25 +452,40 @@ class Daemon:
             async def pump() -> None:
                 while True:
                     await trio.sleep(0.25)
-                    await send({"progress": self.progress})
+                    try:
+                        await send({"progress": self.progress})
+                    except Exception:  # the client went away; the commit goes on
+                        return
+
+            def write() -> tuple[int, CentralDirectory] | BaseException:
+                try:
+                    return commit.write_archive(
+                        items,
+                        self.archive_fd,
+                        self.config.archive,
+                        level=self.config.level,
+                        comment=self.cd.comment if self.cd else b"",
+                        progress=progress,
+                        expect=self.base,
+                        before_replace=self._before_replace,
+                    )
+                except Exception as exc:  # re-raised below, outside the nursery's group
+                    return exc
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump)
-                try:
-                    fd, cd = await trio.to_thread.run_sync(
-                        lambda: commit.write_archive(
-                            items,
-                            self.archive_fd,
-                            self.config.archive,
-                            level=self.config.level,
-                            comment=self.cd.comment if self.cd else b"",
-                            progress=progress,
-                        )
-                    )
-                finally:
-                    nursery.cancel_scope.cancel()
+                outcome = await trio.to_thread.run_sync(write)
+                nursery.cancel_scope.cancel()
+            if isinstance(outcome, BaseException):
+                raise outcome
+            fd, cd = outcome
             self._adopt(fd, cd, items)
             self.committed_changes = changes
+            self.base = journal.fingerprint(self.config.archive)
+            if self.journal is not None:
+                self.journal.start(self.base, fresh=True)
+                # files still open keep their spill copy; the new journal must name it again
+                self.ops.unlogged.update(self.data.dirty)
             elapsed = time.monotonic() - started
             size = os.fstat(fd).st_size
             log.info("committed %d entries, %d bytes in %.2f s", len(items), size, elapsed)
@@ -419,6 +496,9 @@ class Daemon:
                 "archive_size": size,
                 "seconds": elapsed,
             }
+        except commit.CommitConflict as exc:
+            log.error("commit conflict: %s", exc)
+            return {"ok": False, "error": str(exc)}
         except OSError as exc:
             log.error("commit failed: %s", exc)
             return {"ok": False, "error": f"commit failed, archive unchanged: {_oserror(exc)}"}
@@ -430,6 +510,12 @@ class Daemon:
             if self.state == "committing":
                 self.state = previous
             self.ops.gate.open()
+
+    def _before_replace(self, tmp: str) -> None:
+        """Runs on the commit thread: name the archive about to be installed, for recovery."""
+        state = journal.read_state(self.spill.path) or {}
+        state["pending"] = journal.fingerprint(tmp)
+        journal.write_state(self.spill.path, state)
 
     def _adopt(self, fd: int, cd: CentralDirectory, items: list[commit.Item]) -> None:
         """Point clean nodes at the new archive and drop spill copies that are now stored."""

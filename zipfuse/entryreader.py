@@ -17,9 +17,18 @@ decoded forwards, so an ``EntryReader`` picks one strategy per entry:
   from the beginning for each backward jump: slow, but reads still succeed.
 
 Memory per reader stays around ``WINDOW`` + two decode chunks (or ``SMALL_ENTRY``) whatever the
-entry size; the compressed stream is fed to the decoder ``INPUT_CHUNK`` bytes at a time. Deflate64
-and the ``zstandard`` package have no output limit per call, so they get tiny input pieces
-instead; a pathological "bomb" could still make one call produce a few tens of MiB.
+entry size, plus the decoder's own state; the compressed stream is fed to the decoder
+``INPUT_CHUNK`` bytes at a time. Hostile input ("zip bombs") is bounded like this:
+
+- no decoder is ever asked for more than the entry's declared ``file_size``; once that many bytes
+  came out, the stream must end: if it would produce even one more byte, the read fails with EIO
+  ("inflates past its declared size");
+- Deflate64 has no output limit per call, so it gets ``_DEFLATE64_PIECE`` input bytes at a time
+  (a crafted stream yields at most ~30000 bytes per input byte, so a few MiB per call);
+- zstd (the ``zstandard`` package) is read through its bounded ``stream_reader``, with a window of
+  at most zstd's own default limit, ``MAX_ZSTD_WINDOW``;
+- LZMA's dictionary is never larger than the entry (it cannot be needed) and an entry that would
+  need more than ``MAX_DICTIONARY`` fails with EIO instead of allocating it.
 
 CRC-32 is checked whenever a decoder reaches the end of the entry (sequential pass, memory or
 file). Stored entries are served straight from the archive and are not checked. Bytes of a
@@ -64,7 +73,10 @@ WINDOW = 1 << 20  # recent plaintext kept by the sequential decoder
 FORWARD_SKIP_LIMIT = 8 << 20  # farther forward jumps switch to the cache file
 INPUT_CHUNK = 256 << 10  # compressed bytes per pread
 OUTPUT_CHUNK = 256 << 10  # plaintext bytes per decoder call
-_UNBOUNDED_PIECE = 4 << 10  # input per call for decoders without an output limit
+_DEFLATE64_PIECE = 128  # input per call for Deflate64, which has no output limit
+MAX_DICTIONARY = 64 << 20  # LZMA dictionary limit (what 7-Zip's strongest preset uses)
+MAX_ZSTD_WINDOW = 128 << 20  # zstd window limit (the zstd tool's default)
+_LZMA_DICT_MIN = 4096
 _MAX_STALLS = 1000  # decoder calls in a row that neither consume nor produce anything
 
 _CORRUPT_ERRORS: tuple[type[BaseException], ...] = (
@@ -133,10 +145,14 @@ class _BufferedCodec:
 
 
 class _ChunkedCodec:
-    """Decoders without an output limit: give them small input pieces to bound each result."""
+    """Decoders without an output limit: give them small input pieces to bound each result.
 
-    def __init__(self, decoder: Any) -> None:
+    ``pull`` may return more than ``max_length``; the caller treats that as an overflow.
+    """
+
+    def __init__(self, decoder: Any, piece: int) -> None:
         self._d = decoder
+        self._piece = piece
         self._in = b""
         self._pos = 0
         self.wants_input = True
@@ -148,7 +164,7 @@ class _ChunkedCodec:
     def pull(self, max_length: int) -> bytes:
         out = b""
         while self._pos < len(self._in) and not out and not self.eof:
-            piece = self._in[self._pos : self._pos + _UNBOUNDED_PIECE]
+            piece = self._in[self._pos : self._pos + self._piece]
             self._pos += len(piece)
             out = self._d.decompress(piece)
             self.eof = bool(getattr(self._d, "eof", False))
@@ -156,12 +172,38 @@ class _ChunkedCodec:
         return out
 
 
+class _PullCodec:
+    """A ``zstandard`` stream reader: it fetches its own input and never returns more than asked."""
+
+    def __init__(self, make_reader: Callable[[Any], Any], fetch: Callable[[int], bytes]) -> None:
+        self._reader = make_reader(_Source(fetch))
+        self.wants_input = False  # input comes through ``fetch``
+        self.eof = False
+
+    def feed(self, data: bytes) -> None:  # pragma: no cover - wants_input is never set
+        raise AssertionError("_PullCodec reads its own input")
+
+    def pull(self, max_length: int) -> bytes:
+        out: bytes = self._reader.read(max_length)
+        if not out:
+            self.eof = True
+        return out
+
+
+class _Source:
+    """File-like object over the compressed bytes, for decoders that pull their input."""
+
+    def __init__(self, fetch: Callable[[int], bytes]) -> None:
+        self.read = fetch
+
+
 class _ZipLzmaCodec:
     """LZMA as stored in zip (APPNOTE 5.8.8): version (2 bytes), properties size (2 bytes,
     little-endian), the LZMA1 properties (lc/lp/pb byte + 4-byte dictionary size), then a raw
     LZMA1 stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, file_size: int) -> None:
+        self._file_size = file_size
         self._header = b""
         self._inner: _BufferedCodec | None = None
         self.wants_input = True
@@ -182,6 +224,14 @@ class _ZipLzmaCodec:
             raise lzma.LZMAError("invalid LZMA properties in zip header")
         lc, rest = props[0] % 9, props[0] // 9
         (dict_size,) = struct.unpack_from("<L", props, 1)
+        # Distances never reach back past the start of the entry, so a dictionary larger than
+        # the entry is never used; liblzma would still reserve (and a bomb fill) all of it.
+        dict_size = max(_LZMA_DICT_MIN, min(dict_size, self._file_size))
+        if dict_size > MAX_DICTIONARY:
+            raise lzma.LZMAError(
+                f"LZMA dictionary of {dict_size >> 20} MiB is larger than the "
+                f"{MAX_DICTIONARY >> 20} MiB limit"
+            )
         filt = {"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": lc}
         filt.update(lp=rest % 5, pb=rest // 5)
         self._inner = _BufferedCodec(lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[filt]))
@@ -208,18 +258,33 @@ def _deflate64_factory() -> Callable[[], Any] | None:
 
 
 @functools.cache
-def _zstd_codec_factory() -> Callable[[], _Codec] | None:
+def _zstd_codec_factory() -> Callable[[Callable[[int], bytes]], _Codec] | None:
+    """Make a zstd codec from a ``fetch(n) -> bytes`` of compressed input."""
+    global _CORRUPT_ERRORS
     try:
         from compression import zstd  # type: ignore[import-not-found]  # Python >= 3.14
 
-        return lambda: _BufferedCodec(zstd.ZstdDecompressor())
+        _CORRUPT_ERRORS += (zstd.ZstdError,)
+        # zstd's default window limit (2**27) applies; output is bounded by max_length
+        return lambda fetch: _BufferedCodec(zstd.ZstdDecompressor())
     except ImportError:
         pass
     try:
         import zstandard  # type: ignore[import-not-found]
     except ImportError:
         return None
-    return lambda: _ChunkedCodec(zstandard.ZstdDecompressor().decompressobj())
+    _CORRUPT_ERRORS += (zstandard.ZstdError,)
+
+    def make(fetch: Callable[[int], bytes]) -> _Codec:
+        dctx = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
+        return _PullCodec(
+            lambda source: dctx.stream_reader(
+                source, read_size=INPUT_CHUNK, read_across_frames=True
+            ),
+            fetch,
+        )
+
+    return make
 
 
 def supported_method(method: int) -> bool:
@@ -233,36 +298,49 @@ def supported_method(method: int) -> bool:
     return False
 
 
-def _make_codec(method: int) -> _Codec:
+def _make_codec(entry: ZipEntry, fetch: Callable[[int], bytes]) -> _Codec:
+    method = entry.method
     if method == DEFLATED:
         return _ZlibCodec()
     if method == BZIP2:
         return _BufferedCodec(bz2.BZ2Decompressor())
     if method == LZMA:
-        return _ZipLzmaCodec()
+        return _ZipLzmaCodec(entry.file_size)
     if method == DEFLATE64:
         d64 = _deflate64_factory()
         assert d64 is not None
-        return _ChunkedCodec(d64())
+        return _ChunkedCodec(d64(), _DEFLATE64_PIECE)
     zstd = _zstd_codec_factory()
     assert method == ZSTD and zstd is not None
-    return zstd()
+    return zstd(fetch)
 
 
 class _Stream:
-    """One forward pass over an entry's plaintext in bounded chunks, CRC-checked at the end."""
+    """One forward pass over an entry's plaintext in bounded chunks, CRC-checked at the end.
+
+    Never hands out more than the declared ``file_size``; when that much has come out, the
+    stream must be over (see ``_check_end``).
+    """
 
     def __init__(self, fd: int, entry: ZipEntry, data_offset: int) -> None:
         self._fd = fd
         self._entry = entry
         self._data_offset = data_offset
-        self._codec = _make_codec(entry.method)
         self._in_pos = 0
         self._crc = 0
         self.pos = 0  # plaintext bytes produced so far
+        self._codec = _make_codec(entry, self._fetch)
 
     def _fail(self, what: str) -> EntryReadError:
         return EntryReadError(errno.EIO, f"{self._entry.name}: corrupt data: {what}")
+
+    def _pull(self, max_length: int) -> bytes:
+        try:
+            return self._codec.pull(max_length)
+        except EntryReadError:
+            raise
+        except _CORRUPT_ERRORS as exc:
+            raise self._fail(str(exc) or type(exc).__name__) from exc
 
     def next_chunk(self) -> bytes:
         """The next piece of plaintext (at most ``OUTPUT_CHUNK`` bytes), b"" at the end."""
@@ -276,34 +354,63 @@ class _Stream:
                 raise self._fail(f"stream ends after {self.pos} of {entry.file_size} bytes")
             if self._codec.wants_input:
                 self._feed()
-            try:
-                out = self._codec.pull(min(OUTPUT_CHUNK, remaining))
-            except _CORRUPT_ERRORS as exc:
-                raise self._fail(str(exc) or type(exc).__name__) from exc
+            out = self._pull(min(OUTPUT_CHUNK, remaining))
             if out:
                 break
             stalls = 0 if self._codec.wants_input else stalls + 1
             if stalls > _MAX_STALLS:
                 raise self._fail("decoder makes no progress")
-        if len(out) > remaining:
-            out = out[:remaining]
+        if len(out) > remaining:  # only decoders without an output limit can get here
+            raise self._overflow()
         self._crc = zlib.crc32(out, self._crc)
         self.pos += len(out)
-        if self.pos == entry.file_size and self._crc != entry.crc:
-            raise EntryReadError(errno.EIO, f"{entry.name}: CRC mismatch")
+        if self.pos == entry.file_size:
+            self._check_end()
+            if self._crc != entry.crc:
+                raise EntryReadError(errno.EIO, f"{entry.name}: CRC mismatch")
         return out
 
-    def _feed(self) -> None:
+    def _overflow(self) -> EntryReadError:
+        return self._fail(f"data inflates past its declared size of {self._entry.file_size} bytes")
+
+    def _check_end(self) -> None:
+        """The declared size is reached: the stream may not yield a single byte more.
+
+        Costs at most one more pass over the remaining compressed bytes (usually a few bytes:
+        the end-of-stream marker). Running out of compressed input without an end marker is
+        accepted (LZMA without EOS marker does exactly that); the CRC still has the last word.
+        """
+        stalls = 0
+        while not self._codec.eof:
+            if self._codec.wants_input:
+                if self._in_pos >= self._entry.compressed_size:
+                    return
+                self._feed()
+            if self._pull(1):
+                raise self._overflow()
+            stalls = 0 if self._codec.wants_input else stalls + 1
+            if stalls > _MAX_STALLS:
+                raise self._fail("decoder makes no progress")
+
+    def _fetch(self, size: int) -> bytes:
+        """Up to ``size`` further compressed bytes; b"" once all of them were read."""
         left = self._entry.compressed_size - self._in_pos
         if left <= 0:
-            raise self._fail(f"compressed data ends after {self.pos} bytes of plaintext")
+            return b""
+        offset = self._data_offset + self._in_pos
         try:
-            data = os.pread(self._fd, min(INPUT_CHUNK, left), self._data_offset + self._in_pos)
+            data = os.pread(self._fd, min(size, INPUT_CHUNK, left), offset)
         except OSError as exc:
             raise EntryReadError(exc.errno or errno.EIO, f"{self._entry.name}: {exc}") from exc
         if not data:
             raise self._fail("archive is truncated")
         self._in_pos += len(data)
+        return data
+
+    def _feed(self) -> None:
+        data = self._fetch(INPUT_CHUNK)
+        if not data:
+            raise self._fail(f"compressed data ends after {self.pos} bytes of plaintext")
         try:
             self._codec.feed(data)
         except _CORRUPT_ERRORS as exc:

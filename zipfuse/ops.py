@@ -25,6 +25,7 @@ import pyfuse3
 import trio
 
 from .filedata import FileData
+from .journal import Journal
 from .namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, Namespace, Node
 
 log = logging.getLogger(__name__)
@@ -103,11 +104,15 @@ class ZipOperations(pyfuse3.Operations):
     enable_writeback_cache = True
     supports_dot_lookup = True
 
-    def __init__(self, ns: Namespace, data: FileData, *, read_only: bool) -> None:
+    def __init__(
+        self, ns: Namespace, data: FileData, *, read_only: bool, journal: Journal | None = None
+    ) -> None:
         super().__init__()
         self.ns = ns
         self.data = data
         self.read_only = read_only
+        self.journal = journal
+        self.unlogged: set[int] = set()  # inodes written since their last journal data record
         self.gate = Gate()
         self.handles: dict[int, Handle] = {}
         self.dir_handles: dict[int, list[tuple[bytes, Node]]] = {}
@@ -145,6 +150,20 @@ class ZipOperations(pyfuse3.Operations):
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         node.lookups += 1
         return self.attrs(node)
+
+    def _child_path(self, parent_inode: int, name: bytes) -> str | None:
+        head = self.ns.path(self.ns.get(parent_inode))
+        if head is None:
+            return None
+        return os.fsdecode(name) if not head else f"{head}/{os.fsdecode(name)}"
+
+    def _log_data(self, node: Node) -> None:
+        """Record in the journal which spill file now holds the node's content."""
+        if node.ino in self.unlogged and self.journal is not None:
+            self.unlogged.discard(node.ino)
+            path = self.ns.path(node)
+            if path is not None and node.spill is not None:
+                self.journal.data(path, node)
 
     # ------------------------------------------------------------------------ lookups
     @_guard
@@ -232,6 +251,7 @@ class ZipOperations(pyfuse3.Operations):
             try:
                 self.data.truncate_to_empty(node)
                 self.ns.touch(node, time.time_ns())
+                self.unlogged.add(node.ino)
             finally:
                 self.gate.leave()
         node.opens += 1
@@ -253,6 +273,7 @@ class ZipOperations(pyfuse3.Operations):
             self.gate.leave()
         node.mtime_ns = node.ctime_ns = time.time_ns()
         self.ns.changes += 1
+        self.unlogged.add(node.ino)
         return len(buf)
 
     @_guard
@@ -263,6 +284,7 @@ class ZipOperations(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh)
         node = handle.node
+        self._log_data(node)
         node.opens -= 1
         if node.opens <= 0:
             self.data.close(node)
@@ -270,11 +292,18 @@ class ZipOperations(pyfuse3.Operations):
 
     @_guard
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self.data.fsync(self.handles[fh].node)
+        node = self.handles[fh].node
+        self._log_data(node)
+        await self.data.fsync(node)
+        await self._sync_journal()
 
     @_guard
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        pass
+        await self._sync_journal()
+
+    async def _sync_journal(self) -> None:
+        if self.journal is not None and self.journal.unsynced:
+            await trio.to_thread.run_sync(self.journal.sync)
 
     # ------------------------------------------------------------------------ attributes
     @_guard
@@ -291,6 +320,7 @@ class ZipOperations(pyfuse3.Operations):
             finally:
                 self.gate.leave()
             node.mtime_ns = now
+            self.unlogged.add(node.ino)
         if fields.update_mode:
             node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(attr.st_mode)
         if fields.update_uid:
@@ -304,6 +334,11 @@ class ZipOperations(pyfuse3.Operations):
         node.ctime_ns = attr.st_ctime_ns if fields.update_ctime else now
         node.meta_dirty = True
         self.ns.changes += 1
+        if self.journal is not None:
+            path = self.ns.path(node)
+            if path is not None:
+                self._log_data(node)
+                self.journal.attr(path, node)
         return self.attrs(node)
 
     # ------------------------------------------------------------------------ namespace
@@ -316,18 +351,26 @@ class ZipOperations(pyfuse3.Operations):
         finally:
             self.gate.leave()
 
+    def _made(self, node: Node) -> Any:
+        """Journal a new node and answer the kernel with its entry."""
+        if self.journal is not None:
+            path = self.ns.path(node)
+            if path is not None:
+                self.journal.make(path, node)
+        return self._entry(node)
+
     @_guard
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
         node = await self._make(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
         node.opens += 1
         fh = self._new_fh()
         self.handles[fh] = Handle(node, True)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(node)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._made(node)
 
     @_guard
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
         node = await self._make(parent_inode, name, stat.S_IFDIR | stat.S_IMODE(mode), ctx)
-        return self._entry(node)
+        return self._made(node)
 
     @_guard
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
@@ -337,14 +380,14 @@ class ZipOperations(pyfuse3.Operations):
         elif kind not in (stat.S_IFIFO, stat.S_IFSOCK):
             raise OSError(errno.EPERM, "device files cannot be stored in a zip")
         node = await self._make(parent_inode, name, mode, ctx)
-        return self._entry(node)
+        return self._made(node)
 
     @_guard
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
         node = await self._make(parent_inode, name, stat.S_IFLNK | 0o777, ctx)
         node.target = target
         node.size = len(target)
-        return self._entry(node)
+        return self._made(node)
 
     @_guard
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
@@ -352,9 +395,13 @@ class ZipOperations(pyfuse3.Operations):
         await self.gate.enter()
         try:
             node = self.ns.get(inode)
+            src = self.ns.path(node)
             self.ns.link(node, self.ns.dir(new_parent_inode), new_name, time.time_ns())
         finally:
             self.gate.leave()
+        dst = self._child_path(new_parent_inode, new_name)
+        if self.journal is not None and src is not None and dst is not None:
+            self.journal.link(src, dst)
         return self._entry(node)
 
     @_guard
@@ -362,18 +409,26 @@ class ZipOperations(pyfuse3.Operations):
         self._writable()
         await self.gate.enter()
         try:
-            self.ns.unlink(self.ns.dir(parent_inode), name, time.time_ns())
+            path = self._child_path(parent_inode, name)
+            node = self.ns.unlink(self.ns.dir(parent_inode), name, time.time_ns())
+            if node.nlink > 0 and node.parent is not None:
+                self.unlogged.add(node.ino)  # its primary path may have changed
         finally:
             self.gate.leave()
+        if self.journal is not None and path is not None:
+            self.journal.remove(path)
 
     @_guard
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
         await self.gate.enter()
         try:
+            path = self._child_path(parent_inode, name)
             self.ns.rmdir(self.ns.dir(parent_inode), name, time.time_ns())
         finally:
             self.gate.leave()
+        if self.journal is not None and path is not None:
+            self.journal.remove(path)
 
     @_guard
     async def rename(
@@ -392,6 +447,8 @@ class ZipOperations(pyfuse3.Operations):
             raise OSError(errno.EINVAL, "unsupported rename flags")
         await self.gate.enter()
         try:
+            src = self._child_path(parent_inode_old, name_old)
+            dst = self._child_path(parent_inode_new, name_new)
             self.ns.rename(
                 self.ns.dir(parent_inode_old),
                 name_old,
@@ -402,3 +459,5 @@ class ZipOperations(pyfuse3.Operations):
             )
         finally:
             self.gate.leave()
+        if self.journal is not None and src is not None and dst is not None:
+            self.journal.rename(src, dst, flags)

@@ -10,25 +10,41 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 
 
 def default_spill_root() -> str:
-    return os.path.join(tempfile.gettempdir(), f"zipfuse-{os.getuid()}")
+    base = os.environ.get("TMPDIR") or tempfile.gettempdir()  # tempfile caches; env may change
+    return os.path.join(base, f"zipfuse-spill-{os.getuid()}")
+
+
+def area_path(root: str | None, archive: str) -> str:
+    """The one spill directory that belongs to ``archive`` (found again after a crash)."""
+    root = os.path.abspath(root or default_spill_root())
+    digest = hashlib.sha256(os.path.abspath(archive).encode()).hexdigest()[:16]
+    base = os.path.basename(archive) or "archive"
+    return os.path.join(root, f"{base}.{digest}")
 
 
 class SpillArea:
-    """Files named by inode number inside a private directory bound to one archive path."""
+    """Data files of one mount inside the private directory bound to its archive path.
 
-    def __init__(self, root: str | None, archive: str) -> None:
-        root = os.path.abspath(root or default_spill_root())
-        os.makedirs(root, mode=0o700, exist_ok=True)
-        digest = hashlib.sha256(os.path.abspath(archive).encode()).hexdigest()[:16]
-        base = os.path.basename(archive) or "archive"
-        self.path = os.path.join(root, f"{base}.{digest}")
+    File names carry a per-session prefix, so files restored from an earlier session's journal
+    never collide with new ones.
+    """
+
+    def __init__(self, root: str | None, archive: str, *, cache_only: bool = False) -> None:
+        """``cache_only`` (read-only mounts): no area of our own, only a place for the
+        unlinked temp files of decompressed entries (the spill root itself)."""
+        if cache_only:
+            self.path = os.path.abspath(root or default_spill_root())
+        else:
+            self.path = area_path(root, archive)
         os.makedirs(self.path, mode=0o700, exist_ok=True)
+        self.session = f"{os.getpid():x}{time.time_ns() & 0xFFFFFFFF:08x}"
 
     def file_path(self, ino: int) -> str:
-        return os.path.join(self.path, str(ino))
+        return os.path.join(self.path, f"{self.session}-{ino}")
 
     def create_empty(self, ino: int) -> str:
         path = self.file_path(ino)
@@ -42,8 +58,12 @@ class SpillArea:
         except FileNotFoundError:
             pass
 
-    def is_empty(self) -> bool:
-        return not any(os.scandir(self.path))
+    def move_aside(self, why: str) -> str:
+        """Keep an area that cannot be used (for the user to inspect) under another name."""
+        target = f"{self.path}.{why}-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.rename(self.path, target)
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        return target
 
     def destroy(self) -> None:
         """Remove the whole area (after a successful final commit)."""

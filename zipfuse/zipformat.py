@@ -16,6 +16,12 @@ Robustness rules: every length and count read from the file is checked against t
 are really there before it is used, so damaged input raises ``ZipFormatError`` (never
 ``IndexError``/``struct.error``) and nothing larger than the file itself is ever allocated.
 
+Hostile layouts are refused when the directory is read, because no zip writer produces them:
+entries whose local headers and data overlap each other or the central directory (the
+"overlapping files" zip bombs, or two records naming one local header), and sizes that no file
+can have (2**63 bytes or more). A symlink entry whose target would be ``PATH_MAX`` (4096) bytes
+or longer is no symlink Linux could hold; it is presented as a regular file.
+
 Data prepended to an archive (self-extracting stubs, ``cat stub.exe x.zip``) is handled like
 CPython's zipfile does: the central directory must end right before the end record, so the
 difference between where it really starts and where the end record says it starts is added to
@@ -75,6 +81,8 @@ _EXTRA_UX3 = 0x7875  # Info-ZIP Unix, third form: variable-size uid/gid
 _EXTRA_UPATH = 0x7075  # Info-ZIP Unicode path
 
 _MAX_COMMENT = 0xFFFF
+_MAX_SIZE = 2**63 - 1  # st_size and off_t are signed 64-bit
+_PATH_MAX = 4096  # a symlink target must be shorter
 _NTFS_EPOCH_DELTA = 116_444_736_000_000_000  # 1601-01-01 to 1970-01-01 in 100 ns units
 _DOS_DIR = 0x10
 _DOS_READONLY = 0x01
@@ -223,6 +231,7 @@ def read_central_directory(fd: int, size: int | None = None) -> CentralDirectory
         raise ZipFormatError(
             f"central directory holds {len(entries)} entries but the end record says {count}"
         )
+    _check_layout(entries, real_cd_offset)
     first = min((e.header_offset for e in entries), default=real_cd_offset)
     return CentralDirectory(
         entries=entries,
@@ -263,6 +272,45 @@ def _parse_entries(buf: bytes, concat: int, cd_offset: int, count: int) -> list[
         entries.append(_make_entry(len(entries), fields, raw_name, extra, comment, concat))
         pos = end
     return entries
+
+
+def _check_layout(entries: list[ZipEntry], cd_offset: int) -> None:
+    """Refuse entries that overlap each other or the central directory, and impossible sizes.
+
+    Each entry occupies at least its fixed local header plus its compressed bytes, starting at
+    its header offset (names and extra fields only make it longer). Writers put entries one
+    after the other, so the check is one pass in the usual case.
+    """
+    if not entries:
+        return
+    ordered = entries
+    prev_offset = -1
+    for e in entries:
+        if e.header_offset < prev_offset:
+            ordered = sorted(entries, key=_header_offset)
+            break
+        prev_offset = e.header_offset
+    prev: ZipEntry | None = None
+    prev_end = 0
+    for e in ordered:
+        if e.file_size > _MAX_SIZE or e.compressed_size > _MAX_SIZE:
+            raise ZipFormatError(f"entry #{e.index} ({e.name!r}) has an impossible size")
+        if e.header_offset < prev_end:
+            assert prev is not None
+            raise ZipFormatError(
+                f"entries #{prev.index} ({prev.name!r}) and #{e.index} ({e.name!r}) overlap "
+                "(a zip bomb or a damaged archive)"
+            )
+        prev, prev_end = e, e.header_offset + _LFH.size + e.compressed_size
+    if prev_end > cd_offset:
+        assert prev is not None
+        raise ZipFormatError(
+            f"data of entry #{prev.index} ({prev.name!r}) overlaps the central directory"
+        )
+
+
+def _header_offset(entry: ZipEntry) -> int:
+    return entry.header_offset
 
 
 def _split_extra(extra: bytes, index: int) -> dict[int, bytes]:
@@ -309,6 +357,8 @@ def _make_entry(
         uid, gid = _owner(ex)
         mtime_ns, atime_ns = _times(ex, dos_date, dos_time)
     mode = _entry_mode(name, create_system, external_attr)
+    if usize >= _PATH_MAX and stat.S_ISLNK(mode):
+        mode = stat.S_IFREG | stat.S_IMODE(mode)
     # positional: ZipEntry is built once per entry at mount time, keyword passing costs more
     return ZipEntry(
         index, name, flags, method, crc, csize, usize, header_offset + concat, create_system,
