@@ -189,6 +189,17 @@ def test_second_read_write_mount_elsewhere_gets_read_only(fuse, cf, channel):
     proc = cf.shell(script, env=other)
     assert proc.returncode == 0, proc.stderr
     cf.run("unmount", "shared", env=other)
+
+    # another host: its zipfuse registry is not ours, so only zipfuse's writer lock on the
+    # archive can refuse the second writer; condafuse then falls back to read-only
+    host2 = dict(other, ZIPFUSE_RUNTIME_DIR=str(cf.root / "host2-runtime"))
+    proc = cf.run("mount", "shared", env=host2)
+    try:
+        assert "read-write mount refused" in proc.stderr and "read-only" in proc.stderr
+        rows = json.loads(cf.run("list", "--json", env=host2).stdout)
+        assert {r["name"]: r for r in rows}["shared"]["read_only"] is True
+    finally:  # the fixture's cleanup does not see this registry
+        cf.run("unmount", "shared", env=host2, check=False)
     cf.run("unmount", "shared")
 
 
