@@ -3,7 +3,7 @@
 # Set PYTHON=/path/to/python to install into that interpreter instead of creating .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs="fuse3 libfuse3-dev pkg-config gcc zip unzip p7zip-full fuse-zip sqlite3 git squashfuse squashfs-tools"
+pkgs="fuse3 libfuse3-dev pkg-config gcc zip unzip p7zip-full fuse-zip sqlite3 git zsh squashfuse squashfs-tools"
 command -v python3 >/dev/null || pkgs="$pkgs python3"
 python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs="$pkgs python3-venv python3-dev"
 missing=""

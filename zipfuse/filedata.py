@@ -79,7 +79,8 @@ class FileData:
                 return
             path = self.spill.file_path(node.ino)
             if node.entry is None or node.size == 0:
-                self.spill.create_empty(node.ino)
+                # keep the descriptor: a new file costs one open(2), not two
+                self.fds[node.ino] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             else:
                 reader = self._reader(node)
                 await trio.to_thread.run_sync(
@@ -99,11 +100,19 @@ class FileData:
     def truncate_to_empty(self, node: Node) -> None:
         """O_TRUNC: the old bytes are never needed, so nothing is copied."""
         if node.spill is None:
-            node.spill = self.spill.create_empty(node.ino)
+            path = self.spill.file_path(node.ino)
+            self.fds[node.ino] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            node.spill = path
             self.dirty[node.ino] = node
         else:
-            os.truncate(node.spill, 0)
+            os.ftruncate(self._spill_fd(node), 0)
         node.size = 0
+        self._close_if_unused(node)
+
+    def _close_if_unused(self, node: Node) -> None:
+        """Path-based truncates come without an open handle: do not keep their descriptor."""
+        if node.opens <= 0:
+            self.close(node)
 
     async def truncate(self, node: Node, size: int) -> None:
         if size < 0:
@@ -112,8 +121,9 @@ class FileData:
             self.truncate_to_empty(node)
             return
         await self._make_dirty(node)
-        os.truncate(node.spill, size)
+        os.ftruncate(self._spill_fd(node), size)
         node.size = size
+        self._close_if_unused(node)
 
     async def fsync(self, node: Node) -> None:
         fd = self.fds.get(node.ino)

@@ -46,12 +46,6 @@ class SpillArea:
     def file_path(self, ino: int) -> str:
         return os.path.join(self.path, f"{self.session}-{ino}")
 
-    def create_empty(self, ino: int) -> str:
-        path = self.file_path(ino)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.close(fd)
-        return path
-
     def remove(self, path: str) -> None:
         try:
             os.unlink(path)
