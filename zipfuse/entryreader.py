@@ -79,6 +79,10 @@ MAX_ZSTD_WINDOW = 128 << 20  # zstd window limit (the zstd tool's default)
 _LZMA_DICT_MIN = 4096
 _MAX_STALLS = 1000  # decoder calls in a row that neither consume nor produce anything
 
+# Error-boundary tests: reads of the entry with this exact name raise RuntimeError, so a test
+# can check from outside that an unexpected exception fails one FUSE request, not the mount.
+_TEST_FAULT_ENTRY = os.environ.get("ZIPFUSE_TEST_READ_FAULT")
+
 _CORRUPT_ERRORS: tuple[type[BaseException], ...] = (
     zlib.error,
     lzma.LZMAError,
@@ -452,6 +456,8 @@ class EntryReader:
         """Up to ``size`` bytes at ``offset`` (short or empty at the end). Blocks."""
         if offset < 0 or size < 0:
             raise EntryReadError(errno.EINVAL, f"{self._entry.name}: negative offset or size")
+        if _TEST_FAULT_ENTRY is not None and self._entry.name == _TEST_FAULT_ENTRY:
+            raise RuntimeError("injected fault (ZIPFUSE_TEST_READ_FAULT)")
         end = min(offset + size, self._entry.file_size)
         with self._lock:
             self._check()
