@@ -396,6 +396,44 @@ def test_data_inflating_past_declared_size(tmp_path: Path, zero_gib_stream: byte
         assert any("past its declared size" in ln for ln in lines), (name, log[-3000:])
 
 
+def write_over(path: Path, data: bytes, truncate: bool) -> None:
+    with open(path, "wb" if truncate else "r+b") as f:
+        f.write(data)
+
+
+def test_bombs_in_a_read_write_mount(tmp_path: Path, zero_gib_stream: bytes) -> None:
+    """Writing into a liar needs its old bytes (copy-up): that fails with EIO, while replacing
+    it (O_TRUNC) works. The commit copies the bomb entries as they are, in bounded memory."""
+    archive = tmp_path / "rw.zip"
+    hz.write(
+        archive,
+        [
+            liar("liar.bin", zero_gib_stream, 1 << 20),
+            liar("liar2.bin", zero_gib_stream, 1 << 20),
+            hz.Member(b"zeros.bin", zero_gib_stream, 8, hz.zero_crc(GIB), GIB),
+            hz.stored("probe", b"still here"),
+        ],
+    )
+    mnt = tmp_path / "mnt"
+    with mounted(archive, mnt) as info:
+        with pytest.raises(OSError) as exc:
+            within(60, write_over, mnt / "liar.bin", b"patch", False)
+        assert exc.value.errno == errno.EIO
+        within(60, write_over, mnt / "liar2.bin", b"replaced", True)
+        assert within(60, (mnt / "liar2.bin").read_bytes) == b"replaced"
+        within(60, write_over, mnt / "new.txt", b"new", True)
+        assert_alive(mnt, "probe", b"still here")
+        assert_memory_bounded(info.pid)
+    with zipfile.ZipFile(archive) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        assert zf.read("liar2.bin") == b"replaced" and zf.read("new.txt") == b"new"
+        assert infos["zeros.bin"].file_size == GIB
+        assert infos["zeros.bin"].compress_size == len(zero_gib_stream)  # copied as it was
+        assert infos["liar.bin"].file_size == 1 << 20
+    with mounted(archive, mnt, read_only=True):
+        assert read_errno(mnt / "liar.bin") == errno.EIO  # still the same bomb, still refused
+
+
 def test_zstd_and_lzma_bombs(tmp_path: Path) -> None:
     """zstd and LZMA entries: small declared size over huge data, and LZMA properties that ask
     for a 4 GiB dictionary."""
