@@ -16,6 +16,7 @@ import gc
 import logging
 import os
 import signal
+import stat
 import sys
 import time
 
@@ -88,8 +89,8 @@ def prepare(config: Config) -> Prepared:
         if config.read_only:
             raise ZipfuseError(f"archive {config.archive} does not exist")
         return Prepared(config, None, None, notes)
-    if os.path.isdir(config.archive):
-        raise ZipfuseError(f"archive {config.archive} is a directory")
+    if not stat.S_ISREG(os.stat(config.archive).st_mode):
+        raise ZipfuseError(f"archive {config.archive} is not a regular file")
     try:
         fd = os.open(config.archive, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:

@@ -49,13 +49,17 @@ def _guard(fn: F) -> F:
         except OSError as exc:
             code = exc.errno or errno.EIO
             if code in _LOGGED_ERRNOS:
-                log.error("%s: %s", fn.__name__, exc)
+                log.error("%s %s: %s", fn.__name__, self._where(fn.__name__, args), exc)
             raise pyfuse3.FUSEError(code) from None
         except Exception:
-            log.exception("unexpected error in %s%r", fn.__name__, args[:2])
+            log.exception("unexpected error in %s %s", fn.__name__, self._where(fn.__name__, args))
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# handlers whose first argument is a file handle, not an inode
+_FH_HANDLERS = frozenset({"read", "write", "flush", "release", "fsync"})
 
 
 class Gate:
@@ -120,6 +124,22 @@ class ZipOperations(pyfuse3.Operations):
         self._statfs_cache: tuple[float, pyfuse3.StatvfsData] | None = None
 
     # ------------------------------------------------------------------------ helpers
+    def _where(self, handler: str, args: tuple) -> str:
+        """The path a failed request was about, for the log (best effort, never raises)."""
+        try:
+            first = args[0]
+            if handler in _FH_HANDLERS:
+                node = self.handles[first].node
+            else:
+                node = self.ns.nodes[first]
+            path = self.ns.path(node)
+            where = "<unlinked>" if path is None else "/" + path
+            if len(args) > 1 and isinstance(args[1], bytes):
+                where = f"{where.rstrip('/')}/{os.fsdecode(args[1])}"
+            return where
+        except Exception:
+            return repr(args[:2])
+
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
