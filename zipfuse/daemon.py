@@ -89,8 +89,10 @@ def prepare(config: Config) -> Prepared:
         if config.read_only:
             raise ZipfuseError(f"archive {config.archive} does not exist")
         return Prepared(config, None, None, notes)
-    if not stat.S_ISREG(os.stat(config.archive).st_mode):
-        raise ZipfuseError(f"archive {config.archive} is not a regular file")
+    kind = os.stat(config.archive).st_mode
+    if not stat.S_ISREG(kind):
+        what = "a directory" if stat.S_ISDIR(kind) else "not a regular file"
+        raise ZipfuseError(f"archive {config.archive} is {what}")
     try:
         fd = os.open(config.archive, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
