@@ -6,6 +6,8 @@ import errno
 import mmap
 import os
 import stat
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -439,19 +441,43 @@ def test_sync_then_more_changes_committed_by_unmount(base):
     assert remount_state(archive, mnt) == before
 
 
+WRITER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY, 0o644)
+os.write(fd, b"line 1\\n" * 1000)  # stays in the kernel's page cache (writeback cache)
+print("ready", flush=True)
+sys.stdin.readline()
+os.write(fd, b"line 2\\n")
+os.close(fd)
+print("closed", flush=True)
+"""
+
+
 def test_sync_while_a_file_is_open_with_unwritten_data(base):
-    """sync must push the kernel's cached writes of open files and still return."""
+    """sync must push the kernel's cached writes of open files into the archive, and return.
+
+    The open file lives in a child process: if the daemon deadlocks, only the child hangs, and
+    guarded_sync aborts the FUSE connection to free it.
+    """
     _, archive, mnt = base
     with mounted(archive, mnt):
-        fd = os.open(mnt / "open.log", os.O_CREAT | os.O_WRONLY, 0o644)
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(mnt / "open.log")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
-            os.write(fd, b"line 1\n" * 1000)  # stays in the kernel's page cache (writeback)
-            res = guarded_sync(mnt)
+            assert writer.stdout.readline() == "ready\n"
+            res = guarded_sync(mnt, timeout=30)
             assert res["ok"]
             assert zipfile_read(archive, "open.log") == b"line 1\n" * 1000
-            os.write(fd, b"line 2\n")
+            out, _ = writer.communicate("go\n", timeout=60)
+            assert out == "closed\n"
         finally:
-            os.close(fd)
+            if writer.poll() is None:
+                writer.kill()
+            writer.wait(timeout=60)
         assert read(mnt / "open.log") == b"line 1\n" * 1000 + b"line 2\n"
     assert zipfile_read(archive, "open.log") == b"line 1\n" * 1000 + b"line 2\n"
 

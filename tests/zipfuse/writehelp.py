@@ -186,3 +186,54 @@ def remount_state(archive, mountpoint) -> dict[str, tuple]:
     """Mount read-only, capture full_state, unmount."""
     with mounted(archive, mountpoint, read_only=True):
         return full_state(mountpoint)
+
+
+FUSECTL = "/sys/fs/fuse/connections"
+
+
+def abort_fuse_connection(dev: int) -> bool:
+    """Abort a hung FUSE connection through fusectl (mounted for the moment if needed).
+
+    No subprocess here: a forked child would close our descriptors on exec, and closing a file
+    of a hung FUSE mount blocks in the kernel for good.
+    """
+    mounted_here = False
+    if not os.path.isdir(os.path.join(FUSECTL, str(dev))):
+        mounted_here = _libc.mount(b"none", FUSECTL.encode(), b"fusectl", 0, None) == 0
+    try:
+        with open(os.path.join(FUSECTL, str(dev), "abort"), "w") as f:
+            f.write("1")
+        return True
+    except OSError:
+        return False
+    finally:
+        if mounted_here:
+            _libc.umount2(FUSECTL.encode(), 0)
+
+
+def guarded_sync(mountpoint, timeout: float = 90) -> dict:
+    """api.sync, but a hang (daemon deadlocked in the kernel) fails the test instead of blocking
+    it forever: the mount's FUSE connection is aborted so every waiting process gets free."""
+    import threading
+
+    dev = os.stat(mountpoint).st_dev
+    result: dict = {}
+
+    def work() -> None:
+        try:
+            result["value"] = api.sync(str(mountpoint))
+        except BaseException as exc:  # handed to the test thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        aborted = abort_fuse_connection(dev)
+        pytest.fail(
+            f"api.sync({mountpoint}) did not return within {timeout:.0f} s (daemon deadlocked); "
+            f"FUSE connection {dev} {'aborted' if aborted else 'could not be aborted'}"
+        )
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
