@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 import zipfile
 
 import pytest
@@ -334,6 +335,45 @@ def test_chmod_chown_utime_ns(base):
             st = os.stat(mnt / name)
             assert st.st_mtime_ns // 100 == mtime_ns // 100  # NTFS extra: 100 ns units
         assert os.lstat(mnt / "link")[4:6] == (42, 43)
+
+
+def test_mtime_shown_in_the_mount_is_the_mtime_committed(base):
+    """Whatever mtime a program saw before the unmount is what the remount shows (to the
+    second): make, rsync and Python's .pyc checks depend on it."""
+    _, archive, mnt = base
+
+    def fresh(name: str, size: int = 5000):
+        p = mnt / name
+        p.write_bytes(b"y" * size)
+        os.utime(p, (1, 1_000_000_000))
+        return p
+
+    def with_fd(p, fn, flags=os.O_RDWR) -> None:
+        fd = os.open(p, flags)
+        try:
+            fn(fd)
+        finally:
+            os.close(fd)
+
+    with mounted(archive, mnt):
+        os.truncate(fresh("truncate-same-size"), 5000)
+        os.truncate(fresh("truncate-grow"), 6000)
+        os.truncate(fresh("truncate-shrink"), 10)
+        with_fd(fresh("ftruncate-same-size"), lambda fd: os.ftruncate(fd, 5000))
+        with_fd(fresh("write-nothing"), lambda fd: os.pwrite(fd, b"", 10))
+        with_fd(fresh("write"), lambda fd: os.pwrite(fd, b"abc", 10))
+        with_fd(fresh("o-trunc"), lambda fd: None, os.O_RDWR | os.O_TRUNC)
+        p = fresh("utime-while-open")
+        with_fd(p, lambda fd: (os.pwrite(fd, b"abc", 10), os.utime(p, (1, 1_100_000_000))))
+        time.sleep(1.1)  # let 'now' move on, so a later time stamp would show
+        shown = {name: int(os.stat(mnt / name).st_mtime) for name in os.listdir(mnt)}
+        assert shown["utime-while-open"] == 1_100_000_000
+        assert shown["write-nothing"] == 1_000_000_000
+    with mounted(archive, mnt, read_only=True):
+        stored = {name: int(os.stat(mnt / name).st_mtime) for name in os.listdir(mnt)}
+    assert stored == shown, {
+        k: (shown[k], stored.get(k)) for k in shown if shown[k] != stored.get(k)
+    }
 
 
 def test_mkfifo_survives_commit(base):
