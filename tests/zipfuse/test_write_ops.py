@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -520,6 +521,79 @@ def test_sync_while_a_file_is_open_with_unwritten_data(base):
             writer.wait(timeout=60)
         assert read(mnt / "open.log") == b"line 1\n" * 1000 + b"line 2\n"
     assert zipfile_read(archive, "open.log") == b"line 1\n" * 1000 + b"line 2\n"
+
+
+PROBE = """
+import errno, os, sys
+root = sys.argv[1]
+def code(fn):
+    try:
+        fn()
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+    return "ok"
+def write(path):
+    with open(path, "ab") as f:
+        f.write(b"x")
+def read(path):
+    with open(path, "rb") as f:
+        f.read()
+print(code(lambda: read(os.path.join(root, "public.txt"))),
+      code(lambda: write(os.path.join(root, "public.txt"))),
+      code(lambda: read(os.path.join(root, "private.txt"))),
+      code(lambda: write(os.path.join(root, "open-dir", "new"))),
+      code(lambda: write(os.path.join(root, "closed-dir", "new"))),
+      code(lambda: os.unlink(os.path.join(root, "closed-dir", "f"))),
+      code(lambda: os.chmod(os.path.join(root, "public.txt"), 0o777)),
+      code(lambda: os.utime(os.path.join(root, "mine.txt"), (1, 1))))
+"""
+
+
+def test_permission_checks_for_another_user(base):
+    """With allow_other, a non-root user gets the access a local disk would give."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed")
+    _, archive, mnt = base
+    with mounted(archive, mnt, fuse_options=("allow_other",)):
+        (mnt / "public.txt").write_bytes(b"p")
+        os.chmod(mnt / "public.txt", 0o644)
+        (mnt / "private.txt").write_bytes(b"secret")
+        os.chmod(mnt / "private.txt", 0o600)
+        os.mkdir(mnt / "open-dir", 0o777)
+        os.chmod(mnt / "open-dir", 0o777)
+        os.mkdir(mnt / "closed-dir", 0o755)
+        (mnt / "closed-dir" / "f").write_bytes(b"f")
+        (mnt / "mine.txt").write_bytes(b"m")
+        os.chown(mnt / "mine.txt", 65534, 65534)
+        out = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                PROBE,
+                ".",  # relative to the cwd: the test's own directories are closed to others
+            ],
+            cwd=mnt,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == [
+            "ok",
+            "EACCES",
+            "EACCES",
+            "ok",
+            "EACCES",
+            "EACCES",
+            "EPERM",
+            "ok",
+        ]
+        assert (mnt / "open-dir" / "new").stat().st_uid == 65534
+        assert (mnt / "public.txt").read_bytes() == b"p"
 
 
 def test_read_only_mount_refuses_every_write(base):
