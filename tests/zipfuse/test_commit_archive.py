@@ -334,6 +334,7 @@ def test_copying_a_gigabyte_in_keeps_the_daemon_small(tmp_path):
             raise
     stop.set()
     watcher.join(10)
+    print(f"daemon VmHWM: {before_unmount} KiB before unmount, {peak[0]} KiB at the end")
     assert peak[0] < limit_kib, f"VmHWM {peak[0]} KiB during the commit"
     with zipfile.ZipFile(archive) as zf:
         assert sum(i.file_size for i in zf.infolist()) == total
