@@ -135,19 +135,23 @@ class Namespace:
         node = dirs.get(path)
         if node is not None:
             return node
-        head, _, tail = path.rpartition("/")
-        parent = self._dir_at(head, dirs, now_ns)
-        name = _enc(tail)
-        existing = parent.children.get(name)
-        if existing is not None and existing.is_dir:
-            node = existing
-        else:
-            if existing is not None:
-                log.warning("%r: a directory hides the file of the same name", path)
-                self._detach(parent, name, existing)
-            node = self._new_node(stat.S_IFDIR | 0o755, self.uid, self.gid, now_ns)
-            self._attach(parent, name, node)
-        dirs[path] = node
+        missing = []  # walk up to the nearest known directory, without recursion
+        while node is None:
+            missing.append(path)
+            path = path.rpartition("/")[0]
+            node = dirs.get(path)
+        for path in reversed(missing):
+            name = _enc(path.rpartition("/")[2])
+            existing = node.children.get(name)
+            if existing is not None and existing.is_dir:
+                child = existing
+            else:
+                if existing is not None:
+                    log.warning("%r: a directory hides the file of the same name", path)
+                    self._detach(node, name, existing)
+                child = self._new_node(stat.S_IFDIR | 0o755, self.uid, self.gid, now_ns)
+                self._attach(node, name, child)
+            dirs[path] = node = child
         return node
 
     def _load_entry(self, entry: ZipEntry, path: str, dirs: dict[str, Node], now_ns: int) -> None:
