@@ -72,7 +72,10 @@ def plan(ns: Namespace) -> list[Item]:
         items.append(
             Item(kind, node, meta, entry, node.spill, node.size if kind == FILE else 0, node.target)
         )
-    return items
+    # Unchanged entries first, in their order in the old archive: long runs of them are then
+    # copied with one copy_file_range each (the cost of a small change stays small).
+    raw = sorted((i for i in items if i.kind == RAW), key=lambda i: i.entry.header_offset)
+    return raw + [i for i in items if i.kind != RAW]
 
 
 def bytes_total(items: list[Item]) -> int:
@@ -94,14 +97,16 @@ def write_archive(
     level: int = 6,
     comment: bytes = b"",
     progress: Callable[[int, int], None] | None = None,
+    source: CentralDirectory | None = None,
     expect: str | None = None,
     before_replace: Callable[[str], None] | None = None,
 ) -> tuple[int, CentralDirectory]:
     """Write and atomically install the new archive; return its open fd and directory.
 
-    ``expect`` is the fingerprint the archive on disk must still have (else the result is kept
-    beside it as a conflict file and CommitConflict is raised); ``before_replace(tmp)`` runs
-    once the temp file is durable, right before the rename.
+    ``source`` is the old archive's directory (it tells where each unchanged entry's bytes
+    end, so runs of them are copied verbatim). ``expect`` is the fingerprint the archive on disk
+    must still have (else the result is kept beside it as a conflict file and CommitConflict is
+    raised); ``before_replace(tmp)`` runs once the temp file is durable, right before the rename.
     """
     try:
         mode = stat.S_IMODE(os.stat(archive).st_mode)
@@ -112,8 +117,25 @@ def write_archive(
     writer = ZipWriter(fd, level=level, progress=progress)
     src_fds: list[int] = []
     try:
-        for item in items:
+        ends = _entry_ends(source)
+        i = 0
+        while i < len(items):
+            item = items[i]
+            if item.kind == RAW and item.entry.header_offset in ends:
+                j = i + 1  # extend the run while the next item starts where this one ends
+                while (
+                    j < len(items)
+                    and items[j].kind == RAW
+                    and items[j].entry.header_offset == ends.get(items[j - 1].entry.header_offset)
+                ):
+                    j += 1
+                start = item.entry.header_offset
+                end = ends[items[j - 1].entry.header_offset]
+                writer.copy_run(src_fd, start, end, [it.entry for it in items[i:j]])
+                i = j
+                continue
             _add(writer, item, src_fd, src_fds)
+            i += 1
         writer.finish(comment)
         os.fchmod(fd, mode)
         os.fsync(fd)
@@ -175,6 +197,17 @@ def _add(writer: ZipWriter, item: Item, src_fd: int | None, src_fds: list[int]) 
         else:
             src_fds.append(fd)
             writer.add_file(item.meta, fd, item.size)
+
+
+def _entry_ends(source: CentralDirectory | None) -> dict[int, int]:
+    """Local header offset -> where that entry's bytes end (the next entry or the directory)."""
+    if source is None:
+        return {}
+    offsets = sorted({e.header_offset for e in source.entries})
+    ends = dict(zip(offsets, offsets[1:], strict=False))
+    if offsets and offsets[-1] < source.cd_offset:
+        ends[offsets[-1]] = source.cd_offset
+    return ends
 
 
 class CommitConflict(Exception):

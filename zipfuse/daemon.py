@@ -23,7 +23,7 @@ import time
 import pyfuse3
 import trio
 
-from . import commit, control, journal, recovery, registry
+from . import commit, control, journal, osutil, recovery, registry
 from .api import ZipfuseError
 from .filedata import FileData
 from .journal import Journal
@@ -348,7 +348,7 @@ class Daemon:
                     log.error("background flush of the spill area failed: %s", exc)
 
     def _flush(self) -> None:
-        pyfuse3.syncfs(self.spill.path)  # the spill files
+        osutil.syncfs(self.spill.path)  # the spill files
         self.journal.sync()
 
     async def _signals(self) -> None:
@@ -426,7 +426,7 @@ class Daemon:
     async def commit(self, send: control.Send, *, flush: bool) -> dict:
         """Write the new archive; writers wait while it runs, readers go on."""
         if flush:  # push the kernel's cached dirty pages to us first
-            await trio.to_thread.run_sync(pyfuse3.syncfs, self.config.mountpoint)
+            await trio.to_thread.run_sync(osutil.syncfs, self.config.mountpoint)
         await self.ops.gate.close()
         previous = self.state
         self.state = "committing"
@@ -469,6 +469,7 @@ class Daemon:
                         level=self.config.level,
                         comment=self.cd.comment if self.cd else b"",
                         progress=progress,
+                        source=self.cd,
                         expect=self.base,
                         before_replace=self._before_replace,
                     )

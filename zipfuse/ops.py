@@ -334,12 +334,14 @@ class ZipOperations(pyfuse3.Operations):
         if fields.update_size:
             if node.is_dir:
                 raise OSError(errno.EISDIR, "is a directory")
+            changed = attr.st_size != node.size
             await self.gate.enter()
             try:
                 await self.data.truncate(node, attr.st_size)
             finally:
                 self.gate.leave()
-            node.mtime_ns = now
+            if changed:  # the kernel keeps showing the old mtime for a same-size truncate
+                node.mtime_ns = now
             self.unlogged.add(node.ino)
         if fields.update_mode:
             node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(attr.st_mode)

@@ -89,7 +89,7 @@ def recover(archive: str, spill_root: str | None, *, level: int = 6) -> str | No
         try:
             new_fd, _ = commit.write_archive(
                 items, fd, archive, level=level, comment=cd.comment if cd else b"",
-                expect=current,
+                source=cd, expect=current,
             )  # fmt: skip
         except OSError as exc:
             raise ZipfuseError(

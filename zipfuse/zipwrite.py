@@ -854,6 +854,39 @@ class ZipWriter:
         rec.zip64_local = rec.csize >= limit or rec.usize >= limit
         self._submit(_Job(rec, "raw", _JOB_COST, raw=(src_fd, entry, data_offset, keep_local)))
 
+    def copy_run(self, src_fd: int, start: int, end: int, entries: list[ZipEntry]) -> None:
+        """Copy source bytes ``[start, end)`` verbatim and list ``entries`` (which lie there, in
+        order) with their original central records, only the offsets moved.
+
+        The fast path for a commit: a run of unchanged entries costs one copy and no per-entry
+        I/O; local headers, data and data descriptors stay exactly as they were.
+        """
+        self._check()
+        recs = []
+        for entry in entries:
+            name = entry.name.encode(
+                "utf-8" if entry.flags & FLAG_UTF8 else "cp437", "surrogateescape"
+            )
+            rec = _Rec(
+                name=name,
+                flags=entry.flags,
+                method=entry.method,
+                crc=entry.crc,
+                csize=entry.compressed_size,
+                usize=entry.file_size,
+                dos_time=entry.dos_time,
+                dos_date=entry.dos_date,
+                made_by=(entry.create_system << 8) | entry.create_version,
+                needed=entry.extract_version,
+                external_attr=entry.external_attr,
+                local_extra=b"",
+                central_extra=_without_zip64(entry.extra),
+                comment=entry.comment,
+            )
+            recs.append((entry.header_offset - start, rec))
+        job = _Job(recs[0][1] if recs else None, "run", _JOB_COST, raw=(src_fd, start, end, recs))
+        self._submit(job)
+
     def finish(self, comment: bytes = b"") -> int:
         """Wait for all pending work, write the central directory and end records.
 
@@ -1030,6 +1063,16 @@ class ZipWriter:
             self._bytes_done += rec.usize
         elif job.kind == "blocks":
             self._write_blocks(job, offset)
+        elif job.kind == "run":
+            src_fd, start, end, recs = job.raw
+            self._flush()
+            self._copy_range(src_fd, start, end - start)
+            for delta, run_rec in recs:
+                self._add_central(run_rec, offset + delta)
+                self._bytes_done += run_rec.usize
+            self._count += max(len(recs) - 1, 0)  # the caller counts one
+            self._release(job.cost)
+            return
         else:
             self._write_raw(job, offset, prefetched)
         self._add_central(rec, offset)
