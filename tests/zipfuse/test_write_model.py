@@ -331,16 +331,21 @@ class Runner:
         b = os.pread(pair[1], 1 << 22, 0)
         assert a == b, f"content through fd opened at {pair[2]}\n" + self.history()
 
-    def close_all(self) -> None:
-        """Close every descriptor (the unmount must not find files open with cached writes)."""
-        try:
+    def close_all(self, *, quiet: bool = False) -> None:
+        """Close every descriptor (the unmount must not find files open with cached writes).
+
+        ``quiet``: a failure is already on its way; only release the descriptors.
+        """
+        if not quiet:
             while self.fds:
                 self.op_close()
-        finally:
-            while self.fds:
-                a, b, _ = self.fds.pop()
-                os.close(a)
-                os.close(b)
+        while self.fds:
+            a, b, _ = self.fds.pop()
+            for fd in (a, b):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     # ----------------------------------------------------------------- comparing
     def history(self) -> str:
@@ -417,8 +422,10 @@ def test_random_operations_match_a_plain_directory(tmp_path, seed):
             for _ in range(STEPS):
                 runner.step()
                 runner.compare()
-        finally:
-            runner.close_all()
+        except BaseException:
+            runner.close_all(quiet=True)
+            raise
+        runner.close_all()
         runner.compare()
         before = full_state(mnt)
     check_archive(archive)
@@ -435,6 +442,8 @@ def test_random_operations_match_a_plain_directory(tmp_path, seed):
             for _ in range(10):
                 runner.step()
                 runner.compare()
-        finally:
-            runner.close_all()
+        except BaseException:
+            runner.close_all(quiet=True)
+            raise
+        runner.close_all()
         runner.compare()
