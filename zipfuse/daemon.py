@@ -324,7 +324,7 @@ class Daemon:
             nursery.start_soon(self._signals)
             if self.journal is not None:
                 nursery.start_soon(self._flush_loop)
-            await pyfuse3.main()
+            await pyfuse3.main(**_main_args())
             pyfuse3.close(unmount=True)
             self.state = "committing"
             result = await self._final_commit()
@@ -539,6 +539,12 @@ class Daemon:
             node.meta_dirty = False
             if item.kind == commit.FILE:
                 self.data.mark_clean(node)
+
+
+def _main_args() -> dict:
+    """Worker-task limits of pyfuse3's request loop (ZIPFUSE_MAX_TASKS overrides, for tuning)."""
+    value = os.environ.get("ZIPFUSE_MAX_TASKS")
+    return {"max_tasks": int(value)} if value else {}
 
 
 @contextlib.contextmanager
