@@ -113,6 +113,10 @@ def _fmt(v, unit: str = "") -> str:
     return f"{v:.3f}"
 
 
+def _fmt_ratio(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
+
+
 def _order(systems: list[str], present) -> list[str]:
     return [s for s in systems if s in present]
 
@@ -158,7 +162,7 @@ def summary_table(results: dict) -> list[str]:
         cells = [_fmt(by_sys[s]["median"], unit) if s in by_sys else "–" for s in systems]
         if both:
             r = ratio(summary, w, param, m, "zipfuse", "fuse-zip")
-            cells.append("–" if r is None else f"{r:.2f}")
+            cells.append("–" if r is None else _fmt_ratio(r))
         rows.append(f"| {lab} | " + " | ".join(cells) + " |")
     return rows
 
@@ -256,7 +260,7 @@ def write_markdown(results: dict, out: Path, charts: dict[str, str]) -> Path:
                         ]
                         for r in refs:
                             x = ratio(summary, wname, param, metric, sname, r)
-                            cells.append("–" if x is None or sname == r else f"{x:.2f}")
+                            cells.append("–" if x is None or sname == r else _fmt_ratio(x))
                         lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
         for msg in errors.get(wname, []):
