@@ -204,9 +204,16 @@ def _fusermount(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def unmount(
-    mountpoint: str, *, progress: ProgressFn | None = None, timeout: float | None = None
+    mountpoint: str,
+    *,
+    progress: ProgressFn | None = None,
+    timeout: float | None = None,
+    discard: bool = False,
 ) -> dict:
-    """Unmount, wait for the final commit and for the daemon to exit; raise if it failed."""
+    """Unmount, wait for the final commit and for the daemon to exit; raise if it failed.
+
+    ``discard``: drop every change not yet committed instead of committing it.
+    """
     mp = os.path.realpath(mountpoint)
     rec = _record_for(mp)
     if rec is None or rec["dead"]:
@@ -224,9 +231,9 @@ def unmount(
         raise ZipfuseError(f"{mp} is not a zipfuse mount")
     # Commit while still mounted: if it fails (disk full...), the mount stays up and nothing is
     # lost; the user can free space and retry. The commit after the unmount is then usually empty.
-    committed = sync(mp, progress=progress) if not rec["read_only"] else {}
+    committed = sync(mp, progress=progress) if not rec["read_only"] and not discard else {}
     try:
-        sock = control.connect_watch(rec["socket"])
+        sock = control.connect_watch(rec["socket"], discard=discard)
         replies = control.read_replies(sock, timeout)
         first = next(replies)
     except (OSError, StopIteration, ValueError) as exc:

@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
     u.add_argument("--timeout", type=float, default=None, help="give up waiting after SECONDS")
+    u.add_argument(
+        "--discard",
+        action="store_true",
+        help="drop the changes not yet committed "
+        "(e.g. after a conflict) instead of committing them",
+    )
 
     s = sub.add_parser("sync", help="commit changes into the archive now and stay mounted")
     s.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -138,7 +144,9 @@ def _commit_cmd(args: argparse.Namespace) -> int:
         if args.command == "sync":
             result = api.sync(args.mountpoint, progress=line)
         else:
-            result = api.unmount(args.mountpoint, progress=line, timeout=args.timeout)
+            result = api.unmount(
+                args.mountpoint, progress=line, timeout=args.timeout, discard=args.discard
+            )
     finally:
         line.done()
     if sys.stderr.isatty() and result.get("committed"):

@@ -77,12 +77,12 @@ def request(path: str, msg: dict, *, timeout: float | None = 10.0) -> Iterator[d
         sock.close()
 
 
-def connect_watch(path: str) -> socket.socket:
+def connect_watch(path: str, *, discard: bool = False) -> socket.socket:
     """Open a ``watch`` connection before unmounting, so no progress line is missed."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)
     sock.connect(path)
-    sock.sendall(json.dumps({"op": "watch"}).encode() + b"\n")
+    sock.sendall(json.dumps({"op": "watch", "discard": discard}).encode() + b"\n")
     return sock
 
 

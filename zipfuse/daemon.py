@@ -35,7 +35,8 @@ from .zipformat import CentralDirectory, ZipFormatError, read_central_directory
 
 log = logging.getLogger("zipfuse")
 
-FLUSH_INTERVAL = 3.0  # seconds between background flushes of the spill area and journal
+# seconds between background flushes of the spill area and journal (0: only on fsync)
+FLUSH_INTERVAL = float(os.environ.get("ZIPFUSE_FLUSH_INTERVAL", "3"))
 
 
 @dataclasses.dataclass
@@ -230,6 +231,7 @@ class Daemon:
         self.final: dict | None = None
         self.final_event: trio.Event | None = None
         self.committed_changes = 0
+        self.discard = False  # unmount --discard: drop uncommitted changes
 
     # ---------------------------------------------------------------------- mount
     def mount(self) -> None:
@@ -339,7 +341,7 @@ class Daemon:
 
     async def _flush_loop(self) -> None:
         """Make closed files and journal records durable within a few seconds (like ext4)."""
-        while True:
+        while FLUSH_INTERVAL > 0:
             await trio.sleep(FLUSH_INTERVAL)
             if self.journal is not None and self.journal.unsynced and self.state == "mounted":
                 try:
@@ -369,6 +371,9 @@ class Daemon:
                 return {"ok": False, "error": f"cannot sync: mount is {self.state}"}
             return await self.commit(send, flush=True)
         if op == "watch":
+            if request.get("discard"):
+                self.discard = True
+                log.warning("unmount with --discard: uncommitted changes will be dropped")
             await send({"watching": True})
             self.watchers.append(send)
             try:
@@ -392,6 +397,9 @@ class Daemon:
         return not self.config.read_only and self.ns.changes != self.committed_changes
 
     async def _final_commit(self) -> dict:
+        if self.discard:
+            self._cleanup_spill()
+            return {"ok": True, "committed": False, "message": "changes discarded"}
         if not self._needs_commit():
             self._cleanup_spill()
             return {"ok": True, "committed": False, "message": "nothing to commit"}

@@ -9,6 +9,7 @@ parallel while the trio thread keeps answering metadata requests.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 
 import trio
@@ -19,6 +20,9 @@ from .spill import SpillArea
 
 INLINE_READ_LIMIT = 256 * 1024  # smaller entries are decoded on the trio thread (no thread hop)
 COPY_CHUNK = 1 << 20
+POOL_LOW, POOL_BATCH = 32, 64  # empty spill files kept ready for new files
+
+log = logging.getLogger(__name__)
 
 
 class FileData:
@@ -34,6 +38,10 @@ class FileData:
         self.readers: dict[int, EntryReader] = {}  # ino -> reader of its clean entry
         self.locks: dict[int, trio.Lock] = {}
         self.dirty: dict[int, Node] = {}  # ino -> node with a spill file
+        self._pool: list[tuple[str, int]] = []  # empty spill files made ahead by a worker
+        self._refilling = False
+        self._trash: list[str] = []  # spill files to delete, on a worker thread
+        self._emptying = False
 
     # ------------------------------------------------------------------ reading
     def _reader(self, node: Node) -> EntryReader:
@@ -77,11 +85,10 @@ class FileData:
         async with lock:
             if node.spill is not None:
                 return
-            path = self.spill.file_path(node.ino)
             if node.entry is None or node.size == 0:
-                # keep the descriptor: a new file costs one open(2), not two
-                self.fds[node.ino] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                path, self.fds[node.ino] = self._take_empty()
             else:
+                path = self.spill.new_path()
                 reader = self._reader(node)
                 await trio.to_thread.run_sync(
                     _copy_entry, reader, path, node.size, limiter=self.limiter
@@ -100,14 +107,46 @@ class FileData:
     def truncate_to_empty(self, node: Node) -> None:
         """O_TRUNC: the old bytes are never needed, so nothing is copied."""
         if node.spill is None:
-            path = self.spill.file_path(node.ino)
-            self.fds[node.ino] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            path, self.fds[node.ino] = self._take_empty()
             node.spill = path
             self.dirty[node.ino] = node
         else:
             os.ftruncate(self._spill_fd(node), 0)
         node.size = 0
         self._close_if_unused(node)
+
+    def _take_empty(self) -> tuple[str, int]:
+        """An empty spill file and its descriptor, made ahead of time when possible."""
+        if len(self._pool) < POOL_LOW and not self._refilling:
+            self._refilling = True
+            trio.lowlevel.spawn_system_task(self._refill)
+        if self._pool:
+            return self._pool.pop()
+        return self.spill.make_empty(1)[0]
+
+    async def _refill(self) -> None:
+        try:
+            made = await trio.to_thread.run_sync(self.spill.make_empty, POOL_BATCH)
+            self._pool.extend(made)
+        except OSError as exc:
+            log.warning("cannot prepare spill files: %s", exc)
+        finally:
+            self._refilling = False
+
+    def _discard(self, path: str) -> None:
+        """Delete a spill file soon, off the trio thread (unlink is slow on a busy disk)."""
+        self._trash.append(path)
+        if not self._emptying:
+            self._emptying = True
+            trio.lowlevel.spawn_system_task(self._empty_trash)
+
+    async def _empty_trash(self) -> None:
+        try:
+            while self._trash:
+                batch, self._trash = self._trash, []
+                await trio.to_thread.run_sync(self.spill.remove_all, batch)
+        finally:
+            self._emptying = False
 
     def _close_if_unused(self, node: Node) -> None:
         """Path-based truncates come without an open handle: do not keep their descriptor."""
@@ -144,7 +183,7 @@ class FileData:
         """The inode is gone for good (no name, no handle, no kernel reference)."""
         self.close(node)
         if node.spill is not None:
-            self.spill.remove(node.spill)
+            self._discard(node.spill)
             node.spill = None
         self.dirty.pop(node.ino, None)
 
@@ -153,7 +192,7 @@ class FileData:
         if node.spill is None or node.opens > 0:
             return
         self.close(node)
-        self.spill.remove(node.spill)
+        self._discard(node.spill)
         node.spill = None
         self.dirty.pop(node.ino, None)
 
@@ -163,6 +202,8 @@ class FileData:
     def close_all(self) -> None:
         for ino in list(self.fds):
             os.close(self.fds.pop(ino))
+        while self._pool:
+            os.close(self._pool.pop()[1])
         for ino in list(self.readers):
             self.readers.pop(ino).close()
 

@@ -7,6 +7,7 @@ local on most HPC systems), so writing into a mount costs no inodes in a quota'd
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import shutil
 import tempfile
@@ -42,9 +43,24 @@ class SpillArea:
             self.path = area_path(root, archive)
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         self.session = f"{os.getpid():x}{time.time_ns() & 0xFFFFFFFF:08x}"
+        self._counter = itertools.count()
 
-    def file_path(self, ino: int) -> str:
-        return os.path.join(self.path, f"{self.session}-{ino}")
+    def new_path(self) -> str:
+        """A fresh, never used file name (callable from any thread)."""
+        return os.path.join(self.path, f"{self.session}-{next(self._counter)}")
+
+    def make_empty(self, count: int) -> list[tuple[str, int]]:
+        """Create ``count`` empty files ahead of need (runs on a worker thread): creating a
+        file costs far more than writing a small one, so new files should not wait for it."""
+        made = []
+        for _ in range(count):
+            path = self.new_path()
+            made.append((path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)))
+        return made
+
+    def remove_all(self, paths: list[str]) -> None:
+        for path in paths:
+            self.remove(path)
 
     def remove(self, path: str) -> None:
         try:

@@ -272,3 +272,26 @@ def test_archive_replaced_behind_our_back_is_not_overwritten(tmp_path, base_zip)
         api.recover(str(base_zip))
     assert "not applied" in str(exc.value) and "kept in" in str(exc.value)
     assert names(base_zip) == {"theirs.txt": b"their change\n"}
+
+
+def test_unmount_discard_drops_uncommitted_changes(tmp_path, base_zip):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    before = base_zip.read_bytes()
+    info = api.mount(str(base_zip), str(mnt))
+    try:
+        (mnt / "unwanted.txt").write_text("throw me away\n")
+        spill = info.spill_dir
+        assert spill and os.path.isdir(spill)
+        proc = subprocess.run(
+            ["zipfuse", "unmount", "--discard", str(mnt)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        force_cleanup(str(mnt))
+    assert base_zip.read_bytes() == before
+    assert not os.path.exists(spill)
+    assert api.recover(str(base_zip)) is None
