@@ -348,10 +348,10 @@ def write_charts(results: dict, out: Path) -> dict[str, str]:
                 ax.set_title(spec.label, fontsize=9)
                 ax.set_ylabel(spec.unit + (" (higher is better)" if spec.higher_is_better else ""))
                 ax.tick_params(axis="x", labelsize=8)
-                for i, m in enumerate(med):
+                for i, (m, s_) in enumerate(zip(med, names, strict=True)):
                     ax.annotate(
                         _fmt(m, spec.unit),
-                        (i, m),
+                        (i, p[metric][s_]["max"]),  # above the error bar
                         ha="center",
                         va="bottom",
                         fontsize=7,
