@@ -328,6 +328,12 @@ def prefix_corpus(cache: Path = DEFAULT_CACHE, quick: bool = False, log: Log = _
     if got:
         return got
     src = source_prefix()
+    if not quick and (src == Path("/usr") or not (src / "bin").is_dir()):
+        # A distribution's python lives in /usr: copying "the installation" would copy the OS.
+        raise RuntimeError(
+            f"the full prefix corpus copies the running Python installation, and {src} is not a "
+            "standalone one; run the suite with a pyenv, conda or python.org build"
+        )
     top = "env"
     tmp = _tmpdir(cache, name)
     dst = tmp / "tree" / top
