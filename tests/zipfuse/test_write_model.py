@@ -324,7 +324,10 @@ class Runner:
             self.op_fdread_pair(pair)
         finally:
             os.close(pair[0])
-            os.close(pair[1])
+            try:
+                os.close(pair[1])
+            except OSError as exc:
+                pytest.fail(f"close of fd opened at {pair[2]} failed: {exc!r}\n" + self.history())
 
     def op_fdread_pair(self, pair) -> None:
         a = os.pread(pair[0], 1 << 22, 0)

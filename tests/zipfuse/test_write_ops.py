@@ -199,6 +199,32 @@ def test_unlinked_open_file_stays_usable_until_close(base):
     check_archive(archive)
 
 
+def test_unlinked_open_file_survives_a_sync(base):
+    """A commit does not store an unlinked file, but its open descriptors keep working."""
+    _, archive, mnt = base
+    with mounted(archive, mnt):
+        fd_clean = os.open(mnt / "dir" / "sub" / "b.txt", os.O_RDWR)  # archived, never read
+        fd_dirty = os.open(mnt / "hello.txt", os.O_RDWR)
+        try:
+            os.pwrite(fd_dirty, b"HELLO", 0)
+            os.fsync(fd_dirty)
+            os.unlink(mnt / "dir" / "sub" / "b.txt")
+            os.unlink(mnt / "hello.txt")
+            (mnt / "other").write_bytes(b"shifts the archive layout")
+            assert api.sync(str(mnt))["committed"]
+            assert os.pread(fd_clean, 10, 0) == b"bbbb\nbbbb\n"
+            assert os.pread(fd_dirty, 100, 0) == b"HELLO world\n"
+            os.pwrite(fd_clean, b"Z", 0)
+            assert os.pread(fd_clean, 6, 0) == b"Zbbb\nb"
+            assert os.fstat(fd_clean).st_size == 5000
+        finally:
+            os.close(fd_clean)
+            os.close(fd_dirty)
+    names = zipfile.ZipFile(archive).namelist()
+    assert "dir/sub/b.txt" not in names and "hello.txt" not in names
+    assert zipfile_read(archive, "other") == b"shifts the archive layout"
+
+
 def test_rename_replace_file_and_empty_dir(base):
     _, archive, mnt = base
     with mounted(archive, mnt):
