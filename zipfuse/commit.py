@@ -42,14 +42,8 @@ def plan(ns: Namespace) -> list[Item]:
     items: list[Item] = []
     for path, node in ns.walk():
         name = path + "/" if node.is_dir else path
-        meta = EntryMeta(
-            name=name,
-            mode=node.mode,
-            uid=node.uid,
-            gid=node.gid,
-            mtime_ns=node.mtime_ns,
-            atime_ns=node.atime_ns,
-        )
+        # positional: one EntryMeta per entry of the archive, keyword passing costs more here
+        meta = EntryMeta(name, node.mode, node.uid, node.gid, node.mtime_ns, node.atime_ns)
         entry = node.entry
         unchanged = (
             entry is not None

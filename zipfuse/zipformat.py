@@ -117,6 +117,7 @@ class ZipEntry:
     dos_date: int
     extra: bytes  # raw central extra field
     comment: bytes  # raw entry comment
+    raw_name: bytes = b""  # the name's bytes as stored: written back unchanged on commit
 
     @property
     def is_dir(self) -> bool:
@@ -363,7 +364,7 @@ def _make_entry(
     return ZipEntry(
         index, name, flags, method, crc, csize, usize, header_offset + concat, create_system,
         create_version, extract_version, external_attr, mode, uid, gid, mtime_ns, atime_ns,
-        dos_time, dos_date, extra, comment,
+        dos_time, dos_date, extra, comment, raw_name,
     )  # fmt: skip
 
 

@@ -473,6 +473,13 @@ _MIN_LOCAL = _LOCAL.size
 _MAX_LOCAL = _LOCAL.size + 2 * _U16
 
 
+def _stored_name(entry: ZipEntry) -> bytes:
+    """The entry's name bytes exactly as the source archive stored them."""
+    if entry.raw_name:
+        return entry.raw_name
+    return entry.name.encode("utf-8" if entry.flags & FLAG_UTF8 else "cp437", "surrogateescape")
+
+
 def _raw_span(job: _Job) -> tuple[int, int] | None:
     """Source range (local header .. end of data) of a small raw copy, else None."""
     _, entry, data_offset, _ = job.raw
@@ -811,9 +818,7 @@ class ZipWriter:
         self._check()
         keep_descriptor = bool(entry.flags & FLAG_ENCRYPTED and entry.flags & FLAG_DATA_DESCRIPTOR)
         if meta is None:
-            name = entry.name.encode(
-                "utf-8" if entry.flags & FLAG_UTF8 else "cp437", "surrogateescape"
-            )
+            name = _stored_name(entry)
             flags = entry.flags if keep_descriptor else entry.flags & ~FLAG_DATA_DESCRIPTOR
             rec = _Rec(
                 name=name,
@@ -864,9 +869,7 @@ class ZipWriter:
         self._check()
         recs = []
         for entry in entries:
-            name = entry.name.encode(
-                "utf-8" if entry.flags & FLAG_UTF8 else "cp437", "surrogateescape"
-            )
+            name = _stored_name(entry)
             rec = _Rec(
                 name=name,
                 flags=entry.flags,
