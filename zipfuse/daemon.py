@@ -543,10 +543,16 @@ class Daemon:
                 continue
             seen.add(node.ino)
             node.entry = entry
+            self.data.pinned.pop(node.ino, None)
             node.entry_path = item.meta.name.rstrip("/")
             node.meta_dirty = False
             if item.kind == commit.FILE:
                 self.data.mark_clean(node)
+        # nodes left out of the new archive (deleted but still open) keep reading the old one
+        old = self.data.old_fds[-1] if self.data.old_fds else None
+        for node in self.ns.nodes.values():
+            if node.entry is not None and node.ino not in seen and old is not None:
+                self.data.pinned.setdefault(node.ino, old)
 
 
 def _main_args() -> dict:

@@ -31,6 +31,7 @@ class FileData:
     def __init__(self, archive_fd: int | None, spill: SpillArea) -> None:
         self.archive_fd = archive_fd
         self.old_fds: list[int] = []  # earlier archive versions still read by open readers
+        self.pinned: dict[int, int] = {}  # ino -> fd of the older archive its entry lives in
         self.spill = spill
         self.space_path = spill.path
         self.limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
@@ -48,7 +49,8 @@ class FileData:
         reader = self.readers.get(node.ino)
         if reader is None:
             assert self.archive_fd is not None and node.entry is not None
-            reader = EntryReader(self.archive_fd, node.entry, self.spill.path)
+            fd = self.pinned.get(node.ino, self.archive_fd)
+            reader = EntryReader(fd, node.entry, self.spill.path)
             self.readers[node.ino] = reader
         return reader
 
@@ -186,6 +188,7 @@ class FileData:
             self._discard(node.spill)
             node.spill = None
         self.dirty.pop(node.ino, None)
+        self.pinned.pop(node.ino, None)
 
     def mark_clean(self, node: Node) -> None:
         """After a commit wrote this node's bytes into the archive, drop its spill copy."""
