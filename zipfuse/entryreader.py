@@ -468,6 +468,41 @@ class EntryReader:
             data_offset = self._get_data_offset()
         return self._pread(self._fd, end - offset, data_offset + offset)
 
+    def read_ready(self, offset: int, size: int) -> bytes | None:
+        """The bytes if they can be had without decoding (already decoded, cached or stored),
+        else None. Never blocks on another reader: the event loop calls this inline and only
+        sends real decoding work to a thread."""
+        if _TEST_FAULT_ENTRY is not None or offset < 0 or size < 0:
+            return None
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._closed or self._error is not None:
+                return None
+            end = min(offset + size, self._entry.file_size)
+            if offset >= end:
+                return b""
+            if self._entry.method == STORED:
+                return None if self._data_offset is None else self._read_decoded_stored(offset, end)
+            if self._memory is not None:
+                return self._memory[offset:end]
+            if self._cache is not None:
+                return self._pread(self._cache.fileno(), end - offset, offset)
+            stream = self._stream
+            if stream is not None:
+                win_start = stream.pos - len(self._window)
+                if win_start <= offset and end <= stream.pos:
+                    return bytes(self._window[offset - win_start : end - win_start])
+            return None
+        except EntryReadError:
+            return None
+        finally:
+            self._lock.release()
+
+    def _read_decoded_stored(self, offset: int, end: int) -> bytes:
+        assert self._data_offset is not None
+        return self._pread(self._fd, end - offset, self._data_offset + offset)
+
     def close(self) -> None:
         """Drop cached plaintext and the cache file; later reads fail with EBADF."""
         with self._lock:

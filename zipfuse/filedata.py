@@ -69,6 +69,9 @@ class FileData:
         reader = self._reader(node)
         if node.entry.file_size <= INLINE_READ_LIMIT:
             return reader.read(off, size)
+        data = reader.read_ready(off, size)  # already decoded: answer without a thread hop
+        if data is not None:
+            return data
         return await trio.to_thread.run_sync(reader.read, off, size, limiter=self.limiter)
 
     async def read_all(self, node: Node) -> bytes:

@@ -336,3 +336,16 @@ def test_unwritable_cache_dir_falls_back_to_restarting(
     finally:
         reader.close()
         os.close(fd)
+
+
+def test_read_ready_answers_only_what_needs_no_decoding(
+    big_zip: Path, big_data: bytes, open_archive
+) -> None:
+    reader = open_archive(big_zip).reader("big.txt")
+    chunk = 128 << 10
+    assert reader.read_ready(0, chunk) is None  # nothing decoded yet
+    assert reader.read(0, chunk) == big_data[:chunk]
+    assert reader.read_ready(0, chunk) == big_data[:chunk]  # still in the window
+    assert reader.read_ready(chunk, chunk) is None  # ahead of the decoder: needs work
+    assert reader.read_ready(BIG + 10, 5) == b""  # past the end
+    assert reader.strategy == "stream"
