@@ -215,6 +215,7 @@ def _daemon_main(prepared: Prepared, status_fd: int | None) -> int:
         return daemon.run()
     finally:
         registry.unregister(pid)
+        log.info("daemon exits; peak memory (VmHWM) %s", _peak_memory())
 
 
 class Daemon:
@@ -553,6 +554,15 @@ class Daemon:
         for node in self.ns.nodes.values():
             if node.entry is not None and node.ino not in seen and old is not None:
                 self.data.pinned.setdefault(node.ino, old)
+
+
+def _peak_memory() -> str:
+    """VmHWM of this process, for the log: the commit's peak is gone once the daemon exits."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("VmHWM")), "?")
+    except OSError:
+        return "?"
 
 
 def _main_args() -> dict:
