@@ -295,3 +295,29 @@ def test_unmount_discard_drops_uncommitted_changes(tmp_path, base_zip):
     assert base_zip.read_bytes() == before
     assert not os.path.exists(spill)
     assert api.recover(str(base_zip)) is None
+
+
+def test_commit_into_unwritable_directory_fails_cleanly_and_retry_works(tmp_path, base_zip):
+    """The archive's directory refuses new files (immutable, so even root is refused)."""
+    mnt = tmp_path / "mnt"
+    before = base_zip.read_bytes()
+    with mounted(base_zip, mnt):
+        (mnt / "later.txt").write_text("kept until the directory is writable again\n")
+        res = subprocess.run(["chattr", "+i", str(tmp_path)], capture_output=True, text=True)
+        if res.returncode != 0:
+            reason = f"chattr +i is not supported here: {res.stderr.strip()}"
+            if os.environ.get("CI"):
+                pytest.fail(reason)
+            pytest.skip(reason)
+        try:
+            with pytest.raises(api.ZipfuseError) as exc:
+                api.sync(str(mnt))
+            msg = str(exc.value)
+            assert "archive unchanged" in msg and "\n" not in msg, msg
+            assert base_zip.read_bytes() == before
+            assert (mnt / "later.txt").read_text().startswith("kept")
+            assert api.find_mount(str(mnt)).dirty_bytes > 0
+        finally:
+            subprocess.run(["chattr", "-i", str(tmp_path)], check=True, timeout=30)
+        api.sync(str(mnt))  # the retry succeeds
+    assert names(base_zip)["later.txt"].startswith(b"kept")
