@@ -22,7 +22,7 @@ from .zipformat import CentralDirectory, ZipEntry, local_data_offset, read_centr
 from .zipwrite import EntryMeta, ZipWriter
 
 RAW, RAW_META, FILE, SYMLINK, DIR, SPECIAL = range(6)
-COMMIT_INFLIGHT = 16 << 20
+COMMIT_INFLIGHT = 8 << 20
 SMALL_FILE = 1 << 20  # dirty files up to this size are read into memory at commit
 
 
@@ -109,7 +109,7 @@ def write_archive(
         mode = 0o666 & ~_umask()
     tmp = temp_path(archive)
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    # 16 MiB in flight keeps the cores busy; the daemon's peak memory stays under 200 MB
+    # 8 MiB in flight keeps 2-4 cores busy and the daemon's peak memory under 200 MB
     writer = ZipWriter(fd, level=level, progress=progress, max_inflight=COMMIT_INFLIGHT)
     src_fds: list[int] = []
     try:
