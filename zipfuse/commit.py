@@ -16,7 +16,7 @@ import stat
 import time
 from collections.abc import Callable
 
-from .journal import fingerprint
+from .journal import fingerprint, fsync_dir
 from .namespace import Namespace, Node
 from .zipformat import CentralDirectory, ZipEntry, local_data_offset, read_central_directory
 from .zipwrite import EntryMeta, ZipWriter
@@ -158,7 +158,7 @@ def write_archive(
     finally:
         for sfd in src_fds:
             os.close(sfd)
-    _fsync_dir(os.path.dirname(archive) or ".")
+    fsync_dir(os.path.dirname(archive) or ".")
     cd = read_central_directory(fd)
     if len(cd.entries) != len(items):
         raise OSError(errno.EIO, "the new archive does not list every entry written")
@@ -218,14 +218,6 @@ def _test_pause(stage: str) -> None:
             f.write(str(os.getpid()))
         while True:
             time.sleep(3600)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _umask() -> int:

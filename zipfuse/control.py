@@ -59,34 +59,34 @@ async def serve(path: str, handler: Handler, *, task_status=trio.TASK_STATUS_IGN
     await trio.serve_listeners(connection, [listener])
 
 
-def request(path: str, msg: dict, *, timeout: float | None = 10.0) -> Iterator[dict]:
-    """Send one request and yield every reply line; the last one has ``ok``."""
+def _send(path: str, msg: dict, timeout: float | None) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(path)
         sock.sendall(json.dumps(msg).encode() + b"\n")
-        with sock.makefile("rb") as f:
-            for line in f:
-                reply = json.loads(line)
-                yield reply
-                if "ok" in reply:
-                    return
-        raise ConnectionError("the daemon closed the control connection without an answer")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def request(path: str, msg: dict, *, timeout: float | None = 10.0) -> Iterator[dict]:
+    """Send one request and yield every reply line; the last one has ``ok``."""
+    sock = _send(path, msg, timeout)
+    try:
+        yield from read_replies(sock, timeout)
     finally:
         sock.close()
 
 
 def connect_watch(path: str, *, discard: bool = False) -> socket.socket:
     """Open a ``watch`` connection before unmounting, so no progress line is missed."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(path)
-    sock.sendall(json.dumps({"op": "watch", "discard": discard}).encode() + b"\n")
-    return sock
+    return _send(path, {"op": "watch", "discard": discard}, 10)
 
 
 def read_replies(sock: socket.socket, timeout: float | None) -> Iterator[dict]:
+    """Every reply line up to the one with ``ok``; a connection closed before it is an error."""
     sock.settimeout(timeout)
     with sock.makefile("rb") as f:
         for line in f:
@@ -94,4 +94,4 @@ def read_replies(sock: socket.socket, timeout: float | None) -> Iterator[dict]:
             yield reply
             if "ok" in reply:
                 return
-    raise ConnectionError("the daemon exited without reporting the result of its commit")
+    raise ConnectionError("the daemon closed the control connection without an answer")

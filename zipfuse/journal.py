@@ -62,7 +62,7 @@ def write_state(spill_path: str, state: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(spill_path)
+    fsync_dir(spill_path)
 
 
 def read_records(spill_path: str) -> list[dict]:
@@ -238,7 +238,7 @@ def _apply(ns: Namespace, rec: dict, spill_path: str) -> bool:
     return True
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -473,6 +473,26 @@ _MIN_LOCAL = _LOCAL.size
 _MAX_LOCAL = _LOCAL.size + 2 * _U16
 
 
+def _original_rec(entry: ZipEntry, flags: int) -> _Rec:
+    """The record of an entry copied unchanged: its central record, to be placed anew."""
+    return _Rec(
+        name=_stored_name(entry),
+        flags=flags,
+        method=entry.method,
+        crc=entry.crc,
+        csize=entry.compressed_size,
+        usize=entry.file_size,
+        dos_time=entry.dos_time,
+        dos_date=entry.dos_date,
+        made_by=(entry.create_system << 8) | entry.create_version,
+        needed=entry.extract_version,
+        external_attr=entry.external_attr,
+        local_extra=b"",
+        central_extra=_without_zip64(entry.extra),
+        comment=entry.comment,
+    )
+
+
 def _stored_name(entry: ZipEntry) -> bytes:
     """The entry's name bytes exactly as the source archive stored them."""
     if entry.raw_name:
@@ -818,25 +838,10 @@ class ZipWriter:
         self._check()
         keep_descriptor = bool(entry.flags & FLAG_ENCRYPTED and entry.flags & FLAG_DATA_DESCRIPTOR)
         if meta is None:
-            name = _stored_name(entry)
             flags = entry.flags if keep_descriptor else entry.flags & ~FLAG_DATA_DESCRIPTOR
-            rec = _Rec(
-                name=name,
-                flags=flags,
-                method=entry.method,
-                crc=entry.crc,
-                csize=entry.compressed_size,
-                usize=entry.file_size,
-                dos_time=entry.dos_time,
-                dos_date=entry.dos_date,
-                made_by=(entry.create_system << 8) | entry.create_version,
-                needed=entry.extract_version,
-                external_attr=entry.external_attr,
-                local_extra=b"",  # filled from the original local header by the writer thread
-                central_extra=_without_zip64(entry.extra),
-                comment=entry.comment,
-                descriptor=keep_descriptor,
-            )
+            # local_extra is filled from the original local header by the writer thread
+            rec = _original_rec(entry, flags)
+            rec.descriptor = keep_descriptor
             keep_local = True
         else:
             _check_name(meta.name, stat.S_ISDIR(meta.mode))
@@ -867,26 +872,7 @@ class ZipWriter:
         I/O; local headers, data and data descriptors stay exactly as they were.
         """
         self._check()
-        recs = []
-        for entry in entries:
-            name = _stored_name(entry)
-            rec = _Rec(
-                name=name,
-                flags=entry.flags,
-                method=entry.method,
-                crc=entry.crc,
-                csize=entry.compressed_size,
-                usize=entry.file_size,
-                dos_time=entry.dos_time,
-                dos_date=entry.dos_date,
-                made_by=(entry.create_system << 8) | entry.create_version,
-                needed=entry.extract_version,
-                external_attr=entry.external_attr,
-                local_extra=b"",
-                central_extra=_without_zip64(entry.extra),
-                comment=entry.comment,
-            )
-            recs.append((entry.header_offset - start, rec))
+        recs = [(e.header_offset - start, _original_rec(e, e.flags)) for e in entries]
         job = _Job(recs[0][1] if recs else None, "run", _JOB_COST, raw=(src_fd, start, end, recs))
         self._submit(job)
 
