@@ -112,6 +112,9 @@ def recover(archive: str, *, spill_dir: str | None = None, level: int = 6) -> st
     from .lock import ArchiveLock
     from .recovery import recover as _recover
 
+    parent = os.path.dirname(os.path.abspath(archive))
+    if not os.path.isdir(parent):
+        raise ZipfuseError(f"directory {parent} does not exist")
     lock = ArchiveLock(os.path.abspath(archive))
     lock.acquire()
     try:

@@ -246,7 +246,10 @@ class Daemon:
         try:
             spill = SpillArea(cfg.spill_dir, cfg.archive, cache_only=cfg.read_only)
         except OSError as exc:
-            raise ZipfuseError(f"cannot use spill directory: {exc.strerror or exc}") from None
+            where = exc.filename or cfg.spill_dir or "the default spill directory"
+            raise ZipfuseError(
+                f"cannot use spill directory {where}: {exc.strerror or exc}"
+            ) from None
         self.spill = spill
         self.base = journal.fingerprint(cfg.archive)
         records: list[dict] = []
