@@ -386,15 +386,16 @@ class Namespace:
 
     # ----------------------------------------------------------------------------- walking
     def walk(self) -> Iterator[tuple[str, Node]]:
-        """Every (path, node) below the root in sorted depth-first order, parents first."""
-        stack = [("", iter(sorted(self.root.children.items())))]
+        """Every (path, node) below the root, depth first, parents first, in each directory's
+        insertion order (deterministic: archive order, then creation order)."""
+        stack = [("", iter(self.root.children.items()))]
         while stack:
             prefix, it = stack[-1]
             for name, child in it:
-                path = prefix + os.fsdecode(name)
+                path = prefix + name.decode("utf-8", "surrogateescape")
                 yield path, child
-                if child.is_dir:
-                    stack.append((path + "/", iter(sorted(child.children.items()))))
+                if child.children is not None:
+                    stack.append((path + "/", iter(child.children.items())))
                     break
             else:
                 stack.pop()
