@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pkgs="fuse3 libfuse3-dev pkg-config gcc zip unzip p7zip-full fuse-zip sqlite3 git zsh squashfuse squashfs-tools"
 command -v python3 >/dev/null || pkgs="$pkgs python3"
-python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs="$pkgs python3-venv python3-dev"
+python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs="$pkgs python3-venv"
+# pyfuse3 and zipfile-deflate64 compile C extensions: they need Python.h
+python3 -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null \
+  || pkgs="$pkgs python3-dev"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
