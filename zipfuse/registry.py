@@ -39,9 +39,27 @@ def process_start_time(pid: int) -> int | None:
         return None
     # the command name may contain spaces and parentheses: split after the last ')'
     fields = data[data.rfind(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):  # exited, not yet reaped
+    if fields[0] in (b"Z", b"X") and not _threads_left(pid):  # exited, not yet reaped
         return None
     return int(fields[19])
+
+
+def _threads_left(pid: int) -> bool:
+    """A killed process's main thread turns zombie before its other threads have finished
+    exiting; until they have, it still holds its files and locks."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        if data[data.rfind(b")") + 2 :][:1] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 def alive(record: dict) -> bool:
