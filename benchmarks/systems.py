@@ -23,6 +23,19 @@ UNMOUNT_TIMEOUT = 60.0  # fusermount3 -u itself; a commit may take far longer (s
 COMMIT_TIMEOUT = 1800.0
 
 
+def _dpkg_version(package: str) -> str:
+    """The installed Debian package's version, or "" where dpkg cannot tell."""
+    try:
+        return subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Version}", package],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except Exception:
+        return ""
+
+
 class SystemUnavailable(RuntimeError):
     """The system cannot run at all on this machine (binary missing, API not there yet)."""
 
@@ -310,15 +323,7 @@ class FuseZip(System):
         return None if shutil.which("fuse-zip") else "fuse-zip is not installed"
 
     def version(self) -> str:
-        try:
-            return subprocess.run(
-                ["dpkg-query", "-W", "-f", "${Version}", "fuse-zip"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-        except Exception:
-            return ""
+        return _dpkg_version("fuse-zip")
 
     def _open(self, backing: Path, mountpoint: Path, read_only: bool) -> Mount:
         args = ["fuse-zip", "-f"] + (["-r"] if read_only else []) + [str(backing), str(mountpoint)]
@@ -376,15 +381,7 @@ class Squashfuse(System):
         return None
 
     def version(self) -> str:
-        try:
-            return subprocess.run(
-                ["dpkg-query", "-W", "-f", "${Version}", "squashfuse"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-        except Exception:
-            return ""
+        return _dpkg_version("squashfuse")
 
     def backing(self, corpus: Corpus) -> Path:
         return corpus.ensure_squashfs()

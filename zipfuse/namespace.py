@@ -57,7 +57,6 @@ class Node:
         "lookups",
         "opens",
         "meta_dirty",
-        "fh_state",
     )
 
     def __init__(self, ino: int, mode: int, uid: int, gid: int, now_ns: int) -> None:
@@ -80,15 +79,10 @@ class Node:
         self.lookups = 0  # kernel lookup count
         self.opens = 0  # open file handles
         self.meta_dirty = False  # mode/owner/times changed since load or last commit
-        self.fh_state: object | None = None  # per-open-file state owned by the FUSE layer
 
     @property
     def is_dir(self) -> bool:
         return self.children is not None
-
-    @property
-    def is_clean(self) -> bool:
-        return self.spill is None and self.entry is not None
 
 
 class Namespace:

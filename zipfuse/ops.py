@@ -96,14 +96,6 @@ class Gate:
         self._open.set()
 
 
-class Handle:
-    __slots__ = ("node", "writable")
-
-    def __init__(self, node: Node, writable: bool) -> None:
-        self.node = node
-        self.writable = writable
-
-
 class ZipOperations(pyfuse3.Operations):
     """No flush handler on purpose: the kernel writes cached pages back before FLUSH either way,
     and once flush answers ENOSYS it stops sending one per close(2) (a round trip per file)."""
@@ -121,7 +113,7 @@ class ZipOperations(pyfuse3.Operations):
         self.journal = journal
         self.unlogged: set[int] = set()  # inodes written since their last journal data record
         self.gate = Gate()
-        self.handles: dict[int, Handle] = {}
+        self.handles: dict[int, Node] = {}  # open file handle -> its inode
         self.dir_handles: dict[int, list[tuple[bytes, Node]]] = {}
         self._next_fh = 1
         self._statfs_cache: tuple[float, pyfuse3.StatvfsData] | None = None
@@ -132,7 +124,7 @@ class ZipOperations(pyfuse3.Operations):
         try:
             first = args[0]
             if handler in _FH_HANDLERS:
-                node = self.handles[first].node
+                node = self.handles[first]
             else:
                 node = self.ns.nodes[first]
             path = self.ns.path(node)
@@ -279,16 +271,16 @@ class ZipOperations(pyfuse3.Operations):
                 self.gate.leave()
         node.opens += 1
         fh = self._new_fh()
-        self.handles[fh] = Handle(node, writable)
+        self.handles[fh] = node
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_guard
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self.data.read(self.handles[fh].node, off, size)
+        return await self.data.read(self.handles[fh], off, size)
 
     @_guard
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        node = self.handles[fh].node
+        node = self.handles[fh]
         await self.gate.enter()
         try:
             await self.data.write(node, off, buf)
@@ -301,8 +293,7 @@ class ZipOperations(pyfuse3.Operations):
 
     @_guard
     async def release(self, fh: int) -> None:
-        handle = self.handles.pop(fh)
-        node = handle.node
+        node = self.handles.pop(fh)
         self._log_data(node)
         node.opens -= 1
         if node.opens <= 0:
@@ -311,7 +302,7 @@ class ZipOperations(pyfuse3.Operations):
 
     @_guard
     async def fsync(self, fh: int, datasync: bool) -> None:
-        node = self.handles[fh].node
+        node = self.handles[fh]
         self._log_data(node)
         await self.data.fsync(node)
         await self._sync_journal()
@@ -385,7 +376,7 @@ class ZipOperations(pyfuse3.Operations):
         node = await self._make(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
         node.opens += 1
         fh = self._new_fh()
-        self.handles[fh] = Handle(node, True)
+        self.handles[fh] = node
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._made(node)
 
     @_guard

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import os
@@ -27,6 +28,19 @@ def kill9(info: api.MountInfo) -> None:
     while registry.alive(rec) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not registry.alive(rec)
+
+
+@contextlib.contextmanager
+def crashing_session(archive, mnt):
+    """A read-write mount whose daemon is killed with SIGKILL when the block ends."""
+    mnt.mkdir(exist_ok=True)
+    info = api.mount(str(archive), str(mnt))
+    try:
+        yield info
+        if registry.process_start_time(info.pid) is not None:  # the block may have killed it
+            kill9(info)
+    finally:
+        force_cleanup(str(mnt))
 
 
 def detach(mnt) -> None:
@@ -56,10 +70,8 @@ def base_zip(tmp_path):
 
 def test_kill9_after_close_fsync_and_rename(tmp_path, base_zip):
     mnt = tmp_path / "mnt"
-    mnt.mkdir()
     before = base_zip.read_bytes()
-    info = api.mount(str(base_zip), str(mnt))
-    try:
+    with crashing_session(base_zip, mnt):
         (mnt / "closed.txt").write_text("written and closed\n")
         os.mkdir(mnt / "dir")
         (mnt / "dir" / "nested.bin").write_bytes(b"\x00\x01" * 50_000)
@@ -76,9 +88,6 @@ def test_kill9_after_close_fsync_and_rename(tmp_path, base_zip):
         unsynced = open(mnt / "open-unsynced.txt", "w")  # noqa: SIM115
         unsynced.write("never closed nor fsynced\n")
         unsynced.flush()
-        kill9(info)
-    finally:
-        force_cleanup(str(mnt))
     assert base_zip.read_bytes() == before  # nothing is written behind the user's back
     proc = subprocess.run(
         ["zipfuse", "recover", str(base_zip)], capture_output=True, text=True, timeout=120
@@ -108,14 +117,10 @@ def test_kill9_after_close_fsync_and_rename(tmp_path, base_zip):
 
 def test_mount_after_crash_recovers_first(tmp_path, base_zip):
     mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    info = api.mount(str(base_zip), str(mnt))
-    try:
+    with crashing_session(base_zip, mnt) as info:
         (mnt / "new.txt").write_text("survives\n")
         kill9(info)
         detach(mnt)
-    finally:
-        force_cleanup(str(mnt))
     proc = subprocess.run(
         ["zipfuse", "mount", str(base_zip), str(mnt)], capture_output=True, text=True, timeout=120
     )
@@ -130,14 +135,9 @@ def test_mount_after_crash_recovers_first(tmp_path, base_zip):
 
 def test_restore_mounts_changes_without_committing(tmp_path, base_zip):
     mnt = tmp_path / "mnt"
-    mnt.mkdir()
     before = base_zip.read_bytes()
-    info = api.mount(str(base_zip), str(mnt))
-    try:
+    with crashing_session(base_zip, mnt):
         (mnt / "new.txt").write_text("restored\n")
-        kill9(info)
-    finally:
-        force_cleanup(str(mnt))
     proc = subprocess.run(
         ["zipfuse", "mount", "--restore", str(base_zip), str(mnt)],
         capture_output=True,
