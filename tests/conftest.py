@@ -12,6 +12,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -19,6 +20,8 @@ import pytest
 
 from zipfuse import api, registry
 
+# Our command, never taken from PATH: the README's setup puts nothing there.
+ZIPFUSE_CMD = [sys.executable, "-m", "zipfuse"]
 MOUNT_TIMEOUT = 60
 UNMOUNT_TIMEOUT = 120
 

@@ -11,7 +11,7 @@ import zipfile
 
 import pytest
 
-from tests.conftest import force_cleanup, mounted
+from tests.conftest import ZIPFUSE_CMD, force_cleanup, mounted
 from zipfuse import api, registry
 
 pytestmark = pytest.mark.usefixtures("fuse")
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("fuse")
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["zipfuse", *args],
+        [*ZIPFUSE_CMD, *args],
         capture_output=True,
         text=True,
         timeout=timeout,

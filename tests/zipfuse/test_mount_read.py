@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from tests.conftest import mounted, tree_state
+from tests.conftest import ZIPFUSE_CMD, mounted, tree_state
 from zipfuse import api, registry
 
 pytestmark = pytest.mark.usefixtures("fuse")
@@ -162,7 +162,7 @@ def test_dead_daemon_is_reported_and_detached(infozip_archive, tmp_path):
         states = {m.mountpoint: m.state for m in api.status()}
         assert states.get(str(mnt)) == "dead"
         proc = subprocess.run(
-            ["zipfuse", "unmount", str(mnt)], capture_output=True, text=True, timeout=60
+            [*ZIPFUSE_CMD, "unmount", str(mnt)], capture_output=True, text=True, timeout=60
         )
         assert proc.returncode != 0
         assert "died" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -14,7 +14,7 @@ import zipfile
 
 import pytest
 
-from tests.conftest import force_cleanup, mounted
+from tests.conftest import ZIPFUSE_CMD, force_cleanup, mounted
 from zipfuse import api, registry
 from zipfuse.lock import lock_path
 
@@ -46,7 +46,7 @@ def crashing_session(archive, mnt):
 def detach(mnt) -> None:
     """What a user does after a crash: unmount the dead mount (it points to recover)."""
     proc = subprocess.run(
-        ["zipfuse", "unmount", str(mnt)], capture_output=True, text=True, timeout=60
+        [*ZIPFUSE_CMD, "unmount", str(mnt)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode != 0 and "zipfuse recover" in proc.stderr, proc.stderr
     assert str(mnt) not in registry.fuse_mounts()
@@ -90,7 +90,7 @@ def test_kill9_after_close_fsync_and_rename(tmp_path, base_zip):
         unsynced.flush()
     assert base_zip.read_bytes() == before  # nothing is written behind the user's back
     proc = subprocess.run(
-        ["zipfuse", "recover", str(base_zip)], capture_output=True, text=True, timeout=120
+        [*ZIPFUSE_CMD, "recover", str(base_zip)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "recovered" in proc.stderr, proc.stderr
     got = names(base_zip)
@@ -110,7 +110,7 @@ def test_kill9_after_close_fsync_and_rename(tmp_path, base_zip):
     assert not glob.glob(str(tmp_path / ".env.zip.zipfuse-tmp-*"))
     # a second recover finds nothing
     proc = subprocess.run(
-        ["zipfuse", "recover", str(base_zip)], capture_output=True, text=True, timeout=60
+        [*ZIPFUSE_CMD, "recover", str(base_zip)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and "nothing to recover" in proc.stderr
 
@@ -122,7 +122,10 @@ def test_mount_after_crash_recovers_first(tmp_path, base_zip):
         kill9(info)
         detach(mnt)
     proc = subprocess.run(
-        ["zipfuse", "mount", str(base_zip), str(mnt)], capture_output=True, text=True, timeout=120
+        [*ZIPFUSE_CMD, "mount", str(base_zip), str(mnt)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     try:
         assert proc.returncode == 0, proc.stderr
@@ -139,7 +142,7 @@ def test_restore_mounts_changes_without_committing(tmp_path, base_zip):
     with crashing_session(base_zip, mnt):
         (mnt / "new.txt").write_text("restored\n")
     proc = subprocess.run(
-        ["zipfuse", "mount", "--restore", str(base_zip), str(mnt)],
+        [*ZIPFUSE_CMD, "mount", "--restore", str(base_zip), str(mnt)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -166,7 +169,7 @@ def test_kill_during_commit(tmp_path, base_zip, monkeypatch, stage):
     syncer = None
     try:
         (mnt / "payload.txt").write_text("commit me\n")
-        syncer = subprocess.Popen(["zipfuse", "sync", str(mnt)], stderr=subprocess.PIPE)
+        syncer = subprocess.Popen([*ZIPFUSE_CMD, "sync", str(mnt)], stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -212,7 +215,7 @@ def test_second_writer_refused_by_lock_from_another_process(tmp_path, base_zip):
         mnt = tmp_path / "mnt"
         mnt.mkdir()
         proc = subprocess.run(
-            ["zipfuse", "mount", str(base_zip), str(mnt)],
+            [*ZIPFUSE_CMD, "mount", str(base_zip), str(mnt)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -284,7 +287,7 @@ def test_unmount_discard_drops_uncommitted_changes(tmp_path, base_zip):
         spill = info.spill_dir
         assert spill and os.path.isdir(spill)
         proc = subprocess.run(
-            ["zipfuse", "unmount", "--discard", str(mnt)],
+            [*ZIPFUSE_CMD, "unmount", "--discard", str(mnt)],
             capture_output=True,
             text=True,
             timeout=120,
