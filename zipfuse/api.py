@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
-
-class ZipfuseError(Exception):
-    """A user-facing failure; ``str(exc)`` is one line."""
+from .errors import ZipfuseError  # noqa: F401 - callers catch api.ZipfuseError
 
 
 @dataclasses.dataclass

@@ -11,7 +11,8 @@ import sys
 import time
 
 from . import api
-from .api import Progress, ZipfuseError
+from .api import Progress
+from .errors import ZipfuseError
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -24,12 +24,12 @@ import pyfuse3
 import trio
 
 from . import commit, control, journal, osutil, recovery, registry
-from .api import ZipfuseError
-from .filedata import FileData
+from .errors import ZipfuseError
 from .journal import Journal
 from .lock import ArchiveLock
 from .namespace import Namespace
 from .ops import ZipOperations
+from .overlay import Committed, Overlay
 from .spill import SpillArea
 from .zipformat import CentralDirectory, ZipFormatError, read_central_directory
 
@@ -223,20 +223,19 @@ class Daemon:
 
     def __init__(self, prepared: Prepared, logfile: str) -> None:
         self.config = prepared.config
-        self.archive_fd = prepared.archive_fd
-        self.cd = prepared.cd
+        self.prepared = prepared
         self.logfile = logfile
         self.state = "mounting"
         self.progress: dict | None = None
         self.watchers: list[control.Send] = []
         self.final: dict | None = None
         self.final_event: trio.Event | None = None
-        self.committed_changes = 0
         self.discard = False  # unmount --discard: drop uncommitted changes
 
     # ---------------------------------------------------------------------- mount
     def mount(self) -> None:
         cfg = self.config
+        prepared = self.prepared
         now = time.time_ns()
         self.lock: ArchiveLock | None = None
         self.journal: Journal | None = None
@@ -251,27 +250,33 @@ class Daemon:
                 f"cannot use spill directory {where}: {exc.strerror or exc}"
             ) from None
         self.spill = spill
-        self.base = journal.fingerprint(cfg.archive)
+        base = journal.fingerprint(cfg.archive)
         records: list[dict] = []
         if not cfg.read_only:
             state = journal.read_state(spill.path)
-            if cfg.restore and state is not None and state.get("base") == self.base:
+            if cfg.restore and state is not None and state.get("base") == base:
                 records = journal.read_records(spill.path)
             self.journal = Journal(spill.path, cfg.archive)
-            self.journal.start(self.base, fresh=not records)
+            self.journal.start(base, fresh=not records)
         with _no_gc():
-            self.ns = Namespace.from_archive(self.cd, os.getuid(), os.getgid(), now)
+            self.ns = Namespace.from_archive(prepared.cd, os.getuid(), os.getgid(), now)
             if records:
                 applied = journal.replay(self.ns, records, spill.path)
                 self.ns.changes = max(1, applied)
                 log.info("restored %d journal records of an interrupted session", applied)
         gc.freeze()  # the index lives as long as the mount: keep it out of every later gc pass
-        self.data = FileData(self.archive_fd, spill)
-        for node in self.ns.nodes.values():
-            if node.spill is not None:
-                self.data.dirty[node.ino] = node
-        self.ns.on_drop.append(self.data.drop)
-        self.ops = ZipOperations(self.ns, self.data, read_only=cfg.read_only, journal=self.journal)
+        self.overlay = Overlay(
+            self.ns,
+            spill,
+            archive=cfg.archive,
+            archive_fd=prepared.archive_fd,
+            cd=prepared.cd,
+            read_only=cfg.read_only,
+            journal=self.journal,
+            base=base,
+            level=cfg.level,
+        )
+        self.ops = ZipOperations(self.overlay)
         options = set(pyfuse3.default_options)
         options.add(f"fsname={cfg.archive}")
         options.add("subtype=zipfuse")
@@ -329,7 +334,7 @@ class Daemon:
             )
             nursery.start_soon(self._signals)
             if self.journal is not None:
-                nursery.start_soon(self._flush_loop)
+                nursery.start_soon(self.overlay.guarded, "background flush", self._flush_loop)
             await pyfuse3.main(**_main_args())
             pyfuse3.close(unmount=True)
             self.state = "committing"
@@ -347,15 +352,11 @@ class Daemon:
         """Make closed files and journal records durable within a few seconds (like ext4)."""
         while FLUSH_INTERVAL > 0:
             await trio.sleep(FLUSH_INTERVAL)
-            if self.journal is not None and self.journal.unsynced and self.state == "mounted":
+            if self.state == "mounted":
                 try:
-                    await trio.to_thread.run_sync(self._flush)
+                    await self.overlay.flush()
                 except OSError as exc:
                     log.error("background flush of the spill area failed: %s", exc)
-
-    def _flush(self) -> None:
-        osutil.syncfs(self.spill.path)  # the spill files
-        self.journal.sync()
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
@@ -388,43 +389,37 @@ class Daemon:
         return {"ok": False, "error": f"unknown control op {op!r}"}
 
     def status(self) -> dict:
+        data = self.overlay.data
         return {
             "state": self.state,
-            "dirty_bytes": self.data.dirty_bytes(),
-            "dirty_files": len(self.data.dirty),
+            "dirty_bytes": data.dirty_bytes(),
+            "dirty_files": len(data.dirty),
             "inodes": self.ns.count(),
             "progress": self.progress,
+            "failed": self.overlay.failed,
         }
 
     # ---------------------------------------------------------------------- commit
-    def _needs_commit(self) -> bool:
-        return not self.config.read_only and self.ns.changes != self.committed_changes
-
     async def _final_commit(self) -> dict:
-        if self.discard:
-            self._cleanup_spill()
-            return {"ok": True, "committed": False, "message": "changes discarded"}
-        if not self._needs_commit():
-            self._cleanup_spill()
-            return {"ok": True, "committed": False, "message": "nothing to commit"}
-        send = self._broadcast
-        result = await self.commit(send, flush=False)
+        if self.discard or not self.overlay.needs_commit():
+            await self.overlay.close(destroy_spill=True)
+            self._release_lock()
+            message = "changes discarded" if self.discard else "nothing to commit"
+            return {"ok": True, "committed": False, "message": message}
+        result = await self.commit(self._broadcast, flush=False)
         if result.get("ok"):
-            self._cleanup_spill()
+            await self.overlay.close(destroy_spill=True)
+            self._release_lock()
         else:
             with contextlib.suppress(OSError):
-                await trio.to_thread.run_sync(self._flush)
+                await self.overlay.flush()
             result["error"] += (
                 f"; your changes are kept in {self.spill.path}: "
                 f"run 'zipfuse recover {self.config.archive}' to retry"
             )
         return result
 
-    def _cleanup_spill(self) -> None:
-        self.data.close_all()
-        if self.journal is not None:
-            self.journal.close()
-            self.spill.destroy()
+    def _release_lock(self) -> None:
         if self.lock is not None:
             self.lock.release()
 
@@ -439,78 +434,56 @@ class Daemon:
         """Write the new archive; writers wait while it runs, readers go on."""
         if flush:  # push the kernel's cached dirty pages to us first
             await trio.to_thread.run_sync(osutil.syncfs, self.config.mountpoint)
-        await self.ops.gate.close()
         previous = self.state
-        self.state = "committing"
-        try:
-            if not self._needs_commit():
-                return {"ok": True, "committed": False, "message": "nothing to commit"}
-            changes = self.ns.changes
-            items = commit.plan(self.ns)
-            total_bytes = commit.bytes_total(items)
-            started = time.monotonic()
+
+        def begin(entries: int, nbytes: int) -> None:
+            self.state = "committing"
             self.progress = {
                 "entries_done": 0,
-                "entries_total": len(items),
+                "entries_total": entries,
                 "bytes_done": 0,
-                "bytes_total": total_bytes,
+                "bytes_total": nbytes,
             }
 
-            def progress(entries: int, nbytes: int) -> None:
-                self.progress = {
-                    "entries_done": entries,
-                    "entries_total": len(items),
-                    "bytes_done": nbytes,
-                    "bytes_total": total_bytes,
-                }
+        def progress(entries: int, nbytes: int) -> None:  # on the commit thread
+            if self.progress is not None:
+                self.progress = {**self.progress, "entries_done": entries, "bytes_done": nbytes}
 
-            async def pump() -> None:
-                while True:
-                    await trio.sleep(0.25)
-                    try:
-                        await send({"progress": self.progress})
-                    except Exception:  # the client went away; the commit goes on
-                        return
-
-            def write() -> tuple[int, CentralDirectory] | BaseException:
+        async def pump() -> None:
+            while True:
+                await trio.sleep(0.25)
                 try:
-                    return commit.write_archive(
-                        items,
-                        self.archive_fd,
-                        self.config.archive,
-                        level=self.config.level,
-                        comment=self.cd.comment if self.cd else b"",
-                        progress=progress,
-                        source=self.cd,
-                        expect=self.base,
-                        before_replace=self._before_replace,
-                    )
-                except Exception as exc:  # re-raised below, outside the nursery's group
-                    return exc
+                    await send({"progress": self.progress})
+                except Exception:  # the client went away; the commit goes on
+                    return
 
+        async def run() -> Committed | None | Exception:
+            try:
+                return await self.overlay.commit(begin, progress)
+            except Exception as exc:  # raised below, not wrapped in the nursery's group
+                return exc
+
+        try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump)
-                outcome = await trio.to_thread.run_sync(write)
+                done = await run()
                 nursery.cancel_scope.cancel()
-            if isinstance(outcome, BaseException):
-                raise outcome
-            fd, cd = outcome
-            self._adopt(fd, cd, items)
-            self.committed_changes = changes
-            self.base = journal.fingerprint(self.config.archive)
-            if self.journal is not None:
-                self.journal.start(self.base, fresh=True)
-                # files still open keep their spill copy; the new journal must name it again
-                self.ops.unlogged.update(self.data.dirty)
-            elapsed = time.monotonic() - started
-            size = os.fstat(fd).st_size
-            log.info("committed %d entries, %d bytes in %.2f s", len(items), size, elapsed)
+            if isinstance(done, Exception):
+                raise done
+            if done is None:
+                return {"ok": True, "committed": False, "message": "nothing to commit"}
+            log.info(
+                "committed %d entries, %d bytes in %.2f s",
+                done.entries,
+                done.archive_size,
+                done.seconds,
+            )
             return {
                 "ok": True,
                 "committed": True,
-                "entries": len(items),
-                "archive_size": size,
-                "seconds": elapsed,
+                "entries": done.entries,
+                "archive_size": done.archive_size,
+                "seconds": done.seconds,
             }
         except commit.CommitConflict as exc:
             log.error("commit conflict: %s", exc)
@@ -525,38 +498,6 @@ class Daemon:
             self.progress = None
             if self.state == "committing":
                 self.state = previous
-            self.ops.gate.open()
-
-    def _before_replace(self, tmp: str) -> None:
-        """Runs on the commit thread: name the archive about to be installed, for recovery."""
-        state = journal.read_state(self.spill.path) or {}
-        state["pending"] = journal.fingerprint(tmp)
-        journal.write_state(self.spill.path, state)
-
-    def _adopt(self, fd: int, cd: CentralDirectory, items: list[commit.Item]) -> None:
-        """Point clean nodes at the new archive and drop spill copies that are now stored."""
-        if self.archive_fd is not None:
-            self.data.old_fds.append(self.archive_fd)
-        self.archive_fd = fd
-        self.data.archive_fd = fd
-        self.cd = cd
-        seen: set[int] = set()
-        for item, entry in zip(items, cd.entries, strict=True):
-            node = item.node
-            if node.ino in seen:  # a hard link's second name: keep the first entry
-                continue
-            seen.add(node.ino)
-            node.entry = entry
-            self.data.pinned.pop(node.ino, None)
-            node.entry_path = item.meta.name.rstrip("/")
-            node.meta_dirty = False
-            if item.kind == commit.FILE:
-                self.data.mark_clean(node)
-        # nodes left out of the new archive (deleted but still open) keep reading the old one
-        old = self.data.old_fds[-1] if self.data.old_fds else None
-        for node in self.ns.nodes.values():
-            if node.entry is not None and node.ino not in seen and old is not None:
-                self.data.pinned.setdefault(node.ino, old)
 
 
 def _peak_memory() -> str:

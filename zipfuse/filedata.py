@@ -11,12 +11,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from .entryreader import EntryReader
 from .namespace import Node
 from .spill import SpillArea
+from .versions import ArchiveVersion
 
 INLINE_READ_LIMIT = 256 * 1024  # smaller entries are decoded on the trio thread (no thread hop)
 COPY_CHUNK = 1 << 20
@@ -28,15 +30,22 @@ log = logging.getLogger(__name__)
 class FileData:
     """Reads and writes file contents for the FUSE layer; knows nothing about FUSE."""
 
-    def __init__(self, archive_fd: int | None, spill: SpillArea) -> None:
-        self.archive_fd = archive_fd
-        self.old_fds: list[int] = []  # earlier archive versions still read by open readers
-        self.pinned: dict[int, int] = {}  # ino -> fd of the older archive its entry lives in
+    def __init__(
+        self,
+        version: ArchiveVersion | None,
+        spill: SpillArea,
+        spawn: Callable[[str, Callable[[], Awaitable[None]]], None] | None = None,
+    ) -> None:
+        """``version``: the archive as it is now (None: no archive yet); ``spawn`` runs
+        background work (the overlay's error boundary; a bare system task by default)."""
+        self.version = version
+        self.pinned: dict[int, ArchiveVersion] = {}  # ino -> older version its entry lives in
         self.spill = spill
         self.space_path = spill.path
+        self.spawn = spawn or _spawn_system_task
         self.limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self.fds: dict[int, int] = {}  # ino -> open spill fd
-        self.readers: dict[int, EntryReader] = {}  # ino -> reader of its clean entry
+        self.readers: dict[int, tuple[EntryReader, ArchiveVersion]] = {}  # ino -> clean reader
         self.locks: dict[int, trio.Lock] = {}
         self.dirty: dict[int, Node] = {}  # ino -> node with a spill file
         self._pool: list[tuple[str, int]] = []  # empty spill files made ahead by a worker
@@ -44,15 +53,34 @@ class FileData:
         self._trash: list[str] = []  # spill files to delete, on a worker thread
         self._emptying = False
 
+    @property
+    def archive_fd(self) -> int | None:
+        return None if self.version is None else self.version.fd
+
+    def adopt(self, version: ArchiveVersion, stay: list[Node]) -> None:
+        """A commit installed ``version``; ``stay`` (deleted but still open) keep the old one."""
+        old, self.version = self.version, version
+        if old is None:
+            return
+        for node in stay:
+            if node.ino not in self.pinned:
+                self.pinned[node.ino] = old.acquire()
+        old.release()
+
+    def unpin(self, node: Node) -> None:
+        version = self.pinned.pop(node.ino, None)
+        if version is not None:
+            version.release()
+
     # ------------------------------------------------------------------ reading
     def _reader(self, node: Node) -> EntryReader:
-        reader = self.readers.get(node.ino)
-        if reader is None:
-            assert self.archive_fd is not None and node.entry is not None
-            fd = self.pinned.get(node.ino, self.archive_fd)
-            reader = EntryReader(fd, node.entry, self.spill.path)
-            self.readers[node.ino] = reader
-        return reader
+        held = self.readers.get(node.ino)
+        if held is None:
+            version = self.pinned.get(node.ino, self.version)
+            assert version is not None and node.entry is not None
+            held = (EntryReader(version.fd, node.entry, self.spill.path), version.acquire())
+            self.readers[node.ino] = held
+        return held[0]
 
     def _spill_fd(self, node: Node) -> int:
         fd = self.fds.get(node.ino)
@@ -124,7 +152,7 @@ class FileData:
         """An empty spill file and its descriptor, made ahead of time when possible."""
         if len(self._pool) < POOL_LOW and not self._refilling:
             self._refilling = True
-            trio.lowlevel.spawn_system_task(self._refill)
+            self.spawn("preparing spill files", self._refill)
         if self._pool:
             return self._pool.pop()
         return self.spill.make_empty(1)[0]
@@ -143,7 +171,7 @@ class FileData:
         self._trash.append(path)
         if not self._emptying:
             self._emptying = True
-            trio.lowlevel.spawn_system_task(self._empty_trash)
+            self.spawn("deleting spill files", self._empty_trash)
 
     async def _empty_trash(self) -> None:
         try:
@@ -180,9 +208,10 @@ class FileData:
         fd = self.fds.pop(node.ino, None)
         if fd is not None:
             os.close(fd)
-        reader = self.readers.pop(node.ino, None)
-        if reader is not None:
-            reader.close()
+        held = self.readers.pop(node.ino, None)
+        if held is not None:
+            held[0].close()
+            held[1].release()
 
     def drop(self, node: Node) -> None:
         """The inode is gone for good (no name, no handle, no kernel reference)."""
@@ -191,7 +220,7 @@ class FileData:
             self._discard(node.spill)
             node.spill = None
         self.dirty.pop(node.ino, None)
-        self.pinned.pop(node.ino, None)
+        self.unpin(node)
 
     def mark_clean(self, node: Node) -> None:
         """After a commit wrote this node's bytes into the archive, drop its spill copy."""
@@ -211,7 +240,14 @@ class FileData:
         while self._pool:
             os.close(self._pool.pop()[1])
         for ino in list(self.readers):
-            self.readers.pop(ino).close()
+            reader, version = self.readers.pop(ino)
+            reader.close()
+            version.release()
+        for ino in list(self.pinned):
+            self.pinned.pop(ino).release()
+        if self.version is not None:
+            self.version.release()
+            self.version = None
 
 
 def _copy_entry(reader: EntryReader, path: str, size: int) -> None:
@@ -229,3 +265,7 @@ def _copy_entry(reader: EntryReader, path: str, size: int) -> None:
         os.unlink(path)
         raise
     os.close(fd)
+
+
+def _spawn_system_task(what: str, fn: Callable[[], Awaitable[None]]) -> None:
+    trio.lowlevel.spawn_system_task(fn, name=what)

@@ -84,7 +84,11 @@ def read_records(spill_path: str) -> list[dict]:
 
 
 class Journal:
-    """Appends records for one mount; owned by the daemon's trio thread."""
+    """Appends records for one mount; owned by the daemon's trio thread.
+
+    ``sync`` may run on a worker thread while the trio thread appends: it makes durable what was
+    appended when it started, so a record appended during an fsync is never taken as synced.
+    """
 
     def __init__(self, spill_path: str, archive: str) -> None:
         self.dir = spill_path
@@ -92,7 +96,12 @@ class Journal:
         self.fd = os.open(
             os.path.join(spill_path, JOURNAL), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
         )
-        self.unsynced = False
+        self.appended = 0  # records appended so far
+        self.synced = 0  # of those, known durable
+
+    @property
+    def unsynced(self) -> bool:
+        return self.appended != self.synced
 
     def start(self, base: str, *, fresh: bool) -> None:
         """Bind the area to archive version ``base``; ``fresh`` drops earlier records."""
@@ -113,11 +122,12 @@ class Journal:
 
     def append(self, record: dict) -> None:
         os.write(self.fd, json.dumps(record, separators=(",", ":")).encode() + b"\n")
-        self.unsynced = True
+        self.appended += 1
 
     def sync(self) -> None:
+        upto = self.appended
         os.fsync(self.fd)
-        self.unsynced = False
+        self.synced = max(self.synced, upto)
 
     def close(self) -> None:
         os.close(self.fd)

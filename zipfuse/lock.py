@@ -15,7 +15,7 @@ import os
 import socket
 import time
 
-from .api import ZipfuseError
+from .errors import ZipfuseError
 
 
 def lock_path(archive: str) -> str:

@@ -18,6 +18,7 @@ directory claim the same path, the directory wins and the file is hidden. Each c
 
 from __future__ import annotations
 
+import bisect
 import errno
 import logging
 import os
@@ -57,6 +58,7 @@ class Node:
         "lookups",
         "opens",
         "meta_dirty",
+        "listing",
     )
 
     def __init__(self, ino: int, mode: int, uid: int, gid: int, now_ns: int) -> None:
@@ -79,10 +81,47 @@ class Node:
         self.lookups = 0  # kernel lookup count
         self.opens = 0  # open file handles
         self.meta_dirty = False  # mode/owner/times changed since load or last commit
+        self.listing: Listing | None = None  # readdir cookies, once the directory was listed
 
     @property
     def is_dir(self) -> bool:
         return self.children is not None
+
+
+class Listing:
+    """Stable readdir cookies of one directory.
+
+    Each name gets the next number when it is added; a listing resumes after the last cookie it
+    handed out. A name added during a listing may or may not be seen, a removed one is never
+    handed out again (as POSIX allows), and a renamed one shows up under its new name only.
+    """
+
+    __slots__ = ("order", "cookie", "next")
+
+    def __init__(self, names: Iterator[bytes]) -> None:
+        self.order: list[tuple[int, bytes]] = []  # (cookie, name), cookies increasing
+        self.cookie: dict[bytes, int] = {}  # live name -> its cookie
+        self.next = 1
+        for name in names:
+            self.add(name)
+
+    def add(self, name: bytes) -> None:
+        self.order.append((self.next, name))
+        self.cookie[name] = self.next
+        self.next += 1
+
+    def remove(self, name: bytes) -> None:
+        del self.cookie[name]
+        if len(self.order) > 2 * len(self.cookie) + 64:  # drop dead names, keep the cookies
+            self.order = [(c, n) for c, n in self.order if self.cookie.get(n) == c]
+
+    def after(self, cookie: int) -> Iterator[tuple[int, bytes]]:
+        """Live (cookie, name) pairs past ``cookie``, in cookie order."""
+        start = bisect.bisect_right(self.order, cookie, key=lambda pair: pair[0])
+        for i in range(start, len(self.order)):
+            pair = self.order[i]
+            if self.cookie.get(pair[1]) == pair[0]:
+                yield pair
 
 
 class Namespace:
@@ -182,6 +221,8 @@ class Namespace:
 
     def _attach(self, parent: Node, name: bytes, node: Node) -> None:
         parent.children[name] = node
+        if parent.listing is not None:
+            parent.listing.add(name)
         if node.parent is None or node.is_dir:
             node.parent, node.name = parent, name
         else:
@@ -192,6 +233,8 @@ class Namespace:
     def _unname(self, parent: Node, name: bytes, node: Node) -> None:
         """Remove one name of ``node`` from the directory and from the node's own records."""
         del parent.children[name]
+        if parent.listing is not None:
+            parent.listing.remove(name)
         if node.parent is parent and node.name == name:
             node.parent, node.name = node.links.pop() if node.links else (None, b"")
         elif node.links:
@@ -240,6 +283,11 @@ class Namespace:
         if name == b"..":
             return parent.parent
         return parent.children.get(name)
+
+    def listing(self, directory: Node) -> Listing:
+        if directory.listing is None:
+            directory.listing = Listing(iter(directory.children))
+        return directory.listing
 
     def maybe_drop(self, node: Node) -> None:
         """Forget an inode once no name, no kernel reference and no open handle keeps it."""

@@ -15,7 +15,7 @@ import os
 import time
 
 from . import commit, journal, registry
-from .api import ZipfuseError
+from .errors import ZipfuseError
 from .namespace import Namespace
 from .spill import SpillArea, area_path
 from .zipformat import ZipFormatError, read_central_directory

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+
+log = logging.getLogger(__name__)
 
 
 def default_spill_root() -> str:
@@ -64,10 +67,13 @@ class SpillArea:
             self.remove(path)
 
     def remove(self, path: str) -> None:
+        """A spill file that cannot be deleted only costs space until the area is removed."""
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            log.warning("cannot delete spill file %s: %s", path, exc.strerror or exc)
 
     def move_aside(self, why: str) -> str:
         """Keep an area that cannot be used (for the user to inspect) under another name."""

@@ -1,0 +1,479 @@
+"""The overlay: the archive's tree plus every change made through the mount, and its commit.
+
+One object owns the namespace, the file data, the journal, the gate and the archive versions,
+and every mutation is ONE method here that follows one protocol:
+
+    take the gate -> change the tree (and data) -> write the journal record -> leave the gate
+
+so the FUSE layer (ops.py) only looks up inodes and handles and translates arguments and errors.
+
+Concurrency rules
+- Everything here runs on the trio thread; code between two awaits is atomic with respect to
+  other requests. Awaits sit only where data moves (copy-up, large inflates, fsync) or at the
+  gate; never between a tree change and its journal record.
+- Worker threads do: decompression of large entries and copy-up (``FileData``, behind its
+  limiter), fsync of spill files and of the journal (``Journal.sync`` is safe against appends
+  made meanwhile), deleting spill files, and the archive rewrite of a commit. A worker never
+  touches the tree.
+- The gate: mutations hold it while they run; a commit closes it, waits until no mutation is in
+  flight, and keeps new ones waiting until the new archive is adopted. Reads never take it.
+- ``_flush_lock`` serialises the background flush (syncfs + journal fsync on a worker) with
+  closing the journal.
+- Background work (spill file pool, deletions, periodic flush) runs through ``spawn``: any
+  exception there is logged once and switches the mount to failsafe read-only (writes answer
+  EROFS, ``zipfuse status`` says why); everything journaled so far stays recoverable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import trio
+
+from . import commit, journal, osutil
+from .filedata import FileData
+from .journal import Journal
+from .namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, Namespace, Node
+from .spill import SpillArea
+from .versions import ArchiveVersion
+from .zipformat import CentralDirectory
+
+log = logging.getLogger(__name__)
+
+
+class Gate:
+    """Lets a commit wait for in-flight mutations and hold new ones back while it runs."""
+
+    def __init__(self) -> None:
+        self.busy = 0
+        self.closed = False
+        self._idle = trio.Event()
+        self._open = trio.Event()
+        self._open.set()
+
+    async def enter(self) -> None:
+        while self.closed:
+            await self._open.wait()
+        self.busy += 1
+
+    def leave(self) -> None:
+        self.busy -= 1
+        if self.busy == 0:
+            self._idle.set()
+
+    async def close(self) -> None:
+        while self.closed:  # one commit at a time
+            await self._open.wait()
+        self.closed = True
+        self._open = trio.Event()
+        while self.busy:
+            self._idle = trio.Event()
+            await self._idle.wait()
+
+    def open(self) -> None:
+        self.closed = False
+        self._open.set()
+
+    async def __aenter__(self) -> None:
+        await self.enter()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.leave()
+
+
+@dataclasses.dataclass
+class AttrChange:
+    """What a setattr asks for; None leaves a field alone."""
+
+    size: int | None = None
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+    ctime_ns: int | None = None
+
+
+@dataclasses.dataclass
+class Committed:
+    entries: int
+    archive_size: int
+    seconds: float
+
+
+class Overlay:
+    """The mutable view of one archive; knows nothing about FUSE."""
+
+    def __init__(
+        self,
+        ns: Namespace,
+        spill: SpillArea,
+        *,
+        archive: str,
+        archive_fd: int | None,
+        cd: CentralDirectory | None,
+        read_only: bool,
+        journal: Journal | None = None,
+        base: str = "none",
+        level: int = 6,
+    ) -> None:
+        self.ns = ns
+        self.spill = spill
+        self.archive = archive
+        self.cd = cd
+        self.read_only = read_only
+        self.journal = journal
+        self.base = base  # fingerprint of the archive version the overlay applies to
+        self.level = level
+        version = None if archive_fd is None else ArchiveVersion(archive_fd)
+        self.data = FileData(version, spill, spawn=self.spawn)
+        for node in ns.nodes.values():
+            if node.spill is not None:
+                self.data.dirty[node.ino] = node
+        ns.on_drop.append(self.data.drop)
+        self.gate = Gate()
+        self.unlogged: set[int] = set()  # inodes written since their last journal data record
+        self.committed_changes = 0
+        self.failed: str | None = None  # why the mount went failsafe read-only
+        self.test_hook: Callable[[str], None] | None = None  # tests pause a commit here
+        self._flush_lock = trio.Lock()
+
+    # ------------------------------------------------------------------ background work
+    def spawn(self, what: str, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run background work inside the error boundary."""
+        trio.lowlevel.spawn_system_task(self.guarded, what, fn, name=what)
+
+    async def guarded(self, what: str, fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await fn()
+        except Exception as exc:  # Cancelled is a BaseException and passes through
+            log.exception("%s failed", what)
+            self.fail(f"{what} failed: {exc}")
+
+    def fail(self, reason: str) -> None:
+        """Stop accepting changes; what is journaled stays recoverable."""
+        if self.failed is None:
+            self.failed = reason
+            log.error("switching to failsafe read-only mode: %s", reason)
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise OSError(errno.EROFS, "read-only mount")
+        if self.failed is not None:
+            raise OSError(errno.EROFS, f"failsafe read-only: {self.failed}")
+
+    async def flush(self) -> None:
+        """Make closed files and journal records durable (the periodic flush)."""
+        async with self._flush_lock:
+            if self.journal is not None and self.journal.unsynced:
+                await trio.to_thread.run_sync(self._flush_now)
+
+    def _flush_now(self) -> None:
+        osutil.syncfs(self.spill.path)  # the spill files
+        self.journal.sync()
+
+    async def close(self, *, destroy_spill: bool) -> None:
+        """End of the mount: release descriptors; ``destroy_spill`` once all is committed."""
+        async with self._flush_lock:
+            self.data.close_all()
+            if self.journal is not None:
+                self.journal.close()
+                self.journal = None
+                if destroy_spill:
+                    self.spill.destroy()
+
+    # ------------------------------------------------------------------ lookups and reads
+    def node(self, ino: int) -> Node:
+        return self.ns.get(ino)
+
+    def directory(self, ino: int) -> Node:
+        return self.ns.dir(ino)
+
+    def lookup(self, parent_ino: int, name: bytes) -> Node | None:
+        if len(name) > 255:
+            raise OSError(errno.ENAMETOOLONG, "name too long")
+        return self.ns.child(self.ns.dir(parent_ino), name)
+
+    def forget(self, ino: int, count: int) -> None:
+        self.ns.forget(ino, count)
+
+    def listing(self, directory: Node, after: int) -> Iterator[tuple[int, bytes, Node]]:
+        """The directory's live entries past cookie ``after``: (cookie, name, node)."""
+        children = directory.children
+        for cookie, name in self.ns.listing(directory).after(after):
+            yield cookie, name, children[name]
+
+    async def readlink(self, node: Node) -> bytes:
+        if not stat.S_ISLNK(node.mode):
+            raise OSError(errno.EINVAL, "not a symlink")
+        if node.target is None:
+            node.target = await self.data.read_all(node)
+        return node.target
+
+    async def read(self, node: Node, off: int, size: int) -> bytes:
+        return await self.data.read(node, off, size)
+
+    def path(self, node: Node) -> str | None:
+        return self.ns.path(node)
+
+    # ------------------------------------------------------------------ journal helpers
+    def _log_data(self, node: Node) -> None:
+        """Record in the journal which spill file now holds the node's content."""
+        if node.ino in self.unlogged and self.journal is not None:
+            self.unlogged.discard(node.ino)
+            path = self.ns.path(node)
+            if path is not None and node.spill is not None:
+                self.journal.data(path, node)
+
+    def _child_path(self, parent: Node, name: bytes) -> str | None:
+        head = self.ns.path(parent)
+        if head is None:
+            return None
+        return os.fsdecode(name) if not head else f"{head}/{os.fsdecode(name)}"
+
+    def _journal(self, record: Callable[[Journal], None]) -> None:
+        if self.journal is not None:
+            record(self.journal)
+
+    # ------------------------------------------------------------------ mutations
+    async def make(
+        self,
+        parent_ino: int,
+        name: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        *,
+        target: bytes | None = None,
+        rdev: int = 0,
+    ) -> Node:
+        """create, mkdir, mknod and symlink: a new node under ``parent_ino``."""
+        self._writable()
+        async with self.gate:
+            parent = self.ns.dir(parent_ino)
+            node = self.ns.create(parent, name, mode, uid, gid, time.time_ns())
+            node.rdev = rdev
+            if target is not None:
+                node.target = target
+                node.size = len(target)
+            path = self.ns.path(node)
+            if path is not None:
+                self._journal(lambda j: j.make(path, node))
+        return node
+
+    async def link(self, ino: int, parent_ino: int, name: bytes) -> Node:
+        self._writable()
+        async with self.gate:
+            node = self.ns.get(ino)
+            parent = self.ns.dir(parent_ino)
+            src = self.ns.path(node)
+            self.ns.link(node, parent, name, time.time_ns())
+            dst = self._child_path(parent, name)
+            if src is not None and dst is not None:
+                self._journal(lambda j: j.link(src, dst))
+        return node
+
+    async def unlink(self, parent_ino: int, name: bytes) -> None:
+        self._writable()
+        async with self.gate:
+            parent = self.ns.dir(parent_ino)
+            path = self._child_path(parent, name)
+            node = self.ns.unlink(parent, name, time.time_ns())
+            if node.nlink > 0 and node.parent is not None:
+                self.unlogged.add(node.ino)  # its primary path may have changed
+            if path is not None:
+                self._journal(lambda j: j.remove(path))
+
+    async def rmdir(self, parent_ino: int, name: bytes) -> None:
+        self._writable()
+        async with self.gate:
+            parent = self.ns.dir(parent_ino)
+            path = self._child_path(parent, name)
+            self.ns.rmdir(parent, name, time.time_ns())
+            if path is not None:
+                self._journal(lambda j: j.remove(path))
+
+    async def rename(
+        self, old_parent_ino: int, old: bytes, new_parent_ino: int, new: bytes, flags: int
+    ) -> None:
+        self._writable()
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
+            RENAME_NOREPLACE | RENAME_EXCHANGE
+        ):
+            raise OSError(errno.EINVAL, "unsupported rename flags")
+        async with self.gate:
+            old_parent = self.ns.dir(old_parent_ino)
+            new_parent = self.ns.dir(new_parent_ino)
+            src = self._child_path(old_parent, old)
+            dst = self._child_path(new_parent, new)
+            self.ns.rename(old_parent, old, new_parent, new, flags, time.time_ns())
+            if src is not None and dst is not None:
+                self._journal(lambda j: j.rename(src, dst, flags))
+
+    async def setattr(self, node: Node, change: AttrChange) -> None:
+        """chmod, chown, utimens and truncate: all under the gate, so a commit never adopts
+        over a change it did not write (a lost chmod during a sync, before)."""
+        self._writable()
+        now = time.time_ns()
+        async with self.gate:
+            if change.size is not None:
+                if node.is_dir:
+                    raise OSError(errno.EISDIR, "is a directory")
+                changed = change.size != node.size
+                await self.data.truncate(node, change.size)
+                if changed:  # the kernel keeps showing the old mtime for a same-size truncate
+                    node.mtime_ns = now
+                self.unlogged.add(node.ino)
+            if change.mode is not None:
+                node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(change.mode)
+            if change.uid is not None:
+                node.uid = change.uid
+            if change.gid is not None:
+                node.gid = change.gid
+            if change.atime_ns is not None:
+                node.atime_ns = change.atime_ns
+            if change.mtime_ns is not None:
+                node.mtime_ns = change.mtime_ns
+            node.ctime_ns = now if change.ctime_ns is None else change.ctime_ns
+            node.meta_dirty = True
+            self.ns.changes += 1
+            path = self.ns.path(node)
+            if path is not None:
+                self._log_data(node)
+                self._journal(lambda j: j.attr(path, node))
+
+    async def open(self, node: Node, flags: int) -> None:
+        """A new handle on ``node``; O_TRUNC empties it without copying the old bytes."""
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if writable or flags & os.O_TRUNC:
+            self._writable()
+        if flags & os.O_TRUNC:
+            if not writable:
+                raise OSError(errno.EINVAL, "O_TRUNC on a read-only open")
+            async with self.gate:
+                self.data.truncate_to_empty(node)
+                self.ns.touch(node, time.time_ns())
+                self.unlogged.add(node.ino)
+        node.opens += 1
+
+    async def create(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> Node:
+        """A new regular file, opened."""
+        node = await self.make(parent_ino, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
+        node.opens += 1
+        return node
+
+    async def write(self, node: Node, off: int, buf: bytes) -> int:
+        self._writable()
+        async with self.gate:
+            await self.data.write(node, off, buf)
+            node.mtime_ns = node.ctime_ns = time.time_ns()
+            self.ns.changes += 1
+            self.unlogged.add(node.ino)
+        return len(buf)
+
+    async def release(self, node: Node) -> None:
+        """Last step of a handle: its data record is journaled even if that fails."""
+        node.opens -= 1
+        try:
+            self._log_data(node)
+        finally:
+            if node.opens <= 0:
+                self.data.close(node)
+            self.ns.maybe_drop(node)
+
+    async def fsync(self, node: Node | None) -> None:
+        """fsync of a file (its spill file and the journal) or of a directory (the journal)."""
+        if node is not None:
+            self._log_data(node)
+            await self.data.fsync(node)
+        if self.journal is not None and self.journal.unsynced:
+            await trio.to_thread.run_sync(self.journal.sync)
+
+    # ------------------------------------------------------------------ commit
+    def needs_commit(self) -> bool:
+        return not self.read_only and self.ns.changes != self.committed_changes
+
+    async def commit(
+        self,
+        begin: Callable[[int, int], None],
+        progress: Callable[[int, int], None],
+    ) -> Committed | None:
+        """Write the new archive and adopt it; None when there was nothing to commit.
+
+        ``begin(entries, bytes)`` is told the totals once planned; ``progress`` runs on the
+        commit thread. Mutations wait at the gate meanwhile; reads go on.
+        """
+        await self.gate.close()
+        try:
+            if not self.needs_commit():
+                return None
+            changes = self.ns.changes
+            items = commit.plan(self.ns)
+            begin(len(items), commit.bytes_total(items))
+            started = time.monotonic()
+            source_fd = self.data.archive_fd
+
+            def write() -> tuple[int, CentralDirectory] | BaseException:
+                try:
+                    if self.test_hook is not None:
+                        self.test_hook("writing")
+                    return commit.write_archive(
+                        items,
+                        source_fd,
+                        self.archive,
+                        level=self.level,
+                        comment=self.cd.comment if self.cd else b"",
+                        progress=progress,
+                        source=self.cd,
+                        expect=self.base,
+                        before_replace=self._before_replace,
+                    )
+                except Exception as exc:  # re-raised on the trio thread
+                    return exc
+
+            outcome = await trio.to_thread.run_sync(write)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            fd, cd = outcome
+            self._adopt(fd, cd, items)
+            self.committed_changes = changes
+            self.base = journal.fingerprint(self.archive)
+            if self.journal is not None:
+                self.journal.start(self.base, fresh=True)
+                # files still open keep their spill copy; the new journal must name it again
+                self.unlogged.update(self.data.dirty)
+            size = os.fstat(fd).st_size
+            return Committed(len(items), size, time.monotonic() - started)
+        finally:
+            self.gate.open()
+
+    def _before_replace(self, tmp: str) -> None:
+        """Runs on the commit thread: name the archive about to be installed, for recovery."""
+        state = journal.read_state(self.spill.path) or {}
+        state["pending"] = journal.fingerprint(tmp)
+        journal.write_state(self.spill.path, state)
+
+    def _adopt(self, fd: int, cd: CentralDirectory, items: list[commit.Item]) -> None:
+        """Point clean nodes at the new archive and drop spill copies that are now stored."""
+        self.cd = cd
+        seen: set[int] = set()
+        for item, entry in zip(items, cd.entries, strict=True):
+            node = item.node
+            if node.ino in seen:  # a hard link's second name: keep the first entry
+                continue
+            seen.add(node.ino)
+            node.entry = entry
+            node.entry_path = item.meta.name.rstrip("/")
+            node.meta_dirty = False
+            self.data.unpin(node)
+            if item.kind == commit.FILE:
+                self.data.mark_clean(node)
+        # nodes left out of the new archive (deleted but still open) keep reading the old one
+        stay = [n for n in self.ns.nodes.values() if n.entry is not None and n.ino not in seen]
+        self.data.adopt(ArchiveVersion(fd), stay)
