@@ -31,6 +31,7 @@ class MountInfo:
     read_only: bool
     dirty_bytes: int
     spill_dir: str | None
+    failed: str | None = None  # why the mount went failsafe read-only, if it did
 
 
 @dataclasses.dataclass
@@ -62,6 +63,7 @@ def _info(record: dict, live: dict | None) -> MountInfo:
         read_only=bool(record["read_only"]),
         dirty_bytes=int((live or {}).get("dirty_bytes", 0)),
         spill_dir=record.get("spill_dir"),
+        failed=(live or {}).get("failed"),
     )
 
 

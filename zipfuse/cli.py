@@ -169,9 +169,10 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     for m in mounts:
         mode = "ro" if m.read_only else "rw"
+        failed = f"\tfailsafe read-only: {m.failed}" if m.failed else ""
         print(
             f"{m.mountpoint}\t{m.archive}\t{mode}\t{m.state}\tpid {m.pid}\t"
-            f"dirty {m.dirty_bytes} bytes"
+            f"dirty {m.dirty_bytes} bytes{failed}"
         )
     return 0
 

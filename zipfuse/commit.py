@@ -211,13 +211,15 @@ class CommitConflict(Exception):
 
 
 def _test_pause(stage: str) -> None:
-    """Crash tests stop a commit at a named stage: ZIPFUSE_TEST_PAUSE=stage:marker-file."""
+    """Crash tests stop a commit at a named stage: ZIPFUSE_TEST_PAUSE=stage:marker-file. The
+    commit writes the marker and waits until the test deletes it (or kills the daemon)."""
     spec = os.environ.get("ZIPFUSE_TEST_PAUSE")
     if spec and spec.split(":", 1)[0] == stage:
-        with open(spec.split(":", 1)[1], "w") as f:
+        marker = spec.split(":", 1)[1]
+        with open(marker, "w") as f:
             f.write(str(os.getpid()))
-        while True:
-            time.sleep(3600)
+        while os.path.exists(marker):
+            time.sleep(0.02)
 
 
 def _umask() -> int:

@@ -159,13 +159,16 @@ class Journal:
 
 
 def _meta(node: Node) -> dict:
-    return {
+    meta = {
         "mode": node.mode,
         "uid": node.uid,
         "gid": node.gid,
         "atime": node.atime_ns,
         "mtime": node.mtime_ns,
     }
+    if node.rdev:
+        meta["rdev"] = node.rdev
+    return meta
 
 
 def replay(ns: Namespace, records: list[dict], spill_path: str) -> int:
@@ -198,6 +201,7 @@ def _set_meta(node: Node, rec: dict) -> None:
     node.uid, node.gid = rec["uid"], rec["gid"]
     node.atime_ns, node.mtime_ns = rec["atime"], rec["mtime"]
     node.ctime_ns = rec["mtime"]
+    node.rdev = rec.get("rdev", node.rdev)
     node.meta_dirty = True
 
 
@@ -219,6 +223,11 @@ def _apply(ns: Namespace, rec: dict, spill_path: str) -> bool:
         if node is None:
             return False
         parent, name = _split(ns, rec["dst"])
+        existing = parent.children.get(name)
+        if existing is node:
+            return False
+        if existing is not None and not existing.is_dir:  # a link stored as its own entry
+            ns.unlink(parent, name, now)
         ns.link(node, parent, name, now)
     elif op == "remove":
         parent, name = _split(ns, rec["path"])

@@ -390,6 +390,8 @@ class Namespace:
         target = new_parent.children.get(new)
         if node.is_dir and self._is_ancestor(node, new_parent):
             raise OSError(errno.EINVAL, "cannot move a directory into itself")
+        if target is node:  # the same inode under both names: rename(2) does nothing
+            return None
         if flags & RENAME_EXCHANGE:
             if target is None:
                 raise OSError(errno.ENOENT, "no such file")
@@ -399,8 +401,6 @@ class Namespace:
             node.ctime_ns = target.ctime_ns = now_ns
             self.touch(old_parent, now_ns)
             self.touch(new_parent, now_ns)
-            return None
-        if target is node:
             return None
         if target is not None:
             if flags & RENAME_NOREPLACE:

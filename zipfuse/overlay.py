@@ -445,13 +445,26 @@ class Overlay:
             self.committed_changes = changes
             self.base = journal.fingerprint(self.archive)
             if self.journal is not None:
-                self.journal.start(self.base, fresh=True)
-                # files still open keep their spill copy; the new journal must name it again
-                self.unlogged.update(self.data.dirty)
+                self._restart_journal()
             size = os.fstat(fd).st_size
             return Committed(len(items), size, time.monotonic() - started)
         finally:
             self.gate.open()
+
+    def _restart_journal(self) -> None:
+        """A fresh journal for the new archive version. The archive stores each name of a hard
+        link as its own entry, so the links the mount still has are journaled again (a replay
+        would otherwise give each name its own file); files still open keep their spill copy,
+        which the new journal must name again."""
+        self.journal.start(self.base, fresh=True)
+        for node in self.ns.nodes.values():
+            if node.links and node.parent is not None:
+                src = self.ns.path(node)
+                for parent, name in node.links:
+                    dst = self._child_path(parent, name)
+                    if src is not None and dst is not None:
+                        self.journal.link(src, dst)
+        self.unlogged.update(self.data.dirty)
 
     def _before_replace(self, tmp: str) -> None:
         """Runs on the commit thread: name the archive about to be installed, for recovery."""

@@ -1,0 +1,402 @@
+"""The overlay without FUSE: every mutation through its one protocol, checked after each step.
+
+The invariant checker verifies lookup/open counts, names and link counts, that every dirty node
+has its spill file (and every spill file a dirty node, a file of the ready pool or one queued for
+deletion), and that the journal replays onto the archive's tree to the same tree. A paused commit
+is raced by every kind of mutation; afterwards the archive holds every change.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import stat
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.zipfuse.writehelp import BASE_MTIME, base_archive, check_archive
+from zipfuse import journal
+from zipfuse.journal import Journal
+from zipfuse.namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, Namespace, Node
+from zipfuse.overlay import AttrChange, Overlay
+from zipfuse.spill import SpillArea
+from zipfuse.zipformat import read_central_directory
+
+UID, GID = os.getuid(), os.getgid()
+
+
+def open_overlay(archive: Path, spill_root: Path) -> Overlay:
+    """What the daemon does at mount time, minus FUSE."""
+    fd = os.open(archive, os.O_RDONLY) if archive.exists() else None
+    cd = read_central_directory(fd) if fd is not None else None
+    spill = SpillArea(str(spill_root), str(archive))
+    base = journal.fingerprint(str(archive))
+    jr = Journal(spill.path, str(archive))
+    jr.start(base, fresh=True)
+    ns = Namespace.from_archive(cd, UID, GID, time.time_ns())
+    return Overlay(
+        ns, spill, archive=str(archive), archive_fd=fd, cd=cd, read_only=False, journal=jr,
+        base=base,
+    )  # fmt: skip
+
+
+def shape(ns: Namespace, *, data: bool = True) -> dict[str, tuple]:
+    """What a user sees of a tree (paths, kinds, modes, owners, sizes, which spill file holds
+    the data). Not which entry: a hard link committed is two entries, reloaded as two files;
+    not symlink targets, which a tree loaded from an archive reads only when asked."""
+    out = {}
+    for path, node in ns.walk():
+        item: tuple = (stat.S_IFMT(node.mode), stat.S_IMODE(node.mode), node.uid, node.gid)
+        if not node.is_dir:
+            # an archive keeps times at 100 ns (NTFS extra field)
+            item += (node.size, node.mtime_ns // 100, node.rdev)
+            if data:
+                item += (node.spill,)
+        out[path] = item
+    return out
+
+
+async def contents(ov: Overlay) -> dict[str, tuple]:
+    """shape() plus each file's bytes (hashed) and symlink's target, read through the overlay."""
+    out = shape(ov.ns, data=False)
+    for path, node in ov.ns.walk():
+        if stat.S_ISREG(node.mode):
+            body = await ov.read(node, 0, node.size + 1)
+            assert len(body) == node.size, path
+            out[path] += (hashlib.sha256(body).hexdigest(),)
+            if node.opens <= 0:
+                ov.data.close(node)
+        elif stat.S_ISLNK(node.mode):
+            out[path] += (await ov.readlink(node),)
+    return out
+
+
+async def check_invariants(ov: Overlay) -> None:
+    ns, data = ov.ns, ov.data
+    while data._emptying or data._refilling:  # let background spill work settle
+        await trio.sleep(0.005)
+    names: dict[int, int] = {}
+    subdirs: dict[int, int] = {}
+    for _path, node in ns.walk():
+        names[node.ino] = names.get(node.ino, 0) + 1
+        if node.is_dir:
+            subdirs[node.parent.ino] = subdirs.get(node.parent.ino, 0) + 1
+    for ino, node in ns.nodes.items():
+        assert node.ino == ino
+        assert node.lookups >= 0 and node.opens >= 0, node
+        assert (node.spill is not None) == (ino in data.dirty), ino
+        if node.spill is not None:
+            assert os.path.getsize(node.spill) == node.size, ino
+        if node.parent is not None and node is not ns.root:
+            assert node.parent.children.get(node.name) is node
+        if node.is_dir and ino in names or node is ns.root:
+            assert node.nlink == 2 + subdirs.get(ino, 0), ino
+        elif ino in names:
+            assert node.nlink == names[ino], ino
+        else:  # no name left: only a kernel reference or an open handle keeps it
+            assert node.nlink == 0 and (node.lookups > 0 or node.opens > 0), ino
+    for ino in data.dirty:
+        assert ino in ns.nodes
+    on_disk = {
+        os.path.join(ov.spill.path, f)
+        for f in os.listdir(ov.spill.path)
+        if f not in (journal.JOURNAL, journal.STATE)
+    }
+    known = {n.spill for n in data.dirty.values()} | {p for p, _ in data._pool}
+    assert on_disk == known | (on_disk & set(data._trash))
+    # the journal replayed onto the archive's tree gives the same tree
+    if not ov.unlogged:
+        replayed = Namespace.from_archive(ov.cd, UID, GID, time.time_ns())
+        journal.replay(replayed, journal.read_records(ov.spill.path), ov.spill.path)
+        assert shape(replayed) == shape(ov.ns)
+
+
+async def new_file(ov: Overlay, parent: Node, name: bytes, body: bytes) -> Node:
+    node = await ov.create(parent.ino, name, 0o644, UID, GID)
+    if body:
+        await ov.write(node, 0, body)
+    await ov.release(node)
+    return node
+
+
+def no_op(*_args) -> None:
+    pass
+
+
+async def random_step(ov: Overlay, rng: random.Random, step: int) -> None:
+    """One random mutation; an OSError is the answer a program would get and is fine."""
+    entries = list(ov.ns.walk())
+    dirs = [ov.ns.root] + [n for _, n in entries if n.is_dir]
+    files = [n for _, n in entries if stat.S_ISREG(n.mode)]
+    any_path = [(n.parent, n.name) for _, n in entries if n.parent is not None]
+    name = rng.choice([b"a", b"b", b"c", b"d%d" % step])
+    op = rng.choice(
+        ["file", "file", "mkdir", "symlink", "fifo", "write", "write", "truncate", "chmod",
+         "utime", "link", "unlink", "rmdir", "rename", "rename", "otrunc", "commit"]
+    )  # fmt: skip
+    try:
+        if op == "file":
+            await new_file(ov, rng.choice(dirs), name, os.urandom(rng.randrange(0, 5000)))
+        elif op == "mkdir":
+            await ov.make(rng.choice(dirs).ino, name, stat.S_IFDIR | 0o755, UID, GID)
+        elif op == "symlink":
+            await ov.make(rng.choice(dirs).ino, name, stat.S_IFLNK | 0o777, UID, GID, target=b"x")
+        elif op == "fifo":
+            await ov.make(rng.choice(dirs).ino, name, stat.S_IFIFO | 0o600, UID, GID)
+        elif op in ("write", "truncate", "chmod", "utime", "otrunc") and files:
+            node = rng.choice(files)
+            if op == "write":
+                await ov.open(node, os.O_RDWR)
+                await ov.write(node, rng.randrange(0, 3000), os.urandom(rng.randrange(1, 3000)))
+                await ov.release(node)
+            elif op == "truncate":
+                await ov.setattr(node, AttrChange(size=rng.randrange(0, 4000)))
+            elif op == "chmod":
+                await ov.setattr(node, AttrChange(mode=rng.choice([0o600, 0o755, 0o444])))
+            elif op == "utime":
+                t = rng.randrange(10**9, 2 * 10**9) * 10**9
+                await ov.setattr(node, AttrChange(atime_ns=t, mtime_ns=t))
+            else:
+                await ov.open(node, os.O_WRONLY | os.O_TRUNC)
+                await ov.release(node)
+        elif op == "link" and files:
+            await ov.link(rng.choice(files).ino, rng.choice(dirs).ino, name)
+        elif op == "unlink" and any_path:
+            parent, nm = rng.choice(any_path)
+            await ov.unlink(parent.ino, nm)
+        elif op == "rmdir" and any_path:
+            parent, nm = rng.choice(any_path)
+            await ov.rmdir(parent.ino, nm)
+        elif op == "rename" and any_path:
+            parent, nm = rng.choice(any_path)
+            flags = rng.choice([0, 0, RENAME_NOREPLACE, RENAME_EXCHANGE])
+            await ov.rename(parent.ino, nm, rng.choice(dirs).ino, name, flags)
+        elif op == "commit":
+            await ov.commit(no_op, no_op)
+    except OSError as exc:
+        assert exc.errno in {
+            errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.ENOTEMPTY,
+            errno.EINVAL, errno.EPERM,
+        }, (op, exc)  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("ZIPFUSE_OVERLAY_SEEDS", "6"))))
+def test_random_mutations_keep_invariants_and_commit_what_the_tree_shows(tmp_path, seed):
+    _, archive = base_archive(tmp_path)
+
+    async def main() -> tuple[dict, dict]:
+        ov = open_overlay(archive, tmp_path / "spill")
+        rng = random.Random(seed)
+        try:
+            for step in range(120):
+                await random_step(ov, rng, step)
+                await check_invariants(ov)
+            seen = await contents(ov)
+            await ov.commit(no_op, no_op)
+            await check_invariants(ov)
+        finally:
+            await ov.close(destroy_spill=False)
+        again = open_overlay(archive, tmp_path / "spill2")
+        try:
+            return seen, await contents(again)
+        finally:
+            await again.close(destroy_spill=True)
+
+    seen, reloaded = trio.run(main)
+    assert seen == reloaded
+    check_archive(archive)
+
+
+def test_paused_commit_holds_every_mutation_until_adopted_and_keeps_them_all(tmp_path):
+    """Regression for the chmod/utime lost during a sync: each mutation kind waits at the gate
+    while the commit writes, and the next commit stores all of them."""
+    _, archive = base_archive(tmp_path)
+    reached, resume = threading.Event(), threading.Event()
+    t_new = 1_000_000_000 * 10**9
+
+    def pause(stage: str) -> None:
+        reached.set()
+        assert resume.wait(60)
+
+    async def main() -> None:
+        ov = open_overlay(archive, tmp_path / "spill")
+        ns = ov.ns
+        await new_file(ov, ns.root, b"before.txt", b"made before the commit\n")
+        ov.test_hook = pause
+        done: list[str] = []
+        root = ns.root.ino
+        dir_ino = ns.resolve("dir").ino
+
+        async def write_big() -> None:
+            node = ns.resolve("big.bin")
+            await ov.open(node, os.O_RDWR)
+            await ov.write(node, 0, b"XYZ")
+            await ov.release(node)
+
+        async def otrunc() -> None:
+            node = ns.resolve("dir/a.txt")
+            await ov.open(node, os.O_WRONLY | os.O_TRUNC)
+            await ov.release(node)
+
+        mutations = {
+            "create": lambda: new_file(ov, ns.root, b"new.txt", b"new\n"),
+            "mkdir": lambda: ov.make(root, b"newdir", stat.S_IFDIR | 0o750, UID, GID),
+            "fifo": lambda: ov.make(root, b"fifo", stat.S_IFIFO | 0o600, UID, GID),
+            "symlink": lambda: ov.make(
+                root, b"sym", stat.S_IFLNK | 0o777, UID, GID, target=b"hello.txt"
+            ),
+            "link": lambda: ov.link(ns.resolve("dir/sub/b.txt").ino, root, b"b-link"),
+            "unlink": lambda: ov.unlink(root, b"link"),
+            "rmdir": lambda: ov.rmdir(root, b"emptydir"),
+            "rename": lambda: ov.rename(root, b"text.txt", dir_ino, b"text2.txt", 0),
+            "chmod+utime": lambda: ov.setattr(
+                ns.resolve("hello.txt"), AttrChange(mode=0o600, atime_ns=t_new, mtime_ns=t_new)
+            ),
+            "truncate": lambda: ov.setattr(ns.resolve("dir/sub/b.txt"), AttrChange(size=10)),
+            "write": write_big,
+            "O_TRUNC": otrunc,
+        }
+
+        async def run(name: str) -> None:
+            await mutations[name]()
+            done.append(name)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ov.commit, no_op, no_op)
+                assert await trio.to_thread.run_sync(reached.wait, 60)
+                for name in mutations:
+                    nursery.start_soon(run, name)
+                await trio.sleep(0.3)
+                assert done == [], "a mutation ran while the commit was writing"
+                resume.set()
+            assert sorted(done) == sorted(mutations)
+            ov.test_hook = None
+            await check_invariants(ov)
+            assert await ov.commit(no_op, no_op) is not None
+            await check_invariants(ov)
+        finally:
+            resume.set()
+            await ov.close(destroy_spill=True)
+
+    trio.run(main)
+    check_archive(archive)
+    with zipfile.ZipFile(archive) as z:
+        names = set(z.namelist())
+        assert {"before.txt", "new.txt", "newdir/", "fifo", "sym", "b-link"} <= names
+        assert not {"link", "emptydir/", "text.txt"} & names
+        assert z.read("dir/text2.txt").startswith(b"line 0 of")
+        assert z.read("b-link") == z.read("dir/sub/b.txt") == b"bbbb\nbbbb\n"
+        assert z.read("big.bin")[:3] == b"XYZ" and z.getinfo("big.bin").file_size == 1 << 20
+        assert z.read("dir/a.txt") == b""
+        assert z.read("new.txt") == b"new\n"
+        assert stat.S_IMODE(z.getinfo("hello.txt").external_attr >> 16) == 0o600
+    fd = os.open(archive, os.O_RDONLY)
+    try:
+        ns = Namespace.from_archive(read_central_directory(fd), UID, GID, 0)
+    finally:
+        os.close(fd)
+    hello = ns.resolve("hello.txt")
+    assert hello.mtime_ns == t_new and stat.S_IMODE(hello.mode) == 0o600
+    assert stat.S_ISFIFO(ns.resolve("fifo").mode)
+    assert stat.S_IMODE(ns.resolve("newdir").mode) == 0o750
+    assert ns.resolve("dir/a.txt").mtime_ns != BASE_MTIME * 10**9
+
+
+def test_listing_is_live_with_stable_cookies(tmp_path):
+    _, archive = base_archive(tmp_path)
+
+    async def main() -> None:
+        ov = open_overlay(archive, tmp_path / "spill")
+        try:
+            d = await ov.make(1, b"big", stat.S_IFDIR | 0o755, UID, GID)
+            for i in range(300):
+                await new_file(ov, d, b"f%03d" % i, b"")
+            first = list(ov.listing(d, 0))
+            assert [n for _, n, _ in first] == [b"f%03d" % i for i in range(300)]
+            mid = first[99][0]  # a listing stopped after 100 entries
+            await ov.rename(d.ino, b"f299", d.ino, b"renamed", 0)
+            await ov.unlink(d.ino, b"f200")
+            await ov.unlink(d.ino, b"f050")  # already handed out: no effect on the rest
+            rest = [n for _, n, _ in ov.listing(d, mid)]
+            assert b"f299" not in rest and b"f200" not in rest
+            assert rest[0] == b"f100" and rest[-1] == b"renamed"
+            assert len(rest) == 300 - 100 - 1
+            for i in range(250):  # compaction of dead names keeps the cookies
+                await ov.unlink(d.ino, b"f%03d" % i) if i not in (50, 200) else None
+            cookies = {n: c for c, n, _ in ov.listing(d, 0)}
+            assert cookies.pop(b"renamed") > first[-1][0]
+            assert cookies == {n: c for c, n, _ in first if n in cookies}
+            assert len(cookies) == 300 - 250 - 1
+            assert len(d.listing.order) < 150  # the dead names were dropped
+        finally:
+            await ov.close(destroy_spill=True)
+
+    trio.run(main)
+
+
+def test_background_failure_switches_to_failsafe_read_only(tmp_path):
+    _, archive = base_archive(tmp_path)
+
+    async def main() -> None:
+        ov = open_overlay(archive, tmp_path / "spill")
+        try:
+            await new_file(ov, ov.ns.root, b"kept.txt", b"kept\n")
+
+            async def broken() -> None:
+                raise RuntimeError("simulated bug in background work")
+
+            ov.spawn("test task", broken)
+            await trio.sleep(0.05)
+            assert ov.failed and "simulated bug" in ov.failed
+            with pytest.raises(OSError) as exc:
+                await ov.make(1, b"more", stat.S_IFDIR | 0o755, UID, GID)
+            assert exc.value.errno == errno.EROFS
+            node = ov.ns.resolve("kept.txt")
+            assert await ov.read(node, 0, 100) == b"kept\n"  # reads go on
+        finally:
+            await ov.close(destroy_spill=False)
+        records = journal.read_records(ov.spill.path)
+        assert any(r["op"] == "data" and r["path"] == "kept.txt" for r in records)
+
+    trio.run(main)
+
+
+def test_replaced_versions_close_when_their_last_reader_goes(tmp_path):
+    _, archive = base_archive(tmp_path)
+
+    def archive_fds() -> int:
+        real = os.path.realpath(archive)
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            count += target.startswith(real)
+        return count
+
+    async def main() -> None:
+        ov = open_overlay(archive, tmp_path / "spill")
+        try:
+            held = ov.ns.resolve("text.txt")
+            await ov.open(held, os.O_RDONLY)
+            assert (await ov.read(held, 0, 7)) == b"line 0 "
+            for i in range(4):
+                await new_file(ov, ov.ns.root, b"n%d" % i, b"x")
+                await ov.commit(no_op, no_op)
+            assert archive_fds() == 2  # the current version + the one the open reader uses
+            await ov.release(held)
+            assert archive_fds() == 1
+        finally:
+            await ov.close(destroy_spill=True)
+        assert archive_fds() == 0
+
+    trio.run(main)
