@@ -220,6 +220,7 @@ def _test_pause(stage: str) -> None:
             f.write(str(os.getpid()))
         while os.path.exists(marker):
             time.sleep(0.02)
+        os.environ.pop("ZIPFUSE_TEST_PAUSE", None)  # once: the next commit runs through
 
 
 def _umask() -> int:
