@@ -3,7 +3,7 @@
 # Set PYTHON=/path/to/python to install into that interpreter instead of creating .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs="fuse3 libfuse3-dev pkg-config gcc zip unzip p7zip-full fuse-zip sqlite3 git zsh squashfuse squashfs-tools"
+pkgs="fuse3 libfuse3-dev pkg-config gcc patch zip unzip p7zip-full fuse-zip sqlite3 git zsh squashfuse squashfs-tools"
 command -v python3 >/dev/null || pkgs="$pkgs python3"
 python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs="$pkgs python3-venv"
 # pyfuse3 and zipfile-deflate64 compile C extensions: they need Python.h
@@ -18,6 +18,22 @@ fi
 if [ -z "${PYTHON:-}" ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
   PYTHON=.venv/bin/python
+fi
+# pyfuse3 from its pinned sdist with patches/ applied (kernel-cache mode, see patches/README.md).
+# Skipped when the installed pyfuse3 already has the capability. Cython comes with pyfuse3's own
+# build requirements; the sdist's shipped __init__.c is unpatched, so it is removed to force it.
+PYFUSE3_VERSION=3.5.0
+if ! "$PYTHON" -c 'import pyfuse3, sys; sys.exit(not getattr(pyfuse3, "NO_OPEN_SUPPORT", False))' 2>/dev/null; then
+  build="$(mktemp -d)"
+  trap 'rm -rf "$build"' EXIT
+  "$PYTHON" -m pip download -q --disable-pip-version-check --no-deps --no-binary pyfuse3 \
+    -d "$build" "pyfuse3==$PYFUSE3_VERSION"
+  tar -xzf "$build/pyfuse3-$PYFUSE3_VERSION.tar.gz" -C "$build" --no-same-owner
+  src="$build/pyfuse3-$PYFUSE3_VERSION"
+  patch -d "$src" -p1 --quiet --forward <"patches/pyfuse3-$PYFUSE3_VERSION-kernel-cache.patch"
+  rm -f "$src/src/pyfuse3/__init__.c"
+  "$PYTHON" -m pip install -q --disable-pip-version-check "$src"  # a local tree always reinstalls
+  "$PYTHON" -c 'import pyfuse3, sys; sys.exit(not pyfuse3.NO_OPEN_SUPPORT)'
 fi
 "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test,bench,rattler]'
 echo "installed into $("$PYTHON" -c 'import sys; print(sys.prefix)')"

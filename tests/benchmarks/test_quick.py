@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 # Every workload of the suite (benchmarks.workloads.WORKLOADS); spelled out so this test does not
 # depend on how pytest puts folders on sys.path.
 WORKLOADS = (
-    "mount", "walk", "read_all", "import", "random_read", "parallel_read", "create",
-    "small_change", "scale",
+    "mount", "walk", "warm_walk", "read_all", "warm_reread", "import", "random_read",
+    "parallel_read", "create", "small_change", "scale",
 )  # fmt: skip
 
 
