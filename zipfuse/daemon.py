@@ -23,7 +23,7 @@ import time
 import pyfuse3
 import trio
 
-from . import commit, control, journal, osutil, recovery, registry
+from . import commit, control, journal, osutil, pyfuse3_caps, recovery, registry
 from .errors import ZipfuseError
 from .journal import Journal
 from .lock import ArchiveLock
@@ -265,6 +265,7 @@ class Daemon:
                 self.ns.changes = max(1, applied)
                 log.info("restored %d journal records of an interrupted session", applied)
         gc.freeze()  # the index lives as long as the mount: keep it out of every later gc pass
+        kernel_cache = pyfuse3_caps.kernel_cache_enabled()
         self.overlay = Overlay(
             self.ns,
             spill,
@@ -275,8 +276,9 @@ class Daemon:
             journal=self.journal,
             base=base,
             level=cfg.level,
+            kernel_cache=kernel_cache,
         )
-        self.ops = ZipOperations(self.overlay)
+        self.ops = ZipOperations(self.overlay, kernel_cache=kernel_cache)
         options = set(pyfuse3.default_options)
         options.add(f"fsname={cfg.archive}")
         options.add("subtype=zipfuse")
@@ -303,7 +305,13 @@ class Daemon:
             }
         )
         self.state = "mounted"
-        log.info("mounted %s on %s (%d inodes)", cfg.archive, cfg.mountpoint, self.ns.count())
+        log.info(
+            "mounted %s on %s (%d inodes, kernel cache %s)",
+            cfg.archive,
+            cfg.mountpoint,
+            self.ns.count(),
+            "on" if kernel_cache else "off",
+        )
 
     # ---------------------------------------------------------------------- serve
     def run(self) -> int:

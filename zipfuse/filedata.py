@@ -23,6 +23,10 @@ from .versions import ArchiveVersion
 INLINE_READ_LIMIT = 256 * 1024  # smaller entries are decoded on the trio thread (no thread hop)
 COPY_CHUNK = 1 << 20
 POOL_LOW, POOL_BATCH = 32, 64  # empty spill files kept ready for new files
+# Descriptors and decoders of files no handle holds (kernel-cache mode sends no RELEASE; a file
+# stays known until the kernel forgets it): at most this many are kept, the oldest go first.
+MAX_IDLE_FDS = 256
+MAX_IDLE_READERS = 64
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ class FileData:
         self.spawn = spawn or _spawn_system_task
         self.limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self.fds: dict[int, int] = {}  # ino -> open spill fd
-        self.readers: dict[int, tuple[EntryReader, ArchiveVersion]] = {}  # ino -> clean reader
+        self.readers: dict[int, _Held] = {}  # ino -> decoder of its clean entry, oldest first
         self.locks: dict[int, trio.Lock] = {}
         self.dirty: dict[int, Node] = {}  # ino -> node with a spill file
         self._pool: list[tuple[str, int]] = []  # empty spill files made ahead by a worker
@@ -65,6 +69,10 @@ class FileData:
         for node in stay:
             if node.ino not in self.pinned:
                 self.pinned[node.ino] = old.acquire()
+        for ino, held in list(self.readers.items()):  # idle decoders start over on the new one
+            if held.version is old and held.node.opens <= 0 and not held.busy:
+                del self.readers[ino]
+                held.close()
         old.release()
 
     def unpin(self, node: Node) -> None:
@@ -73,34 +81,58 @@ class FileData:
             version.release()
 
     # ------------------------------------------------------------------ reading
-    def _reader(self, node: Node) -> EntryReader:
+    def _held(self, node: Node) -> _Held:
         held = self.readers.get(node.ino)
         if held is None:
             version = self.pinned.get(node.ino, self.version)
             assert version is not None and node.entry is not None
-            held = (EntryReader(version.fd, node.entry, self.spill.path), version.acquire())
-            self.readers[node.ino] = held
-        return held[0]
+            reader = EntryReader(version.fd, node.entry, self.spill.path)
+            held = self.readers[node.ino] = _Held(reader, version.acquire(), node)
+            if len(self.readers) > MAX_IDLE_READERS:
+                self._trim_readers()
+        return held
+
+    def _trim_readers(self) -> None:
+        """Close the older half of the decoders that no handle and no running read uses."""
+        for ino in list(self.readers)[: len(self.readers) // 2]:
+            held = self.readers[ino]
+            if held.node.opens <= 0 and not held.busy:
+                del self.readers[ino]
+                held.close()
 
     def _spill_fd(self, node: Node) -> int:
         fd = self.fds.get(node.ino)
         if fd is None:
             fd = os.open(node.spill, os.O_RDWR)
             self.fds[node.ino] = fd
+            if len(self.fds) > MAX_IDLE_FDS:
+                self._trim_fds()
         return fd
+
+    def _trim_fds(self) -> None:
+        """Close the older half of the spill descriptors no handle holds (uses of a spill
+        descriptor never await, so none is in use here)."""
+        for ino in list(self.fds)[: len(self.fds) // 2]:
+            node = self.dirty.get(ino)
+            if node is None or node.opens <= 0:
+                os.close(self.fds.pop(ino))
 
     async def read(self, node: Node, off: int, size: int) -> bytes:
         if node.spill is not None:
             return os.pread(self._spill_fd(node), size, off)
         if node.entry is None:
             return b""
-        reader = self._reader(node)
+        held = self._held(node)
         if node.entry.file_size <= INLINE_READ_LIMIT:
-            return reader.read(off, size)
-        data = reader.read_ready(off, size)  # already decoded: answer without a thread hop
+            return held.reader.read(off, size)
+        data = held.reader.read_ready(off, size)  # already decoded: no thread hop
         if data is not None:
             return data
-        return await trio.to_thread.run_sync(reader.read, off, size, limiter=self.limiter)
+        held.busy += 1
+        try:
+            return await trio.to_thread.run_sync(held.reader.read, off, size, limiter=self.limiter)
+        finally:
+            held.busy -= 1
 
     async def read_all(self, node: Node) -> bytes:
         """Whole content of a small file (symlink targets)."""
@@ -122,10 +154,14 @@ class FileData:
                 path, self.fds[node.ino] = self._take_empty()
             else:
                 path = self.spill.new_path()
-                reader = self._reader(node)
-                await trio.to_thread.run_sync(
-                    _copy_entry, reader, path, node.size, limiter=self.limiter
-                )
+                held = self._held(node)
+                held.busy += 1
+                try:
+                    await trio.to_thread.run_sync(
+                        _copy_entry, held.reader, path, node.size, limiter=self.limiter
+                    )
+                finally:
+                    held.busy -= 1
             node.spill = path
             self.dirty[node.ino] = node
         self.locks.pop(node.ino, None)
@@ -198,9 +234,8 @@ class FileData:
         self._close_if_unused(node)
 
     async def fsync(self, node: Node) -> None:
-        fd = self.fds.get(node.ino)
-        if fd is not None:
-            await trio.to_thread.run_sync(os.fsync, fd)
+        if node.spill is not None:  # by path: the descriptor may be closed meanwhile
+            await trio.to_thread.run_sync(_fsync_path, node.spill)
 
     # ------------------------------------------------------------------ lifetime
     def close(self, node: Node) -> None:
@@ -210,8 +245,7 @@ class FileData:
             os.close(fd)
         held = self.readers.pop(node.ino, None)
         if held is not None:
-            held[0].close()
-            held[1].release()
+            held.close()
 
     def drop(self, node: Node) -> None:
         """The inode is gone for good (no name, no handle, no kernel reference)."""
@@ -240,14 +274,36 @@ class FileData:
         while self._pool:
             os.close(self._pool.pop()[1])
         for ino in list(self.readers):
-            reader, version = self.readers.pop(ino)
-            reader.close()
-            version.release()
+            self.readers.pop(ino).close()
         for ino in list(self.pinned):
             self.pinned.pop(ino).release()
         if self.version is not None:
             self.version.release()
             self.version = None
+
+
+class _Held:
+    """A decoder of one clean entry and the archive version it reads."""
+
+    __slots__ = ("reader", "version", "node", "busy")
+
+    def __init__(self, reader: EntryReader, version: ArchiveVersion, node: Node) -> None:
+        self.reader = reader
+        self.version = version
+        self.node = node
+        self.busy = 0  # reads running on a worker thread
+
+    def close(self) -> None:
+        self.reader.close()
+        self.version.release()
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _copy_entry(reader: EntryReader, path: str, size: int) -> None:

@@ -63,10 +63,15 @@ class ZipOperations(pyfuse3.Operations):
     enable_writeback_cache = True
     supports_dot_lookup = True
 
-    def __init__(self, overlay: Overlay) -> None:
+    def __init__(self, overlay: Overlay, *, kernel_cache: bool = False) -> None:
+        """``kernel_cache`` (needs the patched pyfuse3, see pyfuse3_caps): open and opendir
+        answer ENOSYS, so the kernel opens files and directories itself, keeps their pages and
+        listings, and sends the inode as the handle; O_TRUNC then comes as a setattr."""
         super().__init__()
         self.overlay = overlay
         self.read_only = overlay.read_only
+        self.kernel_cache = kernel_cache
+        self.enable_atomic_o_trunc = not kernel_cache
         self.handles: dict[int, Node] = {}  # open file handle -> its inode
         self.dir_handles: dict[int, Node] = {}  # open directory handle -> the directory
         self._next_fh = 1
@@ -77,7 +82,7 @@ class ZipOperations(pyfuse3.Operations):
         """The path a failed request was about, for the log (best effort, never raises)."""
         try:
             first = args[0]
-            if handler in _FH_HANDLERS:
+            if handler in _FH_HANDLERS and not self.kernel_cache:
                 node = self.handles[first]
             else:
                 node = self.overlay.node(first)
@@ -113,6 +118,10 @@ class ZipOperations(pyfuse3.Operations):
         table[fh] = node
         return fh
 
+    def _file(self, fh: int) -> Node:
+        """The inode a file handle stands for (in kernel-cache mode, the handle IS the inode)."""
+        return self.overlay.node(fh) if self.kernel_cache else self.handles[fh]
+
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         node.lookups += 1
         return self.attrs(node)
@@ -145,11 +154,17 @@ class ZipOperations(pyfuse3.Operations):
 
     @_guard
     async def opendir(self, inode: int, ctx: Any) -> int:
+        if self.kernel_cache:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel opens and caches listings
         return self._new_fh(self.dir_handles, self.overlay.directory(inode))
 
     @_guard
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        for cookie, name, node in self.overlay.listing(self.dir_handles[fh], start_id):
+        if self.kernel_cache:
+            directory = self.overlay.directory(fh)
+        else:
+            directory = self.dir_handles[fh]
+        for cookie, name, node in self.overlay.listing(directory, start_id):
             if not pyfuse3.readdir_reply(token, name, self.attrs(node), cookie):
                 break
             node.lookups += 1
@@ -180,25 +195,28 @@ class ZipOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------------ data
     @_guard
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
+        if self.kernel_cache:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # no OPEN/RELEASE from now on
         node = self.overlay.node(inode)
         await self.overlay.open(node, flags)
         return pyfuse3.FileInfo(fh=self._new_fh(self.handles, node), keep_cache=True)
 
     @_guard
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self.overlay.read(self.handles[fh], off, size)
+        return await self.overlay.read(self._file(fh), off, size)
 
     @_guard
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self.overlay.write(self.handles[fh], off, buf)
+        return await self.overlay.write(self._file(fh), off, buf)
 
     @_guard
     async def release(self, fh: int) -> None:
-        await self.overlay.release(self.handles.pop(fh))
+        if not self.kernel_cache:
+            await self.overlay.release(self.handles.pop(fh))
 
     @_guard
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self.overlay.fsync(self.handles[fh])
+        await self.overlay.fsync(self._file(fh))
 
     @_guard
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
@@ -224,6 +242,9 @@ class ZipOperations(pyfuse3.Operations):
     @_guard
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
         node = await self.overlay.create(parent_inode, name, mode, ctx.uid, ctx.gid)
+        if self.kernel_cache:  # no RELEASE follows: the handle is the inode, nothing is held
+            await self.overlay.release(node)
+            return pyfuse3.FileInfo(fh=node.ino, keep_cache=True), self._entry(node)
         info = pyfuse3.FileInfo(fh=self._new_fh(self.handles, node), keep_cache=True)
         return info, self._entry(node)
 

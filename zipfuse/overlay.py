@@ -122,7 +122,10 @@ class Overlay:
         journal: Journal | None = None,
         base: str = "none",
         level: int = 6,
+        kernel_cache: bool = False,
     ) -> None:
+        """``kernel_cache``: the kernel opens files itself and never sends RELEASE, so data
+        records are journaled at a file's first write instead of at its close."""
         self.ns = ns
         self.spill = spill
         self.archive = archive
@@ -139,6 +142,8 @@ class Overlay:
         ns.on_drop.append(self.data.drop)
         self.gate = Gate()
         self.unlogged: set[int] = set()  # inodes written since their last journal data record
+        self.kernel_cache = kernel_cache
+        self.named: set[int] = set()  # kernel-cache mode: inodes whose spill file is journaled
         self.committed_changes = 0
         self.failed: str | None = None  # why the mount went failsafe read-only
         self.test_hook: Callable[[str], None] | None = None  # tests pause a commit here
@@ -169,8 +174,12 @@ class Overlay:
             raise OSError(errno.EROFS, f"failsafe read-only: {self.failed}")
 
     async def flush(self) -> None:
-        """Make closed files and journal records durable (the periodic flush)."""
+        """Journal what was written since, and make it durable (the periodic flush)."""
         async with self._flush_lock:
+            for ino in list(self.unlogged):
+                node = self.ns.nodes.get(ino)
+                if node is not None:
+                    self._log_data(node)
             if self.journal is not None and self.journal.unsynced:
                 await trio.to_thread.run_sync(self._flush_now)
 
@@ -201,7 +210,13 @@ class Overlay:
         return self.ns.child(self.ns.dir(parent_ino), name)
 
     def forget(self, ino: int, count: int) -> None:
+        """The kernel dropped references; an inode it no longer knows and no handle holds
+        keeps no descriptor or decoder (kernel-cache mode has no RELEASE to do it)."""
         self.ns.forget(ino, count)
+        node = self.ns.nodes.get(ino)
+        if node is not None and node.lookups <= 0 and node.opens <= 0:
+            self._log_data(node)
+            self.data.close(node)
 
     def listing(self, directory: Node, after: int) -> Iterator[tuple[int, bytes, Node]]:
         """The directory's live entries past cookie ``after``: (cookie, name, node)."""
@@ -375,6 +390,10 @@ class Overlay:
             node.mtime_ns = node.ctime_ns = time.time_ns()
             self.ns.changes += 1
             self.unlogged.add(node.ino)
+            if self.kernel_cache and node.ino not in self.named:
+                self.named.add(node.ino)  # no RELEASE will come: name the spill file now
+                self._log_data(node)
+                self.unlogged.add(node.ino)  # the final size and mtime follow later
         return len(buf)
 
     async def release(self, node: Node) -> None:
@@ -457,6 +476,7 @@ class Overlay:
         would otherwise give each name its own file); files still open keep their spill copy,
         which the new journal must name again."""
         self.journal.start(self.base, fresh=True)
+        self.named.clear()
         for node in self.ns.nodes.values():
             if node.links and node.parent is not None:
                 src = self.ns.path(node)
