@@ -267,6 +267,7 @@ class ZipOperations(pyfuse3.Operations):
                 self.data.truncate_to_empty(node)
                 self.ns.touch(node, time.time_ns())
                 self.unlogged.add(node.ino)
+                self._log_data(node)  # the spill file shrank: recovery must know it
             finally:
                 self.gate.leave()
         node.opens += 1
