@@ -52,8 +52,11 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
-from . import control, registry  # noqa: E402
-from .private import user_name  # noqa: E402
+from . import (  # noqa: E402
+    control,
+    private,  # noqa: E402
+    registry,
+)
 
 ProgressFn = Callable[[Progress], None]
 
@@ -211,9 +214,8 @@ def _not_ours(mp: str) -> str | None:
     """
     owner = registry.fuse_mount_owner(mp)
     if owner is not None and owner != os.getuid():
-        return (
-            f"{mp} is mounted by {user_name(owner)}, not by you; only they can sync or unmount it"
-        )
+        who = private.user_name(owner)
+        return f"{mp} is mounted by {who}, not by you; only they can sync or unmount it"
     if _answers(mp):
         return (
             f"{mp} is served by a live daemon that is not registered in this shell's runtime "

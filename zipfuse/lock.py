@@ -121,7 +121,7 @@ class ArchiveLock:
         self.fd = None
 
 
-_HOLDER = re.compile(r"host [A-Za-z0-9._-]{1,253} pid [0-9]{1,10} since [0-9: -]{10,20}")
+_HOLDER = re.compile(r"host [A-Za-z0-9._-]{1,253} pid [0-9]{1,10}( since [0-9: -]{10,20})?")
 
 
 def _holder(fd: int) -> str:
