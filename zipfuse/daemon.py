@@ -452,11 +452,14 @@ class Daemon:
         if flush:  # push the kernel's cached dirty pages to us first
             try:
                 await trio.to_thread.run_sync(osutil.syncfs, self.config.mountpoint)
-            except OSError as exc:  # they could not be stored: the spill is where it failed
+            except OSError as exc:  # pages that could not be stored: the spill is where
+                failures, seen = self.data.write_failures, getattr(self, "_failures_seen", 0)
+                self._failures_seen = failures  # report each failed write once, not forever
                 log.error("flushing written data into the spill directory failed: %s", exc)
-                why = _oserror(OSError(exc.errno, exc.strerror))
-                return {"ok": False, "error": f"cannot store written data in the spill "
-                        f"directory {self.spill.path}: {why}"}  # fmt: skip
+                if failures != seen or not failures:
+                    why = _oserror(OSError(exc.errno, exc.strerror))
+                    return {"ok": False, "error": f"cannot store written data in the spill "
+                            f"directory {self.spill.path}: {why}"}  # fmt: skip
         await self.ops.gate.close()
         previous = self.state
         self.state = "committing"

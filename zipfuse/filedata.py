@@ -44,6 +44,7 @@ class FileData:
         self._refilling = False
         self._trash: list[str] = []  # spill files to delete, on a worker thread
         self._emptying = False
+        self.write_failures = 0  # writes that could not store all their bytes (disk full)
 
     # ------------------------------------------------------------------ reading
     def _reader(self, node: Node) -> EntryReader:
@@ -113,6 +114,9 @@ class FileData:
                 if n <= 0:
                     raise OSError(errno.ENOSPC, "spill file write stored nothing", self.spill.path)
                 done += n
+        except OSError:
+            self.write_failures += 1
+            raise
         finally:
             # the bytes that did land are part of the file, so size and spill file agree;
             # the writer still gets the error for the rest (ENOSPC, EIO), never a success

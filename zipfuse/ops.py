@@ -287,9 +287,10 @@ class ZipOperations(pyfuse3.Operations):
             await self.data.write(node, off, buf)
         finally:
             self.gate.leave()
-        node.mtime_ns = node.ctime_ns = time.time_ns()
-        self.ns.changes += 1
-        self.unlogged.add(node.ino)
+            # even a failed write (disk full) may have stored part of buf: journal and commit it
+            node.mtime_ns = node.ctime_ns = time.time_ns()
+            self.ns.changes += 1
+            self.unlogged.add(node.ino)
         return len(buf)
 
     @_guard
