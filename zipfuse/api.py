@@ -269,7 +269,8 @@ def unmount(
     mp = os.path.realpath(mountpoint)
     rec = _record_for(mp)
     if rec is None or rec["dead"]:
-        if mp in registry.fuse_mounts():
+        fsname = registry.fuse_mounts().get(mp)
+        if fsname is not None:
             not_ours = _not_ours(mp) if rec is None else None
             if not_ours:
                 raise ZipfuseError(not_ours)
@@ -278,7 +279,8 @@ def unmount(
                 registry.unregister(int(rec["pid"]))
             if proc.returncode != 0:
                 raise ZipfuseError(f"cannot detach dead mount {mp}: {proc.stderr.strip()}")
-            archive = f" {rec['archive']}" if rec is not None else " ARCHIVE"
+            # our mounts carry the archive's real path as their fsname
+            archive = f" {rec['archive'] if rec is not None else fsname}"
             raise ZipfuseError(
                 f"the daemon serving {mp} had died; the dead mount was detached; "
                 f"run 'zipfuse recover{archive}' to bring back its changes"
