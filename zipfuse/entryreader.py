@@ -75,6 +75,7 @@ WINDOW = 1 << 20  # recent plaintext kept by the sequential decoder
 FORWARD_SKIP_LIMIT = 8 << 20  # farther forward jumps switch to the cache file
 INPUT_CHUNK = 256 << 10  # compressed bytes per pread
 OUTPUT_CHUNK = 256 << 10  # plaintext bytes per decoder call
+AHEAD_LIMIT = 4 << 20  # stored entries: out-of-order bytes kept for the running CRC
 _DEFLATE64_PIECE = 128  # input per call for Deflate64, which has no output limit
 MAX_DICTIONARY = 64 << 20  # LZMA dictionary limit (what 7-Zip's strongest preset uses)
 MAX_ZSTD_WINDOW = 128 << 20  # zstd window limit (the zstd tool's default)
@@ -441,6 +442,7 @@ class EntryReader:
         self._crc = 0  # stored entries: CRC of plaintext [0, _crc_pos), read in order
         self._crc_pos = 0
         self._crc_checked = False
+        self._ahead: dict[int, bytes] = {}  # stored: pieces read past _crc_pos (out of order)
 
     @property
     def entry(self) -> ZipEntry:
@@ -516,6 +518,11 @@ class EntryReader:
             return None  # the whole-entry check needs a read pass: not on the event loop
         return data
 
+    def _extend_crc(self, offset: int, data: bytes) -> None:
+        if offset <= self._crc_pos < offset + len(data):
+            self._crc = zlib.crc32(memoryview(data)[self._crc_pos - offset :], self._crc)
+            self._crc_pos = offset + len(data)
+
     def _stored_crc(self, offset: int, data: bytes, *, complete: bool) -> bool:
         """Extend the running CRC of a stored entry by ``data`` read at ``offset``; once a read
         reaches the end, check the whole entry. Returns False (``complete`` False) when that
@@ -523,11 +530,20 @@ class EntryReader:
         if self._crc_checked:
             return True
         entry = self._entry
-        if offset <= self._crc_pos < offset + len(data):
-            self._crc = zlib.crc32(data[self._crc_pos - offset :], self._crc)
-            self._crc_pos = offset + len(data)
+        if offset > self._crc_pos:
+            # the kernel sends readahead slightly out of order: keep a few pieces for later
+            if sum(map(len, self._ahead.values())) + len(data) <= AHEAD_LIMIT:
+                self._ahead[offset] = data
+        else:
+            self._extend_crc(offset, data)
+            while self._ahead:
+                start = min(self._ahead)
+                if start > self._crc_pos:
+                    break
+                self._extend_crc(start, self._ahead.pop(start))
         if offset + len(data) < entry.file_size:
             return True
+        self._ahead.clear()
         if self._crc_pos < entry.file_size:
             if not complete:
                 return False
@@ -550,6 +566,7 @@ class EntryReader:
         with self._lock:
             self._closed = True
             self._drop_state()
+            self._ahead.clear()
 
     def _check(self) -> None:
         """Raise why this entry cannot be read (checked at read time so listing still works)."""
