@@ -43,13 +43,19 @@ class Progress:
 
 
 # --------------------------------------------------------------------------- implementation
+import errno  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
-from . import control, registry  # noqa: E402
+from . import (  # noqa: E402
+    control,
+    private,  # noqa: E402
+    registry,
+)
 
 ProgressFn = Callable[[Progress], None]
 
@@ -112,10 +118,11 @@ def recover(archive: str, *, spill_dir: str | None = None, level: int = 6) -> st
     from .lock import ArchiveLock
     from .recovery import recover as _recover
 
-    parent = os.path.dirname(os.path.abspath(archive))
+    archive = os.path.realpath(archive)  # the identity its mounts used
+    parent = os.path.dirname(archive)
     if not os.path.isdir(parent):
         raise ZipfuseError(f"directory {parent} does not exist")
-    lock = ArchiveLock(os.path.abspath(archive))
+    lock = ArchiveLock(archive)
     lock.acquire()
     try:
         return _recover(archive, spill_dir, level=level)
@@ -189,11 +196,53 @@ def _live_record(mountpoint: str) -> dict:
     if rec is not None and not rec["dead"]:
         return rec
     if mp in registry.fuse_mounts():
+        not_ours = _not_ours(mp)
+        if not_ours:
+            raise ZipfuseError(not_ours)
         raise ZipfuseError(
             f"the daemon serving {mp} is gone (the mount is dead); "
             f"run 'zipfuse unmount {mp}' to detach it"
         )
     raise ZipfuseError(f"{mp} is not a zipfuse mount")
+
+
+def _not_ours(mp: str) -> str | None:
+    """Why a FUSE mount missing from our registry must be left alone, or None if it is dead.
+
+    A mount of another user, or one whose daemon registered in another runtime directory
+    (another XDG_RUNTIME_DIR), is alive and must never be detached as if its daemon had died.
+    """
+    owner = registry.fuse_mount_owner(mp)
+    if owner is not None and owner != os.getuid():
+        who = private.user_name(owner)
+        return f"{mp} is mounted by {who}, not by you; only they can sync or unmount it"
+    if _answers(mp):
+        return (
+            f"{mp} is served by a live daemon that is not registered in this shell's runtime "
+            f"directory {registry.runtime_dir()} (mounted with another XDG_RUNTIME_DIR or "
+            "ZIPFUSE_RUNTIME_DIR?); run 'zipfuse unmount' with that setting"
+        )
+    return None
+
+
+def _answers(mp: str, timeout: float = 5.0) -> bool:
+    """Whether a daemon still serves ``mp``: a dead one's mount fails with ENOTCONN at once.
+
+    A daemon that does not answer within ``timeout`` counts as alive (busy or stuck).
+    """
+    outcome: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.stat(mp)
+            outcome.append(True)
+        except OSError as exc:
+            outcome.append(exc.errno != errno.ENOTCONN)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else True
 
 
 def _fusermount(args: list[str]) -> subprocess.CompletedProcess:
@@ -220,13 +269,18 @@ def unmount(
     mp = os.path.realpath(mountpoint)
     rec = _record_for(mp)
     if rec is None or rec["dead"]:
-        if mp in registry.fuse_mounts():
+        fsname = registry.fuse_mounts().get(mp)
+        if fsname is not None:
+            not_ours = _not_ours(mp) if rec is None else None
+            if not_ours:
+                raise ZipfuseError(not_ours)
             proc = _fusermount(["-u", "-z", mp])
             if rec is not None:
                 registry.unregister(int(rec["pid"]))
             if proc.returncode != 0:
                 raise ZipfuseError(f"cannot detach dead mount {mp}: {proc.stderr.strip()}")
-            archive = f" {rec['archive']}" if rec is not None else " ARCHIVE"
+            # our mounts carry the archive's real path as their fsname
+            archive = f" {rec['archive'] if rec is not None else fsname}"
             raise ZipfuseError(
                 f"the daemon serving {mp} had died; the dead mount was detached; "
                 f"run 'zipfuse recover{archive}' to bring back its changes"

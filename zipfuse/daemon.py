@@ -62,7 +62,9 @@ class Prepared:
 
 def prepare(config: Config) -> Prepared:
     """Validate and open everything in the caller's process; raise ZipfuseError with why not."""
-    config.archive = os.path.abspath(config.archive)
+    # one identity per archive: a symlink to it shares its lock, spill area and registry key,
+    # and the commit replaces the real file (the symlink stays a symlink)
+    config.archive = os.path.realpath(config.archive)
     config.mountpoint = os.path.abspath(config.mountpoint)
     if not os.path.exists("/dev/fuse"):
         raise ZipfuseError("/dev/fuse is missing: FUSE is not available on this machine")
@@ -74,7 +76,7 @@ def prepare(config: Config) -> Prepared:
     writers = [
         r
         for r in registry.records()
-        if not r["dead"] and r["archive"] == config.archive and not r["read_only"]
+        if not r["dead"] and _same_archive(r["archive"], config.archive) and not r["read_only"]
     ]
     if writers and not config.read_only:
         raise ZipfuseError(
@@ -105,6 +107,16 @@ def prepare(config: Config) -> Prepared:
         os.close(fd)
         raise ZipfuseError(f"{config.archive}: {exc}") from None
     return Prepared(config, fd, cd, notes)
+
+
+def _same_archive(a: str, b: str) -> bool:
+    """Same path, or the same file (device and inode) reached through another name."""
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _recover_first(config: Config) -> list[str]:
@@ -231,6 +243,7 @@ class Daemon:
         self.final: dict | None = None
         self.final_event: trio.Event | None = None
         self.discard = False  # unmount --discard: drop uncommitted changes
+        self._failures_seen = 0  # failed writes already reported by a sync
 
     # ---------------------------------------------------------------------- mount
     def mount(self) -> None:
@@ -441,7 +454,19 @@ class Daemon:
     async def commit(self, send: control.Send, *, flush: bool) -> dict:
         """Write the new archive; writers wait while it runs, readers go on."""
         if flush:  # push the kernel's cached dirty pages to us first
-            await trio.to_thread.run_sync(osutil.syncfs, self.config.mountpoint)
+            try:
+                await trio.to_thread.run_sync(osutil.syncfs, self.config.mountpoint)
+            except OSError as exc:  # pages that could not be stored: the spill is where
+                failures, seen = (
+                    self.overlay.data.write_failures,
+                    getattr(self, "_failures_seen", 0),
+                )
+                self._failures_seen = failures  # report each failed write once, not forever
+                log.error("flushing written data into the spill directory failed: %s", exc)
+                if failures != seen or not failures:
+                    why = _oserror(OSError(exc.errno, exc.strerror))
+                    return {"ok": False, "error": f"cannot store written data in the spill "
+                            f"directory {self.spill.path}: {why}"}  # fmt: skip
         previous = self.state
 
         def begin(entries: int, nbytes: int) -> None:

@@ -31,8 +31,10 @@ entry size, plus the decoder's own state; the compressed stream is fed to the de
   need more than ``MAX_DICTIONARY`` fails with EIO instead of allocating it.
 
 CRC-32 is checked whenever a decoder reaches the end of the entry (sequential pass, memory or
-file). Stored entries are served straight from the archive and are not checked. Bytes of a
-streamed entry handed out before the end was reached are therefore unverified.
+file). Stored entries are served straight from the archive with a running CRC over the bytes
+read in order; a read that reaches the end of the entry checks the whole entry (reading what the
+running CRC skipped), so a stored entry read to its end fails with EIO like a deflated one. Bytes
+handed out before the end was reached are unverified, for every method.
 
 Thread safety: one ``threading.Lock`` per reader serialises decoding; zlib, bz2, lzma and
 ``os.pread`` release the GIL, so readers of different entries decode in parallel. The archive
@@ -73,6 +75,7 @@ WINDOW = 1 << 20  # recent plaintext kept by the sequential decoder
 FORWARD_SKIP_LIMIT = 8 << 20  # farther forward jumps switch to the cache file
 INPUT_CHUNK = 256 << 10  # compressed bytes per pread
 OUTPUT_CHUNK = 256 << 10  # plaintext bytes per decoder call
+AHEAD_LIMIT = 4 << 20  # stored entries: out-of-order bytes kept for the running CRC
 _DEFLATE64_PIECE = 128  # input per call for Deflate64, which has no output limit
 MAX_DICTIONARY = 64 << 20  # LZMA dictionary limit (what 7-Zip's strongest preset uses)
 MAX_ZSTD_WINDOW = 128 << 20  # zstd window limit (the zstd tool's default)
@@ -436,6 +439,10 @@ class EntryReader:
         self._stream: _Stream | None = None
         self._window = bytearray()  # plaintext [stream.pos - len(window), stream.pos)
         self._cache: IO[bytes] | None = None
+        self._crc = 0  # stored entries: CRC of plaintext [0, _crc_pos), read in order
+        self._crc_pos = 0
+        self._crc_checked = False
+        self._ahead: dict[int, bytes] = {}  # stored: pieces read past _crc_pos (out of order)
 
     @property
     def entry(self) -> ZipEntry:
@@ -466,7 +473,12 @@ class EntryReader:
             if self._entry.method != STORED:
                 return self._read_decoded(offset, end)
             data_offset = self._get_data_offset()
-        return self._pread(self._fd, end - offset, data_offset + offset)
+        data = self._pread(self._fd, end - offset, data_offset + offset)
+        if not self._crc_checked:
+            with self._lock:
+                self._check()
+                self._stored_crc(offset, data, complete=True)
+        return data
 
     def read_ready(self, offset: int, size: int) -> bytes | None:
         """The bytes if they can be had without decoding (already decoded, cached or stored),
@@ -499,15 +511,62 @@ class EntryReader:
         finally:
             self._lock.release()
 
-    def _read_decoded_stored(self, offset: int, end: int) -> bytes:
+    def _read_decoded_stored(self, offset: int, end: int) -> bytes | None:
         assert self._data_offset is not None
-        return self._pread(self._fd, end - offset, self._data_offset + offset)
+        data = self._pread(self._fd, end - offset, self._data_offset + offset)
+        if not self._crc_checked and not self._stored_crc(offset, data, complete=False):
+            return None  # the whole-entry check needs a read pass: not on the event loop
+        return data
+
+    def _extend_crc(self, offset: int, data: bytes) -> None:
+        if offset <= self._crc_pos < offset + len(data):
+            self._crc = zlib.crc32(memoryview(data)[self._crc_pos - offset :], self._crc)
+            self._crc_pos = offset + len(data)
+
+    def _stored_crc(self, offset: int, data: bytes, *, complete: bool) -> bool:
+        """Extend the running CRC of a stored entry by ``data`` read at ``offset``; once a read
+        reaches the end, check the whole entry. Returns False (``complete`` False) when that
+        check would need to read the bytes the running CRC skipped. Caller holds the lock."""
+        if self._crc_checked:
+            return True
+        entry = self._entry
+        if offset > self._crc_pos:
+            # the kernel sends readahead slightly out of order: keep a few pieces for later
+            if sum(map(len, self._ahead.values())) + len(data) <= AHEAD_LIMIT:
+                self._ahead[offset] = data
+        else:
+            self._extend_crc(offset, data)
+            while self._ahead:
+                start = min(self._ahead)
+                if start > self._crc_pos:
+                    break
+                self._extend_crc(start, self._ahead.pop(start))
+        if offset + len(data) < entry.file_size:
+            return True
+        self._ahead.clear()
+        if self._crc_pos < entry.file_size:
+            if not complete:
+                return False
+            assert self._data_offset is not None
+            while self._crc_pos < entry.file_size:
+                size = min(OUTPUT_CHUNK, entry.file_size - self._crc_pos)
+                chunk = self._pread(self._fd, size, self._data_offset + self._crc_pos)
+                if not chunk:
+                    break
+                self._crc = zlib.crc32(chunk, self._crc)
+                self._crc_pos += len(chunk)
+        if self._crc_pos != entry.file_size or self._crc != entry.crc:
+            self._error = EntryReadError(errno.EIO, f"{entry.name}: CRC mismatch")
+            raise self._error
+        self._crc_checked = True
+        return True
 
     def close(self) -> None:
         """Drop cached plaintext and the cache file; later reads fail with EBADF."""
         with self._lock:
             self._closed = True
             self._drop_state()
+            self._ahead.clear()
 
     def _check(self) -> None:
         """Raise why this entry cannot be read (checked at read time so listing still works)."""

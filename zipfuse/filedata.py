@@ -17,6 +17,7 @@ import trio
 
 from .entryreader import EntryReader
 from .namespace import Node
+from .private import create_file, write_all
 from .spill import SpillArea
 from .versions import ArchiveVersion
 
@@ -56,6 +57,7 @@ class FileData:
         self._refilling = False
         self._trash: list[str] = []  # spill files to delete, on a worker thread
         self._emptying = False
+        self.write_failures = 0  # writes that could not store all their bytes (disk full)
 
     @property
     def archive_fd(self) -> int | None:
@@ -103,7 +105,7 @@ class FileData:
     def _spill_fd(self, node: Node) -> int:
         fd = self.fds.get(node.ino)
         if fd is None:
-            fd = os.open(node.spill, os.O_RDWR)
+            fd = os.open(node.spill, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
             self.fds[node.ino] = fd
             if len(self.fds) > MAX_IDLE_FDS:
                 self._trim_fds()
@@ -168,10 +170,22 @@ class FileData:
 
     async def write(self, node: Node, off: int, buf: bytes) -> None:
         await self._make_dirty(node)
-        os.pwrite(self._spill_fd(node), buf, off)
-        end = off + len(buf)
-        if end > node.size:
-            node.size = end
+        fd = self._spill_fd(node)
+        done = 0
+        try:
+            while done < len(buf):  # a nearly full disk stores only part of a write
+                n = os.pwrite(fd, buf[done:] if done else buf, off + done)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "spill file write stored nothing", self.spill.path)
+                done += n
+        except OSError:
+            self.write_failures += 1
+            raise
+        finally:
+            # the bytes that did land are part of the file, so size and spill file agree;
+            # the writer still gets the error for the rest (ENOSPC, EIO), never a success
+            if off + done > node.size and done:
+                node.size = off + done
 
     def truncate_to_empty(self, node: Node) -> None:
         """O_TRUNC: the old bytes are never needed, so nothing is copied."""
@@ -307,14 +321,14 @@ def _fsync_path(path: str) -> None:
 
 
 def _copy_entry(reader: EntryReader, path: str, size: int) -> None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = create_file(path)  # O_EXCL|O_NOFOLLOW: never a file someone else prepared
     try:
         off = 0
         while off < size:
             chunk = reader.read(off, min(COPY_CHUNK, size - off))
             if not chunk:
                 raise OSError(errno.EIO, "archive entry ended early during copy-up")
-            os.pwrite(fd, chunk, off)
+            write_all(fd, chunk, off)
             off += len(chunk)
     except BaseException:
         os.close(fd)

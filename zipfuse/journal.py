@@ -15,6 +15,7 @@ being installed, so a crash between the rename and the reset is recognised on re
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -23,7 +24,9 @@ import socket
 import stat
 import time
 
+from .errors import ZipfuseError
 from .namespace import Namespace, Node
+from .private import open_nofollow, replace_file
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +51,21 @@ def fingerprint(path: str) -> str:
 
 def read_state(spill_path: str) -> dict | None:
     try:
-        with open(os.path.join(spill_path, STATE)) as f:
-            return json.load(f)
+        with os.fdopen(open_nofollow(os.path.join(spill_path, STATE)), "rb") as f:
+            return json.loads(f.read())
     except (FileNotFoundError, ValueError):
         return None
 
 
 def write_state(spill_path: str, state: dict) -> None:
-    path = os.path.join(spill_path, STATE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    replace_file(os.path.join(spill_path, STATE), json.dumps(state).encode(), durable=True)
     fsync_dir(spill_path)
 
 
 def read_records(spill_path: str) -> list[dict]:
     """All complete records; a torn last line (crash mid-append) is ignored."""
     try:
-        with open(os.path.join(spill_path, JOURNAL), "rb") as f:
+        with os.fdopen(open_nofollow(os.path.join(spill_path, JOURNAL)), "rb") as f:
             data = f.read()
     except FileNotFoundError:
         return []
@@ -94,7 +91,9 @@ class Journal:
         self.dir = spill_path
         self.archive = archive
         self.fd = os.open(
-            os.path.join(spill_path, JOURNAL), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+            os.path.join(spill_path, JOURNAL),
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
         )
         self.appended = 0  # records appended so far
         self.synced = 0  # of those, known durable
@@ -121,7 +120,12 @@ class Journal:
         os.fsync(self.fd)
 
     def append(self, record: dict) -> None:
-        os.write(self.fd, json.dumps(record, separators=(",", ":")).encode() + b"\n")
+        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        done = os.write(self.fd, line)
+        if done != len(line):  # disk full: drop the torn line, say so
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, os.fstat(self.fd).st_size - done)
+            raise OSError(errno.ENOSPC, "journal write was cut short", self.dir)
         self.appended += 1
 
     def sync(self) -> None:
@@ -179,12 +183,22 @@ def replay(ns: Namespace, records: list[dict], spill_path: str) -> int:
     records in the same journal explain why.
     """
     applied = 0
+    expected: dict[str, tuple[int, str]] = {}  # spill file -> size and path of its last record
     for rec in records:
         try:
             if _apply(ns, rec, spill_path):
                 applied += 1
         except (OSError, KeyError, ValueError, TypeError) as exc:
             log.warning("journal record %s not applied: %s", rec.get("op"), exc)
+        if rec.get("op") == "data" and rec.get("spill"):
+            expected[os.path.join(spill_path, rec["spill"])] = (rec.get("size", 0), rec["path"])
+    for node in ns.nodes.values():
+        want = expected.get(node.spill or "")
+        if want is not None and node.size < want[0]:
+            raise ZipfuseError(
+                f"spill file {node.spill} holds {node.size} bytes but the journal recorded "
+                f"{want[0]} for {want[1]}; nothing was applied, the changes stay in {spill_path}"
+            )
     return applied
 
 

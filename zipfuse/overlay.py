@@ -375,6 +375,7 @@ class Overlay:
                 self.data.truncate_to_empty(node)
                 self.ns.touch(node, time.time_ns())
                 self.unlogged.add(node.ino)
+                self._log_data(node)  # the spill file shrank: recovery must know it
         node.opens += 1
 
     async def create(self, parent_ino: int, name: bytes, mode: int, uid: int, gid: int) -> Node:
@@ -386,10 +387,12 @@ class Overlay:
     async def write(self, node: Node, off: int, buf: bytes) -> int:
         self._writable()
         async with self.gate:
-            await self.data.write(node, off, buf)
-            node.mtime_ns = node.ctime_ns = time.time_ns()
-            self.ns.changes += 1
-            self.unlogged.add(node.ino)
+            try:
+                await self.data.write(node, off, buf)
+            finally:  # even a failed write (disk full) may have stored part of buf: keep it
+                node.mtime_ns = node.ctime_ns = time.time_ns()
+                self.ns.changes += 1
+                self.unlogged.add(node.ino)
             if self.kernel_cache and node.ino not in self.named:
                 self.named.add(node.ino)  # no RELEASE will come: name the spill file now
                 self._log_data(node)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from .api import ZipfuseError
+from .errors import ZipfuseError
 
 ENV_VAR = "ZIPFUSE_KERNEL_CACHE"
 _OFF = frozenset({"0", "no", "off", "false"})

@@ -17,7 +17,7 @@ import time
 from . import commit, journal, registry
 from .errors import ZipfuseError
 from .namespace import Namespace
-from .spill import SpillArea, area_path
+from .spill import SpillArea, existing_area
 from .zipformat import ZipFormatError, read_central_directory
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,9 @@ def remove_stale_temps(archive: str) -> list[str]:
 
 def pending(archive: str, spill_root: str | None) -> bool:
     """Whether the archive has state from an unfinished session."""
-    path = area_path(spill_root, archive)
+    path = existing_area(spill_root, archive)
+    if path is None:
+        return False
     return journal.leftover(path) or journal.read_state(path) is not None
 
 
@@ -48,15 +50,16 @@ def recover(archive: str, spill_root: str | None, *, level: int = 6) -> str | No
 
     The caller holds the archive's write lock. Returns None when there was nothing to do.
     """
-    archive = os.path.abspath(archive)
+    archive = os.path.realpath(archive)
     temps = remove_stale_temps(archive)
-    path = area_path(spill_root, archive)
-    state = journal.read_state(path)
+    path = existing_area(spill_root, archive)
+    state = None if path is None else journal.read_state(path)
     if state is None:
         if temps:
             return f"removed {len(temps)} temp file(s) of an interrupted commit"
         return None
     spill = SpillArea(spill_root, archive)
+    assert path is not None
     current = journal.fingerprint(archive)
     who = f"pid {state.get('pid')} on {state.get('host')}"
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(state.get("started", 0)))

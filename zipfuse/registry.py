@@ -9,15 +9,28 @@ Nobody scans ``ps`` or matches process names.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 
+from .private import open_nofollow, private_dir, replace_file
+
+_RUNTIME_HINT = "set ZIPFUSE_RUNTIME_DIR to a directory of your own"
+_checked: set[str] = set()  # runtime dirs verified by this process
+
 
 def runtime_dir() -> str:
-    """Per-user directory for registrations, sockets and logs (independent of $TMPDIR)."""
+    """Per-user directory for registrations, sockets and logs (independent of $TMPDIR).
+
+    It and its subdirectories are private (0700, ours, not a symlink): another user who created
+    ``/tmp/zipfuse-UID`` first could otherwise read our registry or replace a control socket.
+    """
     path = os.environ.get("ZIPFUSE_RUNTIME_DIR")
-    if not path:
+    if path:
+        path = os.path.abspath(path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    else:
         xdg = os.environ.get("XDG_RUNTIME_DIR")
         if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
             path = os.path.join(xdg, "zipfuse")
@@ -25,8 +38,11 @@ def runtime_dir() -> str:
             path = os.path.join(
                 "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), f"zipfuse-{os.getuid()}"
             )
-    os.makedirs(os.path.join(path, "mounts"), mode=0o700, exist_ok=True)
-    os.makedirs(os.path.join(path, "logs"), mode=0o700, exist_ok=True)
+    if path not in _checked:
+        private_dir(path, "runtime directory", _RUNTIME_HINT)
+        for sub in ("mounts", "logs", "spill"):
+            private_dir(os.path.join(path, sub), "runtime directory", _RUNTIME_HINT)
+        _checked.add(path)
     return path
 
 
@@ -77,10 +93,7 @@ def log_path(pid: int) -> str:
 
 def register(record: dict) -> str:
     path = os.path.join(runtime_dir(), "mounts", f"{record['pid']}.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(record).encode())
     return path
 
 
@@ -98,8 +111,7 @@ def records() -> list[dict]:
         if not name.endswith(".json"):
             continue
         try:
-            with open(os.path.join(mounts, name)) as f:
-                record = json.load(f)
+            record = _load(os.path.join(mounts, name))
         except (OSError, ValueError):
             continue
         record["dead"] = not alive(record)
@@ -118,6 +130,20 @@ def fuse_mounts() -> dict[str, str]:
     return out
 
 
+def fuse_mount_owner(mountpoint: str) -> int | None:
+    """The uid that mounted the FUSE mount at ``mountpoint`` (its ``user_id=`` option)."""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 4 or not parts[2].startswith("fuse"):
+                continue
+            if _unescape(parts[1]) == mountpoint:
+                for opt in parts[3].split(","):
+                    if opt.startswith("user_id="):
+                        return int(opt[len("user_id=") :])
+    return None
+
+
 def _unescape(field: str) -> str:
     # /proc/mounts escapes space, tab, newline and backslash as octal
     return (
@@ -126,3 +152,39 @@ def _unescape(field: str) -> str:
         .replace("\\012", "\n")
         .replace("\\134", "\\")
     )
+
+
+def _load(path: str) -> dict:
+    fd = open_nofollow(path)
+    with os.fdopen(fd, "rb") as f:
+        return json.loads(f.read())
+
+
+# ---------------------------------------------------------------- remembered spill directories
+# A mount with --spill-dir leaves its journal there; if its daemon dies, ``zipfuse recover
+# ARCHIVE`` (or the next mount) must find it without being told again.
+
+
+def _spill_note(archive: str) -> str:
+    digest = hashlib.sha256(archive.encode()).hexdigest()[:16]
+    return os.path.join(runtime_dir(), "spill", f"{digest}.json")
+
+
+def remember_spill(archive: str, root: str) -> None:
+    """Note that ``archive``'s session keeps its changes under spill root ``root``."""
+    replace_file(_spill_note(archive), json.dumps({"archive": archive, "root": root}).encode())
+
+
+def remembered_spill(archive: str) -> str | None:
+    """The spill root a session of ``archive`` used, if it was not the default one."""
+    try:
+        note = _load(_spill_note(archive))
+    except (OSError, ValueError):
+        return None
+    return note.get("root") if note.get("archive") == archive else None
+
+
+def forget_spill(archive: str, root: str) -> None:
+    if remembered_spill(archive) == root:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_spill_note(archive))

@@ -15,20 +15,50 @@ import subprocess
 import tempfile
 import time
 
+from . import registry
+from .private import checked_existing, create_file, private_dir, user_root
+
 log = logging.getLogger(__name__)
+WHAT = "spill directory"
+HINT = "use --spill-dir with a directory of your own"
 
 
 def default_spill_root() -> str:
     base = os.environ.get("TMPDIR") or tempfile.gettempdir()  # tempfile caches; env may change
-    return os.path.join(base, f"zipfuse-spill-{os.getuid()}")
+    return os.path.join(os.path.abspath(base), f"zipfuse-spill-{os.getuid()}")
+
+
+def spill_root(root: str | None, archive: str | None = None) -> str:
+    """The spill root to use, checked (created private if missing).
+
+    Without an explicit ``root``, the one a dead session of ``archive`` was told to use
+    (remembered in the registry) wins over the default, so recovery finds its journal.
+    """
+    if root is None and archive is not None:
+        root = registry.remembered_spill(os.path.realpath(archive))
+    if root is not None:
+        return user_root(root, WHAT)
+    path = default_spill_root()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return private_dir(path, WHAT, HINT)
 
 
 def area_path(root: str | None, archive: str) -> str:
-    """The one spill directory that belongs to ``archive`` (found again after a crash)."""
-    root = os.path.abspath(root or default_spill_root())
-    digest = hashlib.sha256(os.path.abspath(archive).encode()).hexdigest()[:16]
+    """The one spill directory that belongs to ``archive`` (found again after a crash).
+
+    Named after the archive's real path: a symlink to it and the archive itself share one area.
+    """
+    archive = os.path.realpath(archive)
+    root = spill_root(root, archive)
+    digest = hashlib.sha256(archive.encode()).hexdigest()[:16]
     base = os.path.basename(archive) or "archive"
     return os.path.join(root, f"{base}.{digest}")
+
+
+def existing_area(root: str | None, archive: str) -> str | None:
+    """The archive's spill area if there is one, checked before anything is read from it."""
+    path = area_path(root, archive)
+    return path if checked_existing(path, WHAT, HINT) else None
 
 
 class SpillArea:
@@ -42,10 +72,13 @@ class SpillArea:
         """``cache_only`` (read-only mounts): no area of our own, only a place for the
         unlinked temp files of decompressed entries (the spill root itself)."""
         if cache_only:
-            self.path = os.path.abspath(root or default_spill_root())
+            self.path = spill_root(root)
         else:
-            self.path = area_path(root, archive)
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
+            self.path = private_dir(area_path(root, archive), WHAT, HINT)
+            self.root = os.path.dirname(self.path)
+            self.archive = os.path.realpath(archive)
+            if self.root != default_spill_root():
+                registry.remember_spill(self.archive, self.root)
         self.session = f"{os.getpid():x}{time.time_ns() & 0xFFFFFFFF:08x}"
         self._counter = itertools.count()
 
@@ -59,7 +92,7 @@ class SpillArea:
         made = []
         for _ in range(count):
             path = self.new_path()
-            made.append((path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)))
+            made.append((path, create_file(path)))
         return made
 
     def remove_all(self, paths: list[str]) -> None:
@@ -79,7 +112,7 @@ class SpillArea:
         """Keep an area that cannot be used (for the user to inspect) under another name."""
         target = f"{self.path}.{why}-{time.strftime('%Y%m%d-%H%M%S')}"
         os.rename(self.path, target)
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        private_dir(self.path, WHAT, HINT)
         return target
 
     def destroy(self) -> None:
@@ -88,6 +121,8 @@ class SpillArea:
         Deleting 100k spill files takes seconds that nobody needs to wait for: the area is
         renamed away at once and removed by a detached ``rm``, so the daemon can exit.
         """
+        if hasattr(self, "root"):
+            registry.forget_spill(self.archive, self.root)
         trash = f"{self.path}.trash-{os.getpid()}-{time.time_ns()}"
         try:
             os.rename(self.path, trash)
