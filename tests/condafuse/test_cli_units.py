@@ -350,19 +350,42 @@ def test_pack_keeps_symlinks_modes_and_times(tmp_path):
     (src / "bin" / "link").symlink_to("tool")
     (src / "dangling").symlink_to("/no/such/file")
     os.utime(src / "bin" / "tool", ns=(1_600_000_000_123_456_700, 1_600_000_000_123_456_700))
+    big = os.urandom(1 << 20) * 9 + b"tail"  # above the size read whole: goes by descriptor
+    (src / "big.bin").write_bytes(big)
     dest = tmp_path / "x.zip"
     seen = []
     pack(src, dest, "x", progress=seen.append)
     assert seen and seen[-1].entries_done == seen[-1].entries_total
     with zipfile.ZipFile(dest) as z:
         infos = {i.filename: i for i in z.infolist()}
-        assert set(infos) == {"x/", "x/bin/", "x/bin/tool", "x/bin/link", "x/dangling", "x/empty/"}
+        assert set(infos) == {
+            "x/",
+            "x/bin/",
+            "x/bin/tool",
+            "x/bin/link",
+            "x/dangling",
+            "x/empty/",
+            "x/big.bin",
+        }
+        assert z.read("x/big.bin") == big and z.testzip() is None
         assert stat.S_IMODE(infos["x/bin/tool"].external_attr >> 16) == 0o750
         assert stat.S_ISLNK(infos["x/bin/link"].external_attr >> 16)
         assert z.read("x/bin/link") == b"tool"
         assert z.read("x/dangling") == b"/no/such/file"
         assert stat.S_ISDIR(infos["x/empty/"].external_attr >> 16)
     assert not list(tmp_path.glob(".x.zip.tmp*"))
+    unzip = subprocess.run(["unzip", "-tq", str(dest)], capture_output=True, text=True)
+    assert unzip.returncode == 0, unzip.stdout + unzip.stderr
+    # zipfuse's reader sees the 100 ns mtime (same encoding as a zipfuse commit)
+    from zipfuse.zipformat import read_central_directory
+
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        cd = read_central_directory(fd)
+    finally:
+        os.close(fd)
+    tool = next(e for e in cd.entries if e.name == "x/bin/tool")
+    assert tool.mtime_ns == 1_600_000_000_123_456_700
 
 
 # --------------------------------------------------------------------------------- CLI style
