@@ -10,6 +10,7 @@ exactly as it was. A mount that existed before is left up (its earlier changes a
 from __future__ import annotations
 
 import datetime
+import json
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,7 +82,7 @@ def change(
         _update_meta(prefix, name)
         printer = envs.ProgressPrinter(f"writing {name}.zip")
         try:
-            envs._call("sync", str(paths.mountpoint(name)), progress=printer)
+            synced = envs._call("sync", str(paths.mountpoint(name)), progress=printer)
         finally:
             printer.close()
         done = True
@@ -99,7 +100,10 @@ def change(
     finally:
         if done and mounted_now:
             _unmount(paths, name, discard=False)
-    envs.log(f"{name} {'updated' if op != 'remove' else 'changed'}; the archive is on disk")
+    if isinstance(synced, dict) and synced.get("committed") is False:
+        envs.log(f"{name} is unchanged")
+    else:
+        envs.log(f"{name} changed; the archive is on disk")
 
 
 def _update_meta(prefix: Path, name: str) -> None:
@@ -109,7 +113,7 @@ def _update_meta(prefix: Path, name: str) -> None:
         return
     meta["packages"] = [f"{r.name}-{r.version}-{r.build}" for r in prefixinfo.records(prefix)]
     meta["modified"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    envs.write_meta(prefix, name, **{k: v for k, v in meta.items() if k != "name"})
+    (prefix / envs.META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
 def _unmount(paths: Paths, name: str, *, discard: bool) -> None:

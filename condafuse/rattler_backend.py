@@ -208,7 +208,7 @@ def change(
     result = Change(sorted(now - old), sorted(old - now))
     if not result.linked and not result.unlinked:
         return result
-    _run(_install(prefix, records, installed, specs, cache_dir, request.quiet))
+    _run(_install(prefix, records, installed, specs, cache_dir, True))
     write_history(
         prefix,
         [r for r in records if _dist(r) in now - old],
