@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,15 +57,24 @@ def change(
             EXIT_BUSY,
         )
     done = False
+    changed = True  # an external frontend's changes are not known in advance
+    before: list[tuple[str, int, int]] | None = None
     try:
         envs.check_prefix(paths, name)
+        before = _meta_state(prefix)
         if request is not None:
             from . import rattler_backend
 
             result = rattler_backend.change(
-                prefix, op, request, paths.pkgs_dir, update_all=update_all
+                prefix,
+                op,
+                request,
+                paths.pkgs_dir,
+                update_all=update_all,
+                known_channels=envs.read_meta(prefix).get("channels") or [],
             )
-            if not result.linked and not result.unlinked:
+            changed = bool(result.linked or result.unlinked)
+            if not changed:
                 envs.log(f"nothing to change in {name}: all requested packages are installed")
             else:
                 gone = " ".join(f"-{d}" for d in result.unlinked)
@@ -79,7 +89,8 @@ def change(
             rc = envs._wait_forwarding(proc)
             if rc != 0:
                 raise CondafuseError(f"{frontend.kind} {op} failed (exit status {rc})")
-        _update_meta(prefix, name)
+        if changed:
+            _update_meta(prefix, name)
         printer = envs.ProgressPrinter(f"writing {name}.zip")
         try:
             synced = envs._call("sync", str(paths.mountpoint(name)), progress=printer)
@@ -90,6 +101,8 @@ def change(
         if mounted_now:
             _unmount(paths, name, discard=True)
             kept = "the archive is unchanged"
+        elif before is None or before == _meta_state(prefix):
+            kept = "the environment is unchanged"
         else:
             kept = f"nothing was committed; the mount at {prefix} may hold a partial change"
         if isinstance(exc, KeyboardInterrupt):
@@ -104,6 +117,17 @@ def change(
         envs.log(f"{name} is unchanged")
     else:
         envs.log(f"{name} changed; the archive is on disk")
+
+
+def _meta_state(prefix: Path) -> list[tuple[str, int, int]]:
+    """conda-meta's listing (name, size, mtime): every package change shows there."""
+    try:
+        with os.scandir(prefix / "conda-meta") as it:
+            return sorted(
+                (e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in it if e.is_file()
+            )
+    except OSError:
+        return []
 
 
 def _update_meta(prefix: Path, name: str) -> None:

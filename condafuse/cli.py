@@ -409,10 +409,8 @@ def dispatch(args, parser: argparse.ArgumentParser) -> int:
         if args.packages and args.all:
             raise CondafuseError("give PKG... or --all, not both", EXIT_USAGE)
         if args.packages:
-            extra = ["--yes"] if args.yes else []
-            changes.change(
-                paths, _frontend(args), check_name(args.name), "remove", args.packages + extra
-            )
+            # like conda's, the frontend is always run with --yes (nothing to confirm here)
+            changes.change(paths, _frontend(args), check_name(args.name), "remove", args.packages)
         else:
             envs.remove(paths, check_name(args.name), yes=args.yes)
     elif cmd == "import":

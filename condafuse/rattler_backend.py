@@ -159,13 +159,16 @@ def change(
     cache_dir: Path,
     *,
     update_all: bool = False,
+    known_channels: Sequence[str] = (),
 ) -> Change:
     """``op`` is install, update or remove: change the installed env at ``prefix`` in place.
 
     install: the new specs join (or replace, by name) the env's requested specs. update: the
     named packages (or every package with ``update_all``) may move to newer builds. remove: the
     named packages go, with every installed package that depends on them (as conda does).
-    Everything else stays at its installed build when the solver can keep it."""
+    Everything else stays at its installed build when the solver can keep it. Unless
+    --override-channels was given, the channels of the installed packages and
+    ``known_channels`` (those the env was created with) are searched after the -c ones."""
     prefix = Path(prefix)
     if op not in ("install", "update", "remove"):
         raise ValueError(op)
@@ -194,7 +197,10 @@ def change(
         history_specs = list(new.values())
     channels = list(request.channels)
     if not request.override:
-        own = [c for c in _env_channels(installed) if c not in channels]
+        own = []
+        for c in [*_env_channels(installed), *(ch.rstrip("/") for ch in known_channels)]:
+            if c not in channels and c not in own:
+                own.append(c)
         channels[request.given : request.given] = own
     if specs and not channels:
         raise CondafuseError("no channels: give -c CHANNEL", EXIT_USAGE)
