@@ -187,7 +187,7 @@ def change(
         specs = [s for n, s in requested.items() if n not in gone]
         locked = [r for r in installed if r.name.normalized not in gone]
         history_op = "remove"
-        history_specs = list(new)
+        history_specs = [*new, *(n for n in requested if n in gone and n not in new)]
     else:
         requested.update(new)  # --all keeps the requested specs (and their constraints)
         specs = list(requested.values())

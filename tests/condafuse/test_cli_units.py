@@ -190,7 +190,6 @@ def test_rattler_argument_parsing(tmp_path):
     assert req.specs == ["numpy >=1", "scipy"]
     for bad, text in (
         (["--solver", "x", "p"], "does not understand '--solver'"),
-        ([], "no packages given"),
         (["-c"], "needs a channel"),
         (["p", "--override-channels"], None),
     ):
@@ -201,6 +200,15 @@ def test_rattler_argument_parsing(tmp_path):
         with pytest.raises(CondafuseError) as e:
             rattler_backend.parse_create_args(bad, env={})
         assert text in str(e.value)
+    # an empty env needs no channel (conda allows `create NAME` alone); a change may find its
+    # channels in the env, so it does not insist either
+    assert rattler_backend.parse_create_args(["--override-channels"], env={}).specs == []
+    req = rattler_backend.parse_create_args(
+        ["p", "--override-channels"], env={}, need_channels=False
+    )
+    assert req.channels == [] and req.override
+    with pytest.raises(CondafuseError, match="no packages given"):
+        rattler_backend.parse_create_args([], env={}, need_specs=True)
 
 
 def test_rattler_backend_installs_a_real_env_offline(channel, tmp_path):
@@ -404,6 +412,9 @@ SUBCOMMANDS = [
     "remove",
     "import",
     "export",
+    "install",
+    "update",
+    "uninstall",
 ]
 
 
@@ -430,6 +441,13 @@ def test_help_everywhere(sub, capsys):
         (["export", "nosuch", "/tmp/x"], 3, "no environment 'nosuch'"),
         (["import", "/no/such/dir", "x"], 3, "is not a directory"),
         (["--frontend", "nope", "create", "x", "p"], 2, "unknown frontend"),
+        (["install", "nosuch", "pkg"], 3, "no environment 'nosuch'"),
+        (["uninstall", "nosuch", "pkg"], 3, "no environment 'nosuch'"),
+        (["remove", "x", "pkg", "--all"], 2, "not both"),
+        (["create"], 2, "give NAME"),
+        (["create", "-f", "/no/such.yml"], 1, "cannot read /no/such.yml"),
+        (["export", "x"], 2, "give DIR"),
+        (["export", "x", "d", "--yml"], 2, "-f FILE"),
         (["shell-hook", "fish"], 2, "invalid choice"),
     ],
 )
