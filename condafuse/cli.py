@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from . import changes, envfile, envs, frontends, shell
+from . import changes, envfile, envs, envs_txt, frontends, shell
 from .config import Paths, check_name
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CondafuseError, Terminated
 
@@ -256,6 +256,7 @@ def _paths_report(paths: Paths, args) -> dict:
         "tmpdir": str(paths.tmp_dir),
         "spill_dir": str(paths.spill_dir),
         "pkgs_dir": str(paths.pkgs_dir),
+        "conda_environments_txt": str(envs_txt.path()) if envs_txt.enabled() else None,
     }
     try:
         fe = _frontend(args)
@@ -403,6 +404,7 @@ def dispatch(args, parser: argparse.ArgumentParser) -> int:
             print(f"tmpdir:        {rep['tmpdir']}")
             print(f"spill dir:     {rep['spill_dir']}")
             print(f"package cache: {rep['pkgs_dir']}")
+            print(f"conda's list:  {rep['conda_environments_txt'] or 'off (CONDA_REGISTER_ENVS)'}")
             print(f"frontend:      {fe_text}")
             print(f"activation:    {rep['activator']}")
     elif cmd == "remove":

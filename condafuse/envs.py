@@ -449,7 +449,7 @@ def _request_from_env_file(request: Any, spec: envfile.EnvFile, args: Sequence[s
 
     given = request.channels[: request.given]
     channels = given + [
-        c for c in map(rattler_backend._channel_url, spec.real_channels()) if c not in given
+        c for c in map(rattler_backend.channel_url, spec.real_channels()) if c not in given
     ]
     n_given = len(channels)
     if not (request.override or spec.nodefaults):

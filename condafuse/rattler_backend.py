@@ -43,7 +43,7 @@ class CreateRequest:
     override: bool = False  # --override-channels
 
 
-def _channel_url(value: str) -> str:
+def channel_url(value: str) -> str:
     """Local directories become file:// URLs; names and URLs pass through."""
     if "://" in value:
         return value
@@ -72,11 +72,11 @@ def parse_create_args(
             value = next(it, None)
             if value is None:
                 raise CondafuseError(f"{arg} needs a channel", EXIT_USAGE)
-            channels.append(_channel_url(value))
+            channels.append(channel_url(value))
         elif arg.startswith("--channel="):
-            channels.append(_channel_url(arg.split("=", 1)[1]))
+            channels.append(channel_url(arg.split("=", 1)[1]))
         elif arg.startswith("-c") and len(arg) > 2 and not arg.startswith("--"):
-            channels.append(_channel_url(arg[2:]))
+            channels.append(channel_url(arg[2:]))
         elif arg == "--override-channels":
             override = True
         elif arg in ("-y", "--yes"):
@@ -102,8 +102,8 @@ def parse_create_args(
     if not override:
         defaults = env.get("CONDA_FUSE_CHANNELS", DEFAULT_CHANNELS)
         for ch in re.split(r"[,\s]+", defaults.strip()):
-            if ch and _channel_url(ch) not in channels:
-                channels.append(_channel_url(ch))
+            if ch and channel_url(ch) not in channels:
+                channels.append(channel_url(ch))
     if not channels and specs and need_channels:
         raise CondafuseError(
             "no channels: give -c CHANNEL (or drop --override-channels)", EXIT_USAGE

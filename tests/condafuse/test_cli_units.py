@@ -485,6 +485,7 @@ def test_paths_json(tmp_path, monkeypatch, capsys):
     assert rep["mount_root"] == str(tmp_path / "miniconda_fuse" / "envs")
     assert rep["frontend"] == ("rattler" if frontends.rattler_available() else None)
     assert rep["activator"] == "builtin"
+    assert rep["conda_environments_txt"] == str(tmp_path / ".conda" / "environments.txt")
     assert cli.main(["paths"]) == 0
     assert "spill dir:" in capsys.readouterr().out
 
