@@ -25,6 +25,7 @@ from .errors import CondafuseError
 # Files up to this size are read whole (the writer's in-flight budget bounds the memory); bigger
 # ones are handed over as descriptors, which must stay open until the writer has finished.
 SMALL_FILE = 8 << 20
+INFLIGHT = 16 << 20  # bytes the writer may hold in flight (peak memory ~ this + a block/CPU)
 
 
 @dataclasses.dataclass
@@ -96,7 +97,7 @@ def pack(
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     held: list[int] = []  # descriptors of big files, open until the writer is done with them
     try:
-        with ZipWriter(fd, level=level, progress=on_progress) as writer:
+        with ZipWriter(fd, level=level, progress=on_progress, max_inflight=INFLIGHT) as writer:
             writer.add_directory(_meta(top + "/", os.stat(src)))
             for rel, st in entries:
                 arc = f"{top}/{rel}"
