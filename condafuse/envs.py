@@ -374,7 +374,7 @@ def create(
 
         request = rattler_backend.parse_create_args(args)
         if spec is not None:
-            request = _request_from_env_file(request, spec, args)
+            request = _request_from_env_file(request, spec)
         cmd = None
     elif env_file:
         cmd = frontends.env_file_command(frontend, prefix, os.path.abspath(env_file), args)
@@ -439,7 +439,7 @@ def create(
     log(f"activate it with `condafuse activate {name}`")
 
 
-def _request_from_env_file(request: Any, spec: envfile.EnvFile, args: Sequence[str]) -> Any:
+def _request_from_env_file(request: Any, spec: envfile.EnvFile) -> Any:
     """The embedded backend's request for an environment.yml: its dependencies plus any specs
     on the command line; channels: -c ones, the file's, then the defaults (unless the file
     lists ``nodefaults`` or --override-channels was given)."""
