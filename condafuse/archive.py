@@ -1,11 +1,11 @@
 """Pack a directory tree into an environment archive (``condafuse import``), without FUSE.
 
 The archive holds one top folder ``NAME/`` with every file, directory and symlink of the source
-tree. Kept: symlinks (as Unix symlink entries, never followed), permission bits, and mtimes to
-100 ns (NTFS extra field, read first by zipfuse; an Info-ZIP "UT" field gives other unzip tools
-whole seconds). Hard links become separate copies; sockets, FIFOs and devices are skipped.
-The zip is written beside the destination and renamed into place after an fsync, so a crash
-never leaves a half-written ``NAME.zip``.
+tree, written by zipfuse's own writer (``zipfuse.zipwrite.ZipWriter``), so entry metadata is
+encoded exactly as a zipfuse commit encodes it: symlinks as Unix symlink entries (never
+followed), the full mode, uid/gid, and mtime/atime to 100 ns. Hard links become separate
+copies; sockets, FIFOs and devices are skipped. The zip is written beside the destination and
+renamed into place after an fsync, so a crash never leaves a half-written ``NAME.zip``.
 """
 
 from __future__ import annotations
@@ -13,18 +13,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-import struct
 import sys
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from zipfuse.zipwrite import EntryMeta, ZipWriter
+
 from .errors import CondafuseError
 
-# Seconds between 1601-01-01 (NTFS epoch) and 1970-01-01.
-_NTFS_EPOCH_DELTA = 11_644_473_600
-_CHUNK = 1 << 20
+# Files up to this size are read whole (the writer's in-flight budget bounds the memory); bigger
+# ones are handed over as descriptors, which must stay open until the writer has finished.
+SMALL_FILE = 8 << 20
+INFLIGHT = 16 << 20  # bytes the writer may hold in flight (peak memory ~ this + a block/CPU)
 
 
 @dataclasses.dataclass
@@ -33,36 +34,6 @@ class PackProgress:
     entries_total: int
     bytes_done: int
     bytes_total: int
-
-
-def _ntfs_time(ns: int) -> int:
-    return ns // 100 + _NTFS_EPOCH_DELTA * 10_000_000
-
-
-def _extra(st: os.stat_result) -> bytes:
-    mtime = int(st.st_mtime)
-    ut = struct.pack("<HHBl", 0x5455, 5, 1, max(min(mtime, 2**31 - 1), -(2**31)))
-    m, a = _ntfs_time(st.st_mtime_ns), _ntfs_time(st.st_atime_ns)
-    ntfs = struct.pack("<HHIHHQQQ", 0x000A, 32, 0, 0x0001, 24, m, a, m)
-    return ntfs + ut
-
-
-def _zipinfo(arcname: str, st: os.stat_result, kind: int) -> zipfile.ZipInfo:
-    t = time.localtime(st.st_mtime)
-    if t.tm_year < 1980:
-        date_time = (1980, 1, 1, 0, 0, 0)
-    elif t.tm_year > 2107:
-        date_time = (2107, 12, 31, 23, 59, 58)
-    else:
-        date_time = tuple(t[:6])
-    zi = zipfile.ZipInfo(arcname, date_time)
-    zi.create_system = 3  # Unix: external_attr holds st_mode
-    mode = stat.S_IMODE(st.st_mode)
-    zi.external_attr = ((kind | mode) & 0xFFFF) << 16
-    if kind == stat.S_IFDIR:
-        zi.external_attr |= 0x10  # MS-DOS directory bit
-    zi.extra = _extra(st)
-    return zi
 
 
 def scan(src: Path) -> tuple[list[tuple[str, os.stat_result]], int]:
@@ -82,6 +53,18 @@ def scan(src: Path) -> tuple[list[tuple[str, os.stat_result]], int]:
     return out, total
 
 
+def _meta(name: str, st: os.stat_result) -> EntryMeta:
+    return EntryMeta(name, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_atime_ns)
+
+
+def _read_all(path: str, size: int) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read(size + 1)
+    if len(data) != size:
+        raise CondafuseError(f"{path} changed size while it was being packed")
+    return data
+
+
 def pack(
     src: Path,
     dest: Path,
@@ -95,44 +78,45 @@ def pack(
     if not src.is_dir():
         raise CondafuseError(f"{src} is not a directory")
     entries, total = scan(src)
+    skipped = sum(
+        1
+        for _, st in entries
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode))
+    )
+    n_total = len(entries) + 1 - skipped
+    state = {"last": 0.0}
+
+    def on_progress(entries_done: int, bytes_done: int) -> None:  # the writer thread
+        now = time.monotonic()
+        if progress and now - state["last"] > 0.2:
+            state["last"] = now
+            progress(PackProgress(entries_done, n_total, bytes_done, total))
+
+    _allow_descriptors(sum(1 for _, st in entries if st.st_size > SMALL_FILE) + 64)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    done_bytes = 0
-    skipped = 0
-    last = 0.0
-    n_total = len(entries) + 1
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    held: list[int] = []  # descriptors of big files, open until the writer is done with them
     try:
-        with open(tmp, "wb") as raw:
-            with zipfile.ZipFile(
-                raw, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level, allowZip64=True
-            ) as z:
-                z.writestr(_zipinfo(top + "/", os.stat(src), stat.S_IFDIR), b"")
-                for i, (rel, st) in enumerate(entries, start=2):
-                    arc = f"{top}/{rel}"
-                    full = os.path.join(src, rel)
-                    if stat.S_ISDIR(st.st_mode):
-                        z.writestr(_zipinfo(arc + "/", st, stat.S_IFDIR), b"")
-                    elif stat.S_ISLNK(st.st_mode):
-                        zi = _zipinfo(arc, st, stat.S_IFLNK)
-                        zi.compress_type = zipfile.ZIP_STORED
-                        z.writestr(zi, os.fsencode(os.readlink(full)))
-                    elif stat.S_ISREG(st.st_mode):
-                        zi = _zipinfo(arc, st, stat.S_IFREG)
-                        zi.compress_type = zipfile.ZIP_DEFLATED
-                        zi.file_size = st.st_size
-                        big = st.st_size > 2**31
-                        with open(full, "rb") as f, z.open(zi, "w", force_zip64=big) as w:
-                            while chunk := f.read(_CHUNK):
-                                w.write(chunk)
-                                done_bytes += len(chunk)
-                    else:
-                        skipped += 1
-                        continue
-                    now = time.monotonic()
-                    if progress and (now - last > 0.2 or i == n_total):
-                        last = now
-                        progress(PackProgress(i, n_total, done_bytes, total))
-            raw.flush()
-            os.fsync(raw.fileno())
+        with ZipWriter(fd, level=level, progress=on_progress, max_inflight=INFLIGHT) as writer:
+            writer.add_directory(_meta(top + "/", os.stat(src)))
+            for rel, st in entries:
+                arc = f"{top}/{rel}"
+                full = os.path.join(src, rel)
+                if stat.S_ISDIR(st.st_mode):
+                    writer.add_directory(_meta(arc + "/", st))
+                elif stat.S_ISLNK(st.st_mode):
+                    writer.add_symlink(_meta(arc, st), os.fsencode(os.readlink(full)))
+                elif stat.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE:
+                    writer.add_bytes(_meta(arc, st), _read_all(full, st.st_size))
+                elif stat.S_ISREG(st.st_mode):
+                    src_fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
+                    held.append(src_fd)
+                    if os.fstat(src_fd).st_size != st.st_size:
+                        raise CondafuseError(f"{full} changed size while it was being packed")
+                    writer.add_file(_meta(arc, st), src_fd, st.st_size)
+            writer.finish()
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.fsync(fd)
         os.replace(tmp, dest)
         dfd = os.open(dest.parent, os.O_RDONLY)
         try:
@@ -145,10 +129,31 @@ def pack(
         except OSError:
             pass
         raise
+    finally:
+        os.close(fd)
+        for h in held:
+            os.close(h)
     if progress:
         progress(PackProgress(n_total, n_total, total, total))
     if skipped:
         print(
             f"condafuse: skipped {skipped} special files (sockets, FIFOs, devices)", file=sys.stderr
         )
-    return n_total - skipped
+    return n_total
+
+
+def _allow_descriptors(n: int) -> None:
+    """Raise the soft limit on open files towards the hard one if ``n`` more may be needed."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = len(os.listdir("/proc/self/fd")) + n if os.path.isdir("/proc/self/fd") else n
+    if soft != resource.RLIM_INFINITY and want > soft:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from . import envs, frontends, shell
+from . import changes, envfile, envs, envs_txt, frontends, shell
 from .config import Paths, check_name
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CondafuseError, Terminated
 
@@ -72,20 +72,35 @@ def build_parser() -> argparse.ArgumentParser:
             **kw,
         )
 
+    def sub_frontend(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--frontend",
+            dest="sub_frontend",
+            metavar="FRONTEND",
+            help="frontend for this command (see `condafuse --help`)",
+        )
+
     c = add(
         "create",
         "create environment NAME (conda create arguments follow NAME)",
-        epilog="example: condafuse create sci python=3.11 numpy -c conda-forge\n"
-        "Runs `<frontend> create --prefix MOUNT_ROOT/NAME/NAME --yes ARGS` in a new\n"
-        "read-write mount and commits the archive before returning.",
+        epilog="examples:\n"
+        "  condafuse create sci python=3.11 numpy -c conda-forge\n"
+        "  condafuse create -f environment.yml [NAME]\n"
+        "  condafuse create empty\n"
+        "Runs `<frontend> create --prefix MOUNT_ROOT/NAME/NAME --yes ARGS` (with -f:\n"
+        "`conda env create --prefix ... --file FILE`) in a new read-write mount and commits\n"
+        "the archive before returning. Without a frontend, the embedded py-rattler backend\n"
+        "installs the packages, then an environment file's pip: section with the env's pip.",
     )
+    sub_frontend(c)
     c.add_argument(
-        "--frontend",
-        dest="sub_frontend",
-        metavar="FRONTEND",
-        help="frontend for this command (see `condafuse --help`)",
+        "-f",
+        "--file",
+        dest="env_file",
+        metavar="FILE",
+        help="environment.yml to create from (NAME defaults to its name:)",
     )
-    c.add_argument("name", metavar="NAME")
+    c.add_argument("name", metavar="NAME", nargs="?")
     c.add_argument(
         "args",
         nargs=argparse.REMAINDER,
@@ -93,9 +108,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="passed to the frontend's create (specs, -c CHANNEL, ...)",
     )
 
+    for op, help_, example in (
+        ("install", "install packages into environment NAME", "condafuse install sci scipy"),
+        ("update", "update packages of environment NAME", "condafuse update sci numpy | --all"),
+        ("uninstall", "remove packages from environment NAME", "condafuse uninstall sci scipy"),
+    ):
+        verb = "remove" if op == "uninstall" else op
+        sp = add(
+            op,
+            help_,
+            epilog=f"example: {example}\n"
+            f"Runs `<frontend> {verb} --prefix MOUNT_ROOT/NAME/NAME --yes ARGS` in a read-write\n"
+            "mount (the embedded backend solves with py-rattler against the installed packages)\n"
+            "and commits the archive before returning. If the change fails, a mount made for it\n"
+            "is dropped without committing: the archive stays as it was.",
+        )
+        sub_frontend(sp)
+        sp.add_argument("name", metavar="NAME")
+        sp.add_argument(
+            "args",
+            nargs=argparse.REMAINDER,
+            metavar="ARGS",
+            help=f"passed to the frontend's {verb} (packages, -c CHANNEL, ...)",
+        )
+
     a = add("activate", "activate NAME in the calling shell (needs the shell hook)")
     a.add_argument("name", metavar="NAME")
-    a.add_argument("--read-only", action="store_true", help="mount read-only if not mounted")
+    a.add_argument("-r", "--read-only", action="store_true", help="mount read-only if not mounted")
     add("deactivate", "deactivate the active environment (needs the shell hook)")
 
     s = add(
@@ -106,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = s.add_subparsers(dest="shell_command", metavar="ACTION", parser_class=_Parser)
     sa = ssub.add_parser("activate", help="print code that activates NAME (mounting it)")
     sa.add_argument("name", metavar="NAME")
-    sa.add_argument("--read-only", action="store_true", help="mount read-only if not mounted")
+    sa.add_argument("-r", "--read-only", action="store_true", help="mount read-only if not mounted")
     ssub.add_parser("deactivate", help="print code that deactivates the active environment")
 
     h = add(
@@ -132,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = add("mount", "mount NAME at MOUNT_ROOT/NAME")
     m.add_argument("name", metavar="NAME")
-    m.add_argument("--read-only", action="store_true", help="mount read-only")
+    m.add_argument("-r", "--read-only", action="store_true", help="mount read-only")
 
     u = add("unmount", "commit and unmount NAME (waits until the archive is on disk)")
     u.add_argument("names", nargs="*", metavar="NAME")
@@ -151,9 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     pa = add("paths", "show the archive path, mount root, spill dir and frontend in use")
     pa.add_argument("--json", action="store_true", help="machine-readable output")
 
-    rm = add("remove", "delete environment NAME's archive (refused while mounted)")
+    rm = add(
+        "remove",
+        "delete environment NAME's archive (refused while mounted), or remove packages from it",
+        epilog="`condafuse remove NAME [--all]` deletes the environment;\n"
+        "`condafuse remove NAME PKG...` removes packages, like `condafuse uninstall`.",
+    )
+    sub_frontend(rm)
     rm.add_argument("name", metavar="NAME")
+    rm.add_argument("packages", nargs="*", metavar="PKG", help="packages to remove")
     rm.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    rm.add_argument(
+        "--all", action="store_true", help="the whole environment (the default without PKG)"
+    )
 
     im = add(
         "import",
@@ -171,9 +220,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="deflate level (default 6)",
     )
 
-    ex = add("export", "copy environment NAME out into directory DIR")
+    ex = add(
+        "export",
+        "copy environment NAME out into directory DIR, or write its environment.yml",
+        epilog="examples:\n"
+        "  condafuse export sci /scratch/sci-copy\n"
+        "  condafuse export sci --yml > environment.yml   (like `conda env export`)\n"
+        "  condafuse export sci --yml -f environment.yml --from-history",
+    )
     ex.add_argument("name", metavar="NAME")
-    ex.add_argument("dir", metavar="DIR")
+    ex.add_argument("dir", metavar="DIR", nargs="?")
+    ex.add_argument("--yml", action="store_true", help="write an environment.yml instead")
+    ex.add_argument(
+        "-f", "--file", metavar="FILE", help="with --yml: write to FILE (default: stdout)"
+    )
+    ex.add_argument(
+        "--no-builds", action="store_true", help="with --yml: name=version, no build strings"
+    )
+    ex.add_argument(
+        "--from-history",
+        action="store_true",
+        help="with --yml: only the specs that were asked for (conda-meta/history)",
+    )
     return p
 
 
@@ -188,6 +256,7 @@ def _paths_report(paths: Paths, args) -> dict:
         "tmpdir": str(paths.tmp_dir),
         "spill_dir": str(paths.spill_dir),
         "pkgs_dir": str(paths.pkgs_dir),
+        "conda_environments_txt": str(envs_txt.path()) if envs_txt.enabled() else None,
     }
     try:
         fe = _frontend(args)
@@ -234,6 +303,41 @@ def _shell_deactivate(paths: Paths) -> str:
     return act.deactivate()
 
 
+def _create(paths: Paths, args) -> None:
+    """create NAME ARGS, or create -f environment.yml [NAME] (also NAME -f FILE.yml ...)."""
+    rest = list(args.args)
+    env_file = args.env_file
+    for i, a in enumerate(rest):
+        if a == "--":
+            break
+        value = None
+        if a in ("-f", "--file") and i + 1 < len(rest):
+            value, drop = rest[i + 1], 2
+        elif a.startswith("--file="):
+            value, drop = a.split("=", 1)[1], 1
+        if value is not None and envfile.is_env_file(value):
+            if env_file:
+                raise CondafuseError("give one environment file", EXIT_USAGE)
+            env_file = value
+            del rest[i : i + drop]
+            break
+    if env_file and not envfile.is_env_file(env_file):
+        rest = ["--file", env_file, *rest]  # a plain spec list, as conda create --file takes
+        env_file = None
+    name = args.name
+    if env_file:
+        if name is None:
+            name = envfile.read(env_file).name
+            if not name:
+                raise CondafuseError(
+                    f"{env_file} has no name: give NAME (condafuse create -f FILE NAME)",
+                    EXIT_USAGE,
+                )
+    elif name is None:
+        raise CondafuseError("give NAME (or -f environment.yml)", EXIT_USAGE)
+    envs.create(paths, _frontend(args), check_name(name), rest, env_file=env_file)
+
+
 def dispatch(args, parser: argparse.ArgumentParser) -> int:
     paths = Paths.from_env()
     cmd = args.command
@@ -241,7 +345,10 @@ def dispatch(args, parser: argparse.ArgumentParser) -> int:
         parser.print_help()
         return EXIT_USAGE
     if cmd == "create":
-        envs.create(paths, _frontend(args), check_name(args.name), args.args)
+        _create(paths, args)
+    elif cmd in ("install", "update", "uninstall"):
+        op = "remove" if cmd == "uninstall" else cmd
+        changes.change(paths, _frontend(args), check_name(args.name), op, args.args)
     elif cmd in ("activate", "deactivate"):
         raise CondafuseError(
             f"`condafuse {cmd}` changes your shell, which needs the shell hook: run "
@@ -297,14 +404,36 @@ def dispatch(args, parser: argparse.ArgumentParser) -> int:
             print(f"tmpdir:        {rep['tmpdir']}")
             print(f"spill dir:     {rep['spill_dir']}")
             print(f"package cache: {rep['pkgs_dir']}")
+            print(f"conda's list:  {rep['conda_environments_txt'] or 'off (CONDA_REGISTER_ENVS)'}")
             print(f"frontend:      {fe_text}")
             print(f"activation:    {rep['activator']}")
     elif cmd == "remove":
-        envs.remove(paths, check_name(args.name), yes=args.yes)
+        if args.packages and args.all:
+            raise CondafuseError("give PKG... or --all, not both", EXIT_USAGE)
+        if args.packages:
+            # like conda's, the frontend is always run with --yes (nothing to confirm here)
+            changes.change(paths, _frontend(args), check_name(args.name), "remove", args.packages)
+        else:
+            envs.remove(paths, check_name(args.name), yes=args.yes)
     elif cmd == "import":
         envs.import_env(paths, args.prefix, check_name(args.name), level=args.level)
     elif cmd == "export":
-        envs.export_env(paths, check_name(args.name), args.dir)
+        if args.yml:
+            if args.dir is not None:
+                raise CondafuseError("with --yml give the output as -f FILE", EXIT_USAGE)
+            envs.export_yml(
+                paths,
+                check_name(args.name),
+                args.file,
+                no_builds=args.no_builds,
+                from_history=args.from_history,
+            )
+        elif args.dir is None:
+            raise CondafuseError("give DIR (or --yml for an environment.yml)", EXIT_USAGE)
+        elif args.file or args.no_builds or args.from_history:
+            raise CondafuseError("-f, --no-builds and --from-history go with --yml", EXIT_USAGE)
+        else:
+            envs.export_env(paths, check_name(args.name), args.dir)
     else:  # pragma: no cover - argparse restricts choices
         raise CondafuseError(f"unknown command {cmd}", EXIT_USAGE)
     return 0

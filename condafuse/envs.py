@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import frontends
+from . import envfile, envs_txt, frontends, prefixinfo
 from .config import MAX_PREFIX_LEN, Paths, check_name
 from .errors import (
     EXIT_BUSY,
@@ -223,6 +224,7 @@ def ensure_mounted(paths: Paths, name: str, *, read_only: bool) -> tuple[Any, bo
             _rmdir_quiet(mp)
             raise exc from None
         log(f"read-write mount refused ({exc}); {name} is mounted read-only")
+    envs_txt.register(paths.prefix(name))  # conda drops it from the list while unmounted
     return info, True
 
 
@@ -263,15 +265,19 @@ def unmount_one(paths: Paths, name: str, *, timeout: float | None = None) -> Non
             " run `condafuse deactivate` (the shell hook does it for you)"
         )
     printer = ProgressPrinter(f"writing {name}.zip")
-    if not info.read_only:
-        dirty = f" ({_mb(info.dirty_bytes)} not yet committed)" if info.dirty_bytes else ""
-        log(f"unmounting {name}: writing its archive{dirty}")
+    if not info.read_only and info.dirty_bytes:
+        log(f"unmounting {name}: writing its archive ({_mb(info.dirty_bytes)} not yet committed)")
     try:
-        _call("unmount", str(mp), progress=printer, timeout=timeout)
+        result = _call("unmount", str(mp), progress=printer, timeout=timeout)
     finally:
         printer.close()
     _rmdir_quiet(mp)
-    log(f"{name} unmounted" + ("" if info.read_only else "; the archive is on disk"))
+    if info.read_only:
+        log(f"{name} unmounted")
+    elif isinstance(result, dict) and result.get("committed") is False:
+        log(f"{name} unmounted (nothing had changed)")
+    else:
+        log(f"{name} unmounted; the archive is on disk")
 
 
 def condafuse_mounts(paths: Paths) -> list[tuple[str, Any]]:
@@ -292,17 +298,17 @@ def unmount(paths: Paths, names: Sequence[str], *, all_: bool, timeout: float | 
         if not names:
             log("nothing is mounted")
             return 0
-    failed = []
+    # Each problem is reported once, on one line: the last one as the command's error.
+    last: CondafuseError | None = None
     for n in names:
         try:
             unmount_one(paths, check_name(n), timeout=timeout)
         except CondafuseError as exc:
-            if not all_ and len(names) == 1:
-                raise
-            log(f"{n}: {exc}")
-            failed.append(n)
-    if failed:
-        raise CondafuseError(f"could not unmount: {', '.join(failed)}")
+            if last is not None:
+                print(f"condafuse: error: {last}", file=sys.stderr, flush=True)
+            last = exc
+    if last is not None:
+        raise last
     return 0
 
 
@@ -347,7 +353,14 @@ def read_meta(prefix: Path) -> dict[str, Any]:
         return {}
 
 
-def create(paths: Paths, frontend: frontends.Frontend, name: str, args: Sequence[str]) -> None:
+def create(
+    paths: Paths,
+    frontend: frontends.Frontend,
+    name: str,
+    args: Sequence[str],
+    env_file: str | None = None,
+) -> None:
+    """Create NAME from conda arguments, or from an environment.yml (``env_file``)."""
     check_name(name)
     archive = paths.archive(name)
     mp = paths.mountpoint(name)
@@ -355,11 +368,16 @@ def create(paths: Paths, frontend: frontends.Frontend, name: str, args: Sequence
     _refuse_existing(archive, name)
     _check_prefix_len(prefix)
     request = None
+    spec = envfile.read(env_file) if env_file else None
     if frontend.kind == "rattler":
         from . import rattler_backend
 
         request = rattler_backend.parse_create_args(args)
+        if spec is not None:
+            request = _request_from_env_file(request, spec)
         cmd = None
+    elif env_file:
+        cmd = frontends.env_file_command(frontend, prefix, os.path.abspath(env_file), args)
     else:
         cmd = frontends.create_command(frontend, prefix, args)
     if find_mount_of(paths, name) is not None:
@@ -376,6 +394,11 @@ def create(paths: Paths, frontend: frontends.Frontend, name: str, args: Sequence
             from . import rattler_backend
 
             installed = rattler_backend.create(prefix, request, paths.pkgs_dir)
+            if spec is not None and spec.variables:
+                prefixinfo.set_env_vars(prefix, spec.variables)
+            if spec is not None and spec.pip:
+                assert env_file is not None
+                pip_install(prefix, spec.pip, Path(os.path.abspath(env_file)).parent)
             meta = {
                 "frontend": "rattler",
                 "specs": request.specs,
@@ -394,6 +417,8 @@ def create(paths: Paths, frontend: frontends.Frontend, name: str, args: Sequence
                     f"{frontend.kind} create failed (exit status {rc}); nothing was kept"
                 )
             meta = {"frontend": frontend.kind, "args": list(args)}
+            if env_file:
+                meta["env_file"] = os.path.abspath(env_file)
         if not (prefix / "conda-meta").is_dir():
             raise CondafuseError(f"{frontend.kind} did not create a conda environment at {prefix}")
         write_meta(prefix, name, **meta)
@@ -409,8 +434,79 @@ def create(paths: Paths, frontend: frontends.Frontend, name: str, args: Sequence
                 "interrupted; nothing was kept", getattr(exc, "code", 130)
             ) from None
         raise
+    envs_txt.register(prefix)
     log(f"created {name} at {prefix} (mounted read-write; the archive is on disk)")
     log(f"activate it with `condafuse activate {name}`")
+
+
+def _request_from_env_file(request: Any, spec: envfile.EnvFile) -> Any:
+    """The embedded backend's request for an environment.yml: its dependencies plus any specs
+    on the command line; channels: -c ones, the file's, then the defaults (unless the file
+    lists ``nodefaults`` or --override-channels was given)."""
+    import dataclasses
+
+    from . import rattler_backend
+
+    given = request.channels[: request.given]
+    channels = given + [
+        c for c in map(rattler_backend.channel_url, spec.real_channels()) if c not in given
+    ]
+    n_given = len(channels)
+    if not (request.override or spec.nodefaults):
+        channels += [c for c in request.channels[request.given :] if c not in channels]
+    specs = spec.dependencies + request.specs
+    if spec.pip and "pip" not in {_spec_name(s) for s in specs}:
+        raise CondafuseError(
+            "the environment file has a pip: section but no pip among its dependencies: "
+            "add `- pip` (its packages are installed with the environment's own pip)",
+            EXIT_USAGE,
+        )
+    if specs and not channels:
+        raise CondafuseError("no channels: list channels: in the file or give -c", EXIT_USAGE)
+    return dataclasses.replace(request, specs=specs, channels=channels, given=n_given)
+
+
+def _spec_name(spec: str) -> str:
+    m = re.match(r"^(?:[^:\s]+::)?([A-Za-z0-9_][A-Za-z0-9_.\-]*)", spec.strip())
+    return m.group(1).lower() if m else ""
+
+
+def pip_install(prefix: Path, requirements: Sequence[str], cwd: Path) -> None:
+    """Install an environment.yml's ``pip:`` section with the env's own pip, as conda does:
+    the lines become a requirements file (so options like ``--index-url`` work) read from the
+    file's directory (so relative paths work)."""
+    import tempfile
+
+    from .shell import BuiltinActivator
+
+    python = prefix / "bin" / "python"
+    has_pip = any(prefix.glob("lib/python*/site-packages/pip/__init__.py"))
+    if not (os.access(python, os.X_OK) and has_pip):
+        raise CondafuseError(
+            "the environment file has a pip: section but the environment has no pip "
+            f"({prefix}/bin/python -m pip); add `- pip` to its dependencies"
+        )
+    act = BuiltinActivator(dict(os.environ), lambda p: p, lambda p: None)
+    env = act.run_environment(str(prefix))
+    try:
+        fd, req = tempfile.mkstemp(prefix="condaenv.", suffix=".requirements.txt", dir=cwd)
+    except OSError:
+        fd, req = tempfile.mkstemp(prefix="condaenv.", suffix=".requirements.txt")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(line + "\n" for line in requirements))
+        cmd = [str(python), "-m", "pip", "install", "-U", "-r", req]
+        log("running " + " ".join(cmd[:4]) + " " + " ".join(requirements))
+        try:
+            proc = subprocess.Popen(cmd, env=env, cwd=cwd)
+        except OSError as exc:
+            raise CondafuseError(f"cannot run {python}: {exc.strerror}") from None
+        rc = _wait_forwarding(proc)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(req)
+    if rc != 0:
+        raise CondafuseError(f"pip install of the pip: section failed (exit status {rc})")
 
 
 def _undo_create(paths: Paths, name: str, mounted: bool) -> None:
@@ -527,6 +623,7 @@ def remove(paths: Paths, name: str, *, yes: bool) -> None:
         if answer not in ("y", "yes"):
             raise CondafuseError("not removed")
     archive.unlink()
+    envs_txt.unregister(paths.prefix(name))
     _rmdir_quiet(mp)
     spill = paths.env_spill_dir(name)
     if spill.is_dir():
@@ -654,10 +751,11 @@ def import_env(paths: Paths, src: Path, name: str, *, level: int = 6) -> None:
     finally:
         printer.close()
     new_prefix = paths.prefix(name)
-    log(f"imported {src} as {name} ({n} entries, {_mb(archive.stat().st_size)})")
+    envs_txt.register(new_prefix)
+    log(f"imported {src} as {name} ({n} entries, {_mb(archive.stat().st_size)}; not mounted)")
     if str(src) != str(new_prefix):
         log(
-            f"note: files still refer to {src}; the env is mounted at {new_prefix}. "
+            f"note: files still refer to {src}; when mounted, the env's prefix is {new_prefix}. "
             "Scripts with the old path baked in (shebangs, activate.d) keep using the old "
             "location"
         )
@@ -716,3 +814,48 @@ def copy_tree(src: Path, dest: Path, progress: ProgressPrinter | None = None) ->
         os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
     if progress:
         progress.close()
+
+
+def export_yml(
+    paths: Paths,
+    name: str,
+    dest: str | None,
+    *,
+    no_builds: bool = False,
+    from_history: bool = False,
+) -> None:
+    """Write NAME as an environment.yml, as ``conda env export`` does (to stdout without
+    ``dest``): its channels, every conda package as ``name=version=build``, packages pip
+    installed on top under ``pip:``, and its ``conda env config vars``."""
+    with mounted_for(paths, name, "export"):
+        prefix = check_prefix(paths, name)
+        records = prefixinfo.records(prefix)
+        channels: list[str] = []
+        for r in records:
+            if r.channel and r.channel not in channels:
+                channels.append(r.channel)
+        if from_history:
+            deps = prefixinfo.history_specs(prefix)
+            pip: list[str] = []
+        else:
+            deps = [
+                f"{r.name}={r.version}" if no_builds else f"{r.name}={r.version}={r.build}"
+                for r in records
+            ]
+            pip = prefixinfo.pip_packages(prefix)
+        text = envfile.dump(
+            name, channels, deps, pip, prefixinfo.env_vars(prefix), prefix=str(prefix)
+        )
+    if dest is None or dest == "-":
+        sys.stdout.write(text)
+        return
+    out = Path(dest)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise CondafuseError(f"cannot write {out}: {exc.strerror}") from None
+    log(f"exported {name} to {out} ({len(deps)} conda packages, {len(pip)} pip packages)")

@@ -139,6 +139,41 @@ def create_command(frontend: Frontend, prefix: str | Path, args: Sequence[str]) 
     return cmd + list(args)
 
 
+def change_command(
+    frontend: Frontend, op: str, prefix: str | Path, args: Sequence[str]
+) -> list[str]:
+    """``<exe> OP --prefix PREFIX --yes ARGS`` for OP install, update or remove (an existing
+    env, mounted read-write); the user's arguments pass unchanged."""
+    if frontend.exe is None:
+        raise ValueError("the embedded backend has no command line")
+    if op not in ("install", "update", "remove"):
+        raise ValueError(op)
+    check_create_args(args)
+    cmd = [frontend.exe, op, "--prefix", str(prefix)]
+    if not any(a in ("-y", "--yes") for a in args):
+        cmd.append("--yes")
+    return cmd + list(args)
+
+
+def env_file_command(
+    frontend: Frontend, prefix: str | Path, env_file: str, args: Sequence[str]
+) -> list[str]:
+    """The command that creates the env at ``prefix`` from an environment.yml.
+
+    conda and mamba: ``<exe> env create --prefix PREFIX --file FILE ARGS`` (their
+    environment-file command); micromamba: ``<exe> create --prefix PREFIX --file FILE --yes
+    ARGS``. The file's ``name:`` and ``prefix:`` are overridden by ``--prefix``."""
+    if frontend.exe is None:
+        raise ValueError("the embedded backend has no command line")
+    check_create_args(args)
+    if frontend.kind == "micromamba":
+        cmd = [frontend.exe, "create", "--prefix", str(prefix), "--file", env_file]
+        if not any(a in ("-y", "--yes") for a in args):
+            cmd.append("--yes")
+        return cmd + list(args)
+    return [frontend.exe, "env", "create", "--prefix", str(prefix), "--file", env_file, *args]
+
+
 def check_create_args(args: Sequence[str]) -> None:
     for a in args:
         if a == "--":

@@ -15,8 +15,9 @@ import pytest
 def make_stub(bindir: Path, name: str, log: Path) -> Path:
     """A recording stand-in for conda/mamba/micromamba: ONLY for command-line checks.
 
-    It logs argv (and CONDA_ENV_PROMPT) as JSON lines; ``create --prefix P`` makes a minimal
-    ``P/conda-meta``; ``shell.posix activate P`` / ``deactivate`` print a small script.
+    It logs argv (and CONDA_ENV_PROMPT) as JSON lines; ``create --prefix P`` (and ``env
+    create``) makes a minimal ``P/conda-meta``; ``shell.posix activate P`` / ``deactivate``
+    print a small script; with ``STUB_FAIL`` set, other commands exit 3.
     """
     stub = bindir / name
     stub.write_text(f"""#!{sys.executable}
@@ -25,7 +26,7 @@ args = sys.argv[1:]
 with open({str(log)!r}, "a") as f:
     f.write(json.dumps({{"exe": {name!r}, "argv": args,
                         "env_prompt": os.environ.get("CONDA_ENV_PROMPT")}}) + "\\n")
-if args[:1] == ["create"] and "--prefix" in args:
+if (args[:1] == ["create"] or args[:2] == ["env", "create"]) and "--prefix" in args:
     p = args[args.index("--prefix") + 1]
     os.makedirs(os.path.join(p, "conda-meta"))
     open(os.path.join(p, "conda-meta", "history"), "w").close()

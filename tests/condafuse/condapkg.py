@@ -282,3 +282,69 @@ def build_channel(channel: Path, host_python: str | None = None) -> Path:
 
 if __name__ == "__main__":
     print(build_channel(Path(sys.argv[1])))
+
+
+def pip_package(host_python: str | None = None) -> Package:
+    """A real ``pip`` conda package (noarch: python): the pip that the test interpreter has,
+    copied with its dist-info, plus the ``pip`` entry point."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pip")
+    assert spec is not None and spec.origin, "the test interpreter has no pip"
+    src = Path(spec.origin).parent
+    site = src.parent
+    items = []
+    dist_infos = sorted(site.glob("pip-*.dist-info"))
+    roots = [src] + dist_infos[:1]
+    for root in roots:
+        for f in sorted(root.rglob("*")):
+            if "__pycache__" in f.parts or not f.is_file() or f.name == "RECORD":
+                continue
+            items.append(Item(f"site-packages/{f.relative_to(site)}", f.read_bytes()))
+    version = dist_infos[0].name[len("pip-") : -len(".dist-info")] if dist_infos else "0"
+    return Package(
+        "pip",
+        version,
+        "noarch",
+        noarch="python",
+        depends=["python"],
+        entry_points=["pip = pip._internal.cli.main:main"],
+        items=items,
+    )
+
+
+def build_pip_channel(channel: Path) -> Path:
+    """A channel holding only ``pip`` (kept apart: the main channel stays small and fast)."""
+    from rattler.index import index_fs
+
+    channel = channel.resolve()
+    for sub in ("linux-64", "noarch"):
+        (channel / sub).mkdir(parents=True, exist_ok=True)
+    write_tar_bz2(pip_package(), channel / "noarch")
+    asyncio.run(index_fs(channel, target_platform=None, write_zst=False, write_shards=False))
+    return channel
+
+
+def write_wheel(out_dir: Path, name: str = "cfwheel", version: str = "0.1") -> Path:
+    """A minimal pure-Python wheel (module NAME with ``hello()``), for pip's offline installs."""
+    import base64
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": b"def hello():\n    return 'hello from " + name.encode() + b"'\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: condapkg\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist}/RECORD,,")
+    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
+    out = out_dir / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for path, data in files.items():
+            z.writestr(path, data)
+    return out

@@ -190,7 +190,6 @@ def test_rattler_argument_parsing(tmp_path):
     assert req.specs == ["numpy >=1", "scipy"]
     for bad, text in (
         (["--solver", "x", "p"], "does not understand '--solver'"),
-        ([], "no packages given"),
         (["-c"], "needs a channel"),
         (["p", "--override-channels"], None),
     ):
@@ -201,6 +200,15 @@ def test_rattler_argument_parsing(tmp_path):
         with pytest.raises(CondafuseError) as e:
             rattler_backend.parse_create_args(bad, env={})
         assert text in str(e.value)
+    # an empty env needs no channel (conda allows `create NAME` alone); a change may find its
+    # channels in the env, so it does not insist either
+    assert rattler_backend.parse_create_args(["--override-channels"], env={}).specs == []
+    req = rattler_backend.parse_create_args(
+        ["p", "--override-channels"], env={}, need_channels=False
+    )
+    assert req.channels == [] and req.override
+    with pytest.raises(CondafuseError, match="no packages given"):
+        rattler_backend.parse_create_args([], env={}, need_specs=True)
 
 
 def test_rattler_backend_installs_a_real_env_offline(channel, tmp_path):
@@ -350,19 +358,42 @@ def test_pack_keeps_symlinks_modes_and_times(tmp_path):
     (src / "bin" / "link").symlink_to("tool")
     (src / "dangling").symlink_to("/no/such/file")
     os.utime(src / "bin" / "tool", ns=(1_600_000_000_123_456_700, 1_600_000_000_123_456_700))
+    big = os.urandom(1 << 20) * 9 + b"tail"  # above the size read whole: goes by descriptor
+    (src / "big.bin").write_bytes(big)
     dest = tmp_path / "x.zip"
     seen = []
     pack(src, dest, "x", progress=seen.append)
     assert seen and seen[-1].entries_done == seen[-1].entries_total
     with zipfile.ZipFile(dest) as z:
         infos = {i.filename: i for i in z.infolist()}
-        assert set(infos) == {"x/", "x/bin/", "x/bin/tool", "x/bin/link", "x/dangling", "x/empty/"}
+        assert set(infos) == {
+            "x/",
+            "x/bin/",
+            "x/bin/tool",
+            "x/bin/link",
+            "x/dangling",
+            "x/empty/",
+            "x/big.bin",
+        }
+        assert z.read("x/big.bin") == big and z.testzip() is None
         assert stat.S_IMODE(infos["x/bin/tool"].external_attr >> 16) == 0o750
         assert stat.S_ISLNK(infos["x/bin/link"].external_attr >> 16)
         assert z.read("x/bin/link") == b"tool"
         assert z.read("x/dangling") == b"/no/such/file"
         assert stat.S_ISDIR(infos["x/empty/"].external_attr >> 16)
     assert not list(tmp_path.glob(".x.zip.tmp*"))
+    unzip = subprocess.run(["unzip", "-tq", str(dest)], capture_output=True, text=True)
+    assert unzip.returncode == 0, unzip.stdout + unzip.stderr
+    # zipfuse's reader sees the 100 ns mtime (same encoding as a zipfuse commit)
+    from zipfuse.zipformat import read_central_directory
+
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        cd = read_central_directory(fd)
+    finally:
+        os.close(fd)
+    tool = next(e for e in cd.entries if e.name == "x/bin/tool")
+    assert tool.mtime_ns == 1_600_000_000_123_456_700
 
 
 # --------------------------------------------------------------------------------- CLI style
@@ -381,6 +412,9 @@ SUBCOMMANDS = [
     "remove",
     "import",
     "export",
+    "install",
+    "update",
+    "uninstall",
 ]
 
 
@@ -407,6 +441,13 @@ def test_help_everywhere(sub, capsys):
         (["export", "nosuch", "/tmp/x"], 3, "no environment 'nosuch'"),
         (["import", "/no/such/dir", "x"], 3, "is not a directory"),
         (["--frontend", "nope", "create", "x", "p"], 2, "unknown frontend"),
+        (["install", "nosuch", "pkg"], 3, "no environment 'nosuch'"),
+        (["uninstall", "nosuch", "pkg"], 3, "no environment 'nosuch'"),
+        (["remove", "x", "pkg", "--all"], 2, "not both"),
+        (["create"], 2, "give NAME"),
+        (["create", "-f", "/no/such.yml"], 1, "cannot read /no/such.yml"),
+        (["export", "x"], 2, "give DIR"),
+        (["export", "x", "d", "--yml"], 2, "-f FILE"),
         (["shell-hook", "fish"], 2, "invalid choice"),
     ],
 )
@@ -444,6 +485,7 @@ def test_paths_json(tmp_path, monkeypatch, capsys):
     assert rep["mount_root"] == str(tmp_path / "miniconda_fuse" / "envs")
     assert rep["frontend"] == ("rattler" if frontends.rattler_available() else None)
     assert rep["activator"] == "builtin"
+    assert rep["conda_environments_txt"] == str(tmp_path / ".conda" / "environments.txt")
     assert cli.main(["paths"]) == 0
     assert "spill dir:" in capsys.readouterr().out
 
