@@ -65,6 +65,7 @@ def change(
         if request is not None:
             from . import rattler_backend
 
+            paths.secure_scratch()
             result = rattler_backend.change(
                 prefix,
                 op,

@@ -46,6 +46,7 @@ class Paths:
     tmp_dir: Path
     spill_dir: Path
     pkgs_dir: Path
+    scratch: Path | None = None  # $TMPDIR/condafuse-UID when a default location is in use
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Paths:
@@ -62,7 +63,29 @@ class Paths:
             tmp_dir=tmp_dir,
             spill_dir=_expand(spill, env) if spill else scratch / "spill",
             pkgs_dir=_expand(pkgs, env) if pkgs else scratch / "pkgs",
+            scratch=None if spill and pkgs else scratch,
         )
+
+    def secure_scratch(self) -> None:
+        """Create (or check) the default scratch directories before anything goes in them.
+
+        $TMPDIR is shared on login nodes: another user could create condafuse-UID first and
+        read or plant spill files and packages. The directory and its spill/pkgs children must
+        be ours, mode 0700, and no symlinks, or nothing is used.
+        """
+        if self.scratch is None:
+            return
+        from zipfuse.errors import ZipfuseError
+        from zipfuse.private import private_dir
+
+        hint = "set CONDA_FUSE_SPILL_DIR and CONDA_FUSE_PKGS_DIR to directories of your own"
+        try:
+            private_dir(str(self.scratch), "condafuse scratch directory", hint)
+            for sub in (self.spill_dir, self.pkgs_dir):
+                if sub.parent == self.scratch:
+                    private_dir(str(sub), "condafuse scratch directory", hint)
+        except ZipfuseError as exc:
+            raise CondafuseError(str(exc)) from None
 
     # --- per-environment locations -------------------------------------------------------
     def archive(self, name: str) -> Path:

@@ -80,6 +80,7 @@ def find_mount_of(paths: Paths, name: str) -> Any | None:
 
 def _mount_archive(paths: Paths, name: str, *, read_only: bool) -> Any:
     """zipfuse mount of NAME.zip at MOUNT_ROOT/NAME with its own spill directory."""
+    paths.secure_scratch()
     spill = paths.env_spill_dir(name)
     spill.mkdir(parents=True, exist_ok=True, mode=0o700)
     return _call(
@@ -393,6 +394,7 @@ def create(
         if request is not None:
             from . import rattler_backend
 
+            paths.secure_scratch()
             installed = rattler_backend.create(prefix, request, paths.pkgs_dir)
             if spec is not None and spec.variables:
                 prefixinfo.set_env_vars(prefix, spec.variables)

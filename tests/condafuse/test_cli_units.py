@@ -53,6 +53,44 @@ def test_paths_from_variables(tmp_path):
     assert p.name_for_prefix("/elsewhere/x/x") is None
 
 
+def test_default_scratch_is_private_and_planted_ones_are_refused(tmp_path):
+    env = {"HOME": str(tmp_path), "TMPDIR": str(tmp_path / "t")}
+    (tmp_path / "t").mkdir()
+    p = Paths.from_env(env)
+    p.secure_scratch()
+    for d in (p.scratch, p.spill_dir, p.pkgs_dir):
+        st = os.lstat(d)
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
+    # another user got there first: a world-writable directory, a symlink, someone else's
+    planted = tmp_path / "t2"
+    planted.mkdir()
+    scratch = planted / f"condafuse-{os.getuid()}"
+    scratch.mkdir(mode=0o777)
+    os.chmod(scratch, 0o777)
+    with pytest.raises(CondafuseError, match="others can write"):
+        Paths.from_env({**env, "TMPDIR": str(planted)}).secure_scratch()
+    assert not (scratch / "spill").exists()
+    scratch.rmdir()
+    scratch.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(CondafuseError, match="symlink"):
+        Paths.from_env({**env, "TMPDIR": str(planted)}).secure_scratch()
+    scratch.unlink()
+    scratch.mkdir(mode=0o700)
+    if os.getuid() == 0:  # only root can hand a directory to someone else
+        os.chown(scratch, 65534, 65534)
+        with pytest.raises(CondafuseError, match="not by you"):
+            Paths.from_env({**env, "TMPDIR": str(planted)}).secure_scratch()
+    overridden = Paths.from_env(
+        {
+            **env,
+            "CONDA_FUSE_SPILL_DIR": str(tmp_path / "s"),
+            "CONDA_FUSE_PKGS_DIR": str(tmp_path / "p"),
+        }
+    )
+    assert overridden.scratch is None
+    overridden.secure_scratch()  # the user's own choice: nothing to check in $TMPDIR
+
+
 @pytest.mark.parametrize("name", ["sci", "py3.11", "my_env-2", "A+B"])
 def test_valid_names(name):
     assert check_name(name) == name
