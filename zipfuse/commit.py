@@ -44,7 +44,9 @@ def plan(ns: Namespace) -> list[Item]:
     for path, node in ns.walk():
         name = path + "/" if node.is_dir else path
         # positional: one EntryMeta per entry of the archive, keyword passing costs more here
-        meta = EntryMeta(name, node.mode, node.uid, node.gid, node.mtime_ns, node.atime_ns)
+        meta = EntryMeta(
+            name, node.mode, node.uid, node.gid, node.mtime_ns, node.atime_ns, node.rdev
+        )
         entry = node.entry
         unchanged = (
             entry is not None

@@ -125,6 +125,8 @@ class Journal:
     # ----------------------------------------------------------------- records
     def make(self, path: str, node: Node) -> None:
         rec = {"op": "make", "path": path, **_meta(node)}
+        if node.rdev:
+            rec["rdev"] = node.rdev
         if node.target is not None:
             rec["target"] = os.fsdecode(node.target)
         self.append(rec)
@@ -200,6 +202,7 @@ def _apply(ns: Namespace, rec: dict, spill_path: str) -> bool:
         if existing is not None:  # replaying onto a tree that already has it: replace
             ns.unlink(parent, name, now) if not existing.is_dir else ns.rmdir(parent, name, now)
         node = ns.create(parent, name, rec["mode"], rec["uid"], rec["gid"], now)
+        node.rdev = rec.get("rdev", 0)
         if "target" in rec:
             node.target = os.fsencode(rec["target"])
             node.size = len(node.target)

@@ -27,6 +27,7 @@ import trio
 from .filedata import FileData
 from .journal import Journal
 from .namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, Namespace, Node
+from .osutil import now_ns
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,8 @@ class ZipOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------------ lookups
     @_guard
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
+        if len(name) > 255:  # the kernel passes names up to 1024 bytes
+            raise OSError(errno.ENAMETOOLONG, "name too long")
         node = self.ns.child(self.ns.dir(parent_inode), name)
         if node is None:
             neg = pyfuse3.EntryAttributes()
@@ -265,7 +268,7 @@ class ZipOperations(pyfuse3.Operations):
             await self.gate.enter()
             try:
                 self.data.truncate_to_empty(node)
-                self.ns.touch(node, time.time_ns())
+                self.ns.touch(node, now_ns())
                 self.unlogged.add(node.ino)
             finally:
                 self.gate.leave()
@@ -286,7 +289,7 @@ class ZipOperations(pyfuse3.Operations):
             await self.data.write(node, off, buf)
         finally:
             self.gate.leave()
-        node.mtime_ns = node.ctime_ns = time.time_ns()
+        node.mtime_ns = node.ctime_ns = now_ns()
         self.ns.changes += 1
         self.unlogged.add(node.ino)
         return len(buf)
@@ -320,7 +323,7 @@ class ZipOperations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
         node = self.ns.get(inode)
         self._writable()
-        now = time.time_ns()
+        now = now_ns()
         if fields.update_size:
             if node.is_dir:
                 raise OSError(errno.EISDIR, "is a directory")
@@ -359,7 +362,7 @@ class ZipOperations(pyfuse3.Operations):
         await self.gate.enter()
         try:
             parent = self.ns.dir(parent_inode)
-            return self.ns.create(parent, name, mode, ctx.uid, ctx.gid, time.time_ns())
+            return self.ns.create(parent, name, mode, ctx.uid, ctx.gid, now_ns())
         finally:
             self.gate.leave()
 
@@ -387,11 +390,11 @@ class ZipOperations(pyfuse3.Operations):
     @_guard
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
         kind = stat.S_IFMT(mode)
-        if kind == stat.S_IFREG:
-            pass
-        elif kind not in (stat.S_IFIFO, stat.S_IFSOCK):
-            raise OSError(errno.EPERM, "device files cannot be stored in a zip")
+        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise OSError(errno.EINVAL, "not a file type mknod can make")
         node = await self._make(parent_inode, name, mode, ctx)
+        if kind in (stat.S_IFCHR, stat.S_IFBLK):
+            node.rdev = rdev  # stored in the PKWARE Unix extra field (0x000d) at commit
         return self._made(node)
 
     @_guard
@@ -408,7 +411,7 @@ class ZipOperations(pyfuse3.Operations):
         try:
             node = self.ns.get(inode)
             src = self.ns.path(node)
-            self.ns.link(node, self.ns.dir(new_parent_inode), new_name, time.time_ns())
+            self.ns.link(node, self.ns.dir(new_parent_inode), new_name, now_ns())
         finally:
             self.gate.leave()
         dst = self._child_path(new_parent_inode, new_name)
@@ -422,7 +425,7 @@ class ZipOperations(pyfuse3.Operations):
         await self.gate.enter()
         try:
             path = self._child_path(parent_inode, name)
-            node = self.ns.unlink(self.ns.dir(parent_inode), name, time.time_ns())
+            node = self.ns.unlink(self.ns.dir(parent_inode), name, now_ns())
             if node.nlink > 0 and node.parent is not None:
                 self.unlogged.add(node.ino)  # its primary path may have changed
         finally:
@@ -436,7 +439,7 @@ class ZipOperations(pyfuse3.Operations):
         await self.gate.enter()
         try:
             path = self._child_path(parent_inode, name)
-            self.ns.rmdir(self.ns.dir(parent_inode), name, time.time_ns())
+            self.ns.rmdir(self.ns.dir(parent_inode), name, now_ns())
         finally:
             self.gate.leave()
         if self.journal is not None and path is not None:
@@ -467,7 +470,7 @@ class ZipOperations(pyfuse3.Operations):
                 self.ns.dir(parent_inode_new),
                 name_new,
                 flags,
-                time.time_ns(),
+                now_ns(),
             )
         finally:
             self.gate.leave()
