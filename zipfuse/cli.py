@@ -12,6 +12,7 @@ import time
 
 from . import api
 from .api import Progress, ZipfuseError
+from .progress import format_progress
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,14 +98,8 @@ class ProgressLine:
     def __call__(self, p: Progress) -> None:
         if not self.enabled:
             return
-        elapsed = max(time.monotonic() - self.start, 1e-6)
-        rate = p.bytes_done / elapsed
-        eta = (p.bytes_total - p.bytes_done) / rate if rate > 0 else 0
-        sys.stderr.write(
-            f"\r{self.label}: {p.entries_done}/{p.entries_total} entries, "
-            f"{p.bytes_done / 1e6:.1f}/{p.bytes_total / 1e6:.1f} MB, "
-            f"{rate / 1e6:.1f} MB/s, ETA {eta:.0f} s   "
-        )
+        line = format_progress(self.label, p, time.monotonic() - self.start)
+        sys.stderr.write(f"\r{line}\x1b[K")
         sys.stderr.flush()
         self.shown = True
 

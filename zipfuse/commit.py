@@ -76,9 +76,17 @@ def plan(ns: Namespace) -> list[Item]:
 
 
 def bytes_total(items: list[Item]) -> int:
-    return sum(
-        i.size if i.kind == FILE else (i.entry.compressed_size if i.entry else 0) for i in items
-    )
+    """What the writer's progress counts when it is done (see ZipWriter): plain bytes of new
+    data (files, symlink targets), compressed bytes of the entries copied from the archive."""
+    total = 0
+    for i in items:
+        if i.kind == FILE:
+            total += i.size
+        elif i.kind in (RAW, RAW_META):
+            total += i.entry.compressed_size
+        elif i.kind == SYMLINK:
+            total += len(i.target or b"")
+    return total
 
 
 def temp_path(archive: str) -> str:

@@ -494,6 +494,8 @@ class Daemon:
                 nursery.cancel_scope.cancel()
             if isinstance(outcome, BaseException):
                 raise outcome
+            with contextlib.suppress(Exception):  # the last record: done == total
+                await send({"progress": self.progress})
             fd, cd = outcome
             self._adopt(fd, cd, items)
             self.committed_changes = changes

@@ -630,7 +630,9 @@ class ZipWriter:
     the CPUs in this process's affinity mask, i.e. ``os.cpu_count()`` unless restricted).
     ``max_inflight``: bytes of plain/compressed data in flight at most (default 64 MiB).
     ``progress(entries_done, bytes_done)`` runs on the writer thread after each entry and after
-    each block of a split file; ``bytes_done`` counts uncompressed bytes. If it raises, the write
+    each block of a split file; ``bytes_done`` counts the bytes each entry takes as input: plain
+    bytes of new entries (read and compressed), compressed bytes of copied ones (``copy_raw``,
+    ``copy_run``), so a total computed the same way is reached exactly. If it raises, the write
     fails with that exception.
     """
 
@@ -1081,7 +1083,7 @@ class ZipWriter:
             self._copy_range(src_fd, start, end - start)
             for delta, run_rec in recs:
                 self._add_central(run_rec, offset + delta)
-                self._bytes_done += run_rec.usize
+                self._bytes_done += run_rec.csize
             self._count += max(len(recs) - 1, 0)  # the caller counts one
             self._release(job.cost)
             return
@@ -1174,7 +1176,7 @@ class ZipWriter:
             else:
                 desc = _DESCRIPTOR.pack(_DESCRIPTOR_SIG, rec.crc, rec.csize, rec.usize)
             self._emit(desc)
-        self._bytes_done += rec.usize
+        self._bytes_done += rec.csize  # a copy costs its compressed bytes
 
     @staticmethod
     def _adopt_local_header(rec: _Rec, head: bytes, entry: ZipEntry) -> None:
