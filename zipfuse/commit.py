@@ -221,13 +221,17 @@ class CommitConflict(Exception):
 
 
 def _test_pause(stage: str) -> None:
-    """Crash tests stop a commit at a named stage: ZIPFUSE_TEST_PAUSE=stage:marker-file."""
+    """Tests stop a commit at a named stage: ZIPFUSE_TEST_PAUSE=stage:marker-file. The commit
+    writes the marker and waits (crash tests kill it there); deleting the marker lets it go on,
+    and later commits of the process no longer pause."""
     spec = os.environ.get("ZIPFUSE_TEST_PAUSE")
     if spec and spec.split(":", 1)[0] == stage:
-        with open(spec.split(":", 1)[1], "w") as f:
+        marker = spec.split(":", 1)[1]
+        with open(marker, "w") as f:
             f.write(str(os.getpid()))
-        while True:
-            time.sleep(3600)
+        while os.path.exists(marker):
+            time.sleep(0.05)
+        os.environ.pop("ZIPFUSE_TEST_PAUSE", None)
 
 
 def _umask() -> int:

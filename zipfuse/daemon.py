@@ -50,6 +50,7 @@ class Config:
     foreground: bool = False
     debug: bool = False
     restore: bool = False  # mount with an interrupted session's changes instead of committing
+    nonempty: bool = False  # allow mounting over a directory that has files (they are hidden)
 
 
 @dataclasses.dataclass
@@ -71,6 +72,11 @@ def prepare(config: Config) -> Prepared:
         raise ZipfuseError(f"mountpoint {config.mountpoint} {what}")
     if os.path.ismount(config.mountpoint) or config.mountpoint in registry.fuse_mounts():
         raise ZipfuseError(f"mountpoint {config.mountpoint} is already a mount point (busy)")
+    if not config.nonempty and _has_entries(config.mountpoint):
+        raise ZipfuseError(
+            f"mountpoint {config.mountpoint} is not empty (the mount would hide its files); "
+            "use an empty directory, or --nonempty to mount over it anyway"
+        )
     writers = [
         r
         for r in registry.records()
@@ -105,6 +111,15 @@ def prepare(config: Config) -> Prepared:
         os.close(fd)
         raise ZipfuseError(f"{config.archive}: {exc}") from None
     return Prepared(config, fd, cd, notes)
+
+
+def _has_entries(path: str) -> bool:
+    """Whether the directory lists anything (unreadable counts as empty: FUSE will tell)."""
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is not None
+    except OSError:
+        return False
 
 
 def _recover_first(config: Config) -> list[str]:
