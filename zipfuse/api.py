@@ -6,11 +6,13 @@ whose message is one line meant for a user.
 INTERFACE CONTRACT:
 
 - ``mount(archive, mountpoint, *, read_only=False, spill_dir=None, fuse_options=(),
-  level=None, timeout=60) -> MountInfo``: start a daemon and return once the mount is ready.
+  level=None, timeout=60, nonempty=False) -> MountInfo``: start a daemon and return once the
+  mount is ready. A mountpoint that is not empty is refused unless ``nonempty``.
 - ``unmount(mountpoint, *, progress=None, timeout=None) -> dict``: commit (unless read-only),
   unmount, and return once the daemon has exited and the archive is durable. ``progress`` receives
   ``Progress`` records while the commit runs.
-- ``sync(mountpoint, *, progress=None) -> None``: commit now, stay mounted.
+- ``sync(mountpoint, *, progress=None) -> dict``: commit now, stay mounted (a read-only mount
+  answers ``{"committed": False, "read_only": True, ...}``).
 - ``status() -> list[MountInfo]``: every live mount of this user (from the registry; instant).
 - ``find_mount(mountpoint_or_archive) -> MountInfo | None``.
 """
