@@ -30,15 +30,18 @@ _COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5 if sys.platform.startswith("l
 
 
 def now_ns() -> int:
-    """Wall-clock time for new timestamps, from the kernel's own (coarse) clock.
+    """Wall-clock time for new timestamps: one nanosecond before the kernel's own clock.
 
-    With the writeback cache the kernel sends its own ``current_time()`` for ``utime(NULL)``
-    and after writes; stamping with the finer CLOCK_REALTIME would put a new file's mtime up to
-    one tick AFTER a later ``utime(NULL)``, i.e. time would go backwards.
+    With the writeback cache the kernel sends its own ``current_time()`` (the coarse clock) for
+    ``utime(NULL)`` and after writes; stamping with the finer CLOCK_REALTIME put a new file's
+    mtime up to one tick AFTER a later ``utime(NULL)``: time went backwards. One nanosecond
+    less than the coarse clock also keeps a write in the same tick a change of mtime for the
+    kernel, which then sends its SETATTR (and with it the journal's data record) before
+    ``close()`` returns, as it did with the finer clock.
     """
     if _COARSE is not None:
         try:
-            return time.clock_gettime_ns(_COARSE)
+            return time.clock_gettime_ns(_COARSE) - 1
         except OSError:
             pass
     return time.time_ns()
