@@ -111,10 +111,12 @@ class ProgressPrinter:
             return
         self.finished = final
         self.last = now
-        pct = 100.0 * p.bytes_done / p.bytes_total if p.bytes_total else 100.0
+        # never past 100 %, whatever the producer counted (done and total clamped alike)
+        done, total = min(p.bytes_done, p.bytes_total), p.bytes_total
+        pct = min(100 * done // total, 100) if total > 0 else 100
         line = (
-            f"condafuse: {self.label}: {p.entries_done}/{p.entries_total} entries, "
-            f"{_mb(p.bytes_done)}/{_mb(p.bytes_total)} ({pct:.0f}%)"
+            f"condafuse: {self.label}: {min(p.entries_done, p.entries_total)}/{p.entries_total} "
+            f"entries, {_mb(done)}/{_mb(total)} ({pct}%)"
         )
         if self.tty:
             self.stream.write("\r" + line + "\x1b[K")

@@ -6,11 +6,13 @@ whose message is one line meant for a user.
 INTERFACE CONTRACT:
 
 - ``mount(archive, mountpoint, *, read_only=False, spill_dir=None, fuse_options=(),
-  level=None, timeout=60) -> MountInfo``: start a daemon and return once the mount is ready.
+  level=None, timeout=60, nonempty=False) -> MountInfo``: start a daemon and return once the
+  mount is ready. A mountpoint that is not empty is refused unless ``nonempty``.
 - ``unmount(mountpoint, *, progress=None, timeout=None) -> dict``: commit (unless read-only),
   unmount, and return once the daemon has exited and the archive is durable. ``progress`` receives
   ``Progress`` records while the commit runs.
-- ``sync(mountpoint, *, progress=None) -> None``: commit now, stay mounted.
+- ``sync(mountpoint, *, progress=None) -> dict``: commit now, stay mounted (a read-only mount
+  answers ``{"committed": False, "read_only": True, ...}``).
 - ``status() -> list[MountInfo]``: every live mount of this user (from the registry; instant).
 - ``find_mount(mountpoint_or_archive) -> MountInfo | None``.
 """
@@ -116,12 +118,30 @@ def find_mount(mountpoint_or_archive: str) -> MountInfo | None:
 def recover(archive: str, *, spill_dir: str | None = None, level: int = 6) -> str | None:
     """Commit the changes an interrupted session left for ``archive``; say what was done."""
     from .lock import ArchiveLock
+    from .recovery import pending
     from .recovery import recover as _recover
+    from .zipformat import ZipFormatError, read_central_directory
 
     archive = os.path.realpath(archive)  # the identity its mounts used
     parent = os.path.dirname(archive)
     if not os.path.isdir(parent):
         raise ZipfuseError(f"directory {parent} does not exist")
+    if not os.path.lexists(archive):
+        if not pending(archive, spill_dir):  # a session on a new archive may still be pending
+            raise ZipfuseError(f"archive {archive} does not exist (nothing to recover)")
+    elif not os.path.isfile(archive):
+        raise ZipfuseError(f"{archive} is not a regular file")
+    else:
+        try:
+            fd = os.open(archive, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ZipfuseError(f"cannot open {archive}: {exc.strerror}") from None
+        try:
+            read_central_directory(fd)
+        except ZipFormatError as exc:
+            raise ZipfuseError(f"{archive} is not a usable zip archive: {exc}") from None
+        finally:
+            os.close(fd)
     lock = ArchiveLock(archive)
     lock.acquire()
     try:
@@ -139,11 +159,17 @@ def mount(
     fuse_options: tuple[str, ...] | list[str] = (),
     level: int | None = None,
     timeout: float = 60,
+    nonempty: bool = False,
 ) -> MountInfo:
-    """Mount in a new daemon process; return once the mount answers requests."""
+    """Mount in a new daemon process; return once the mount answers requests.
+
+    ``nonempty``: mount even over a directory that has files (refused otherwise).
+    """
     cmd = [sys.executable, "-m", "zipfuse", "mount"]
     if read_only:
         cmd.append("--read-only")
+    if nonempty:
+        cmd.append("--nonempty")
     if spill_dir:
         cmd += ["--spill-dir", spill_dir]
     if level is not None:
@@ -177,7 +203,8 @@ def sync(mountpoint: str, *, progress: ProgressFn | None = None) -> dict:
     """Commit the mount's changes into its archive now; the mount stays up."""
     rec = _live_record(mountpoint)
     if rec["read_only"]:
-        return {"ok": True, "committed": False, "message": "read-only mount"}
+        return {"ok": True, "committed": False, "read_only": True, "mountpoint": rec["mountpoint"],
+                "message": "nothing to commit (read-only mount)"}  # fmt: skip
     result: dict = {}
     try:
         for reply in control.request(rec["socket"], {"op": "sync"}, timeout=None):
@@ -252,6 +279,7 @@ def _fusermount(args: list[str]) -> subprocess.CompletedProcess:
         text=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, "LC_ALL": "C"},  # its messages are parsed (busy)
     )
 
 
@@ -303,6 +331,11 @@ def unmount(
                 why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
                 why = why.removeprefix("fusermount3: ")
                 done = "changes are committed, but " if committed.get("committed") else ""
+                if "busy" in why.lower():  # EBUSY: fusermount3 runs with LC_ALL=C
+                    why = (
+                        f"busy: a process has its cwd or a file open inside (see `fuser -vm {mp}`)"
+                    )
+                    raise ZipfuseError(f"{done}cannot unmount, {why}")
                 raise ZipfuseError(f"{done}cannot unmount {mp}: {why}")
             for reply in replies:
                 _progress(reply, progress)

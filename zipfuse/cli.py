@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
-from . import api
+from . import api, registry
 from .api import Progress
 from .errors import ZipfuseError
+from .progress import format_progress
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="OPTS",
-        help="extra FUSE mount options, comma separated (e.g. allow_other)",
+        help="extra FUSE mount options, comma separated (e.g. allow_other; nonempty is --nonempty)",
+    )
+    m.add_argument(
+        "--nonempty",
+        action="store_true",
+        help="mount over a directory that is not empty (its files are hidden while mounted)",
     )
     m.add_argument("--debug", action="store_true", help="verbose daemon log")
     m.add_argument(
@@ -98,26 +105,24 @@ class ProgressLine:
     def __call__(self, p: Progress) -> None:
         if not self.enabled:
             return
-        elapsed = max(time.monotonic() - self.start, 1e-6)
-        rate = p.bytes_done / elapsed
-        eta = (p.bytes_total - p.bytes_done) / rate if rate > 0 else 0
-        sys.stderr.write(
-            f"\r{self.label}: {p.entries_done}/{p.entries_total} entries, "
-            f"{p.bytes_done / 1e6:.1f}/{p.bytes_total / 1e6:.1f} MB, "
-            f"{rate / 1e6:.1f} MB/s, ETA {eta:.0f} s   "
-        )
+        line = format_progress(self.label, p, time.monotonic() - self.start)
+        sys.stderr.write(f"\r{line}\x1b[K")
         sys.stderr.flush()
         self.shown = True
 
     def done(self) -> None:
+        """End the live line (once)."""
         if self.shown:
             sys.stderr.write("\n")
+            self.shown = False
 
 
 def _mount(args: argparse.Namespace) -> int:
     from . import daemon
 
     options = tuple(o for opts in args.options for o in opts.split(",") if o)
+    nonempty = args.nonempty or "nonempty" in options  # fuse 2's option; libfuse 3 lacks it
+    options = tuple(o for o in options if o != "nonempty")
     config = daemon.Config(
         archive=args.archive,
         mountpoint=args.mountpoint,
@@ -128,6 +133,7 @@ def _mount(args: argparse.Namespace) -> int:
         foreground=args.foreground,
         debug=args.debug,
         restore=args.restore,
+        nonempty=nonempty,
     )
     prepared = daemon.prepare(config)
     for note in prepared.notes:
@@ -148,8 +154,15 @@ def _commit_cmd(args: argparse.Namespace) -> int:
             result = api.unmount(
                 args.mountpoint, progress=line, timeout=args.timeout, discard=args.discard
             )
+    except KeyboardInterrupt:
+        line.done()
+        print(_interrupted(args), file=sys.stderr)
+        return 130
     finally:
         line.done()
+    if result.get("read_only"):
+        mp = result["mountpoint"]
+        print(f"zipfuse: nothing to commit: {mp} is mounted read-only", file=sys.stderr)
     if sys.stderr.isatty() and result.get("committed"):
         print(
             f"zipfuse: committed {result['entries']} entries "
@@ -157,6 +170,21 @@ def _commit_cmd(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """Ctrl-C only stops this command: say what the daemon goes on doing and what to do."""
+    mp = os.path.realpath(args.mountpoint)
+    cmd = "sync" if args.command == "sync" else "unmount"
+    if mp in registry.fuse_mounts():
+        return (
+            f"zipfuse: interrupted; the commit continues in the daemon and the mount stays up: "
+            f"run 'zipfuse {cmd} {mp}' again"
+        )
+    return (
+        f"zipfuse: interrupted; {mp} is unmounted and the daemon finishes the commit in the "
+        "background ('zipfuse status' shows it)"
+    )
 
 
 def _status(args: argparse.Namespace) -> int:

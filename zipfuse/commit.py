@@ -44,7 +44,9 @@ def plan(ns: Namespace) -> list[Item]:
     for path, node in ns.walk():
         name = path + "/" if node.is_dir else path
         # positional: one EntryMeta per entry of the archive, keyword passing costs more here
-        meta = EntryMeta(name, node.mode, node.uid, node.gid, node.mtime_ns, node.atime_ns)
+        meta = EntryMeta(
+            name, node.mode, node.uid, node.gid, node.mtime_ns, node.atime_ns, node.rdev
+        )
         entry = node.entry
         unchanged = (
             entry is not None
@@ -74,9 +76,17 @@ def plan(ns: Namespace) -> list[Item]:
 
 
 def bytes_total(items: list[Item]) -> int:
-    return sum(
-        i.size if i.kind == FILE else (i.entry.compressed_size if i.entry else 0) for i in items
-    )
+    """What the writer's progress counts when it is done (see ZipWriter): plain bytes of new
+    data (files, symlink targets), compressed bytes of the entries copied from the archive."""
+    total = 0
+    for i in items:
+        if i.kind == FILE:
+            total += i.size
+        elif i.kind in (RAW, RAW_META):
+            total += i.entry.compressed_size
+        elif i.kind == SYMLINK:
+            total += len(i.target or b"")
+    return total
 
 
 def temp_path(archive: str) -> str:
@@ -211,16 +221,17 @@ class CommitConflict(Exception):
 
 
 def _test_pause(stage: str) -> None:
-    """Crash tests stop a commit at a named stage: ZIPFUSE_TEST_PAUSE=stage:marker-file. The
-    commit writes the marker and waits until the test deletes it (or kills the daemon)."""
+    """Tests stop a commit at a named stage: ZIPFUSE_TEST_PAUSE=stage:marker-file. The commit
+    writes the marker and waits (crash tests kill it there); deleting the marker lets it go on,
+    and later commits of the process no longer pause."""
     spec = os.environ.get("ZIPFUSE_TEST_PAUSE")
     if spec and spec.split(":", 1)[0] == stage:
         marker = spec.split(":", 1)[1]
         with open(marker, "w") as f:
             f.write(str(os.getpid()))
         while os.path.exists(marker):
-            time.sleep(0.02)
-        os.environ.pop("ZIPFUSE_TEST_PAUSE", None)  # once: the next commit runs through
+            time.sleep(0.05)
+        os.environ.pop("ZIPFUSE_TEST_PAUSE", None)
 
 
 def _umask() -> int:

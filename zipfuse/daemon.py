@@ -50,6 +50,7 @@ class Config:
     foreground: bool = False
     debug: bool = False
     restore: bool = False  # mount with an interrupted session's changes instead of committing
+    nonempty: bool = False  # allow mounting over a directory that has files (they are hidden)
 
 
 @dataclasses.dataclass
@@ -73,6 +74,11 @@ def prepare(config: Config) -> Prepared:
         raise ZipfuseError(f"mountpoint {config.mountpoint} {what}")
     if os.path.ismount(config.mountpoint) or config.mountpoint in registry.fuse_mounts():
         raise ZipfuseError(f"mountpoint {config.mountpoint} is already a mount point (busy)")
+    if not config.nonempty and _has_entries(config.mountpoint):
+        raise ZipfuseError(
+            f"mountpoint {config.mountpoint} is not empty (the mount would hide its files); "
+            "use an empty directory, or --nonempty to mount over it anyway"
+        )
     writers = [
         r
         for r in registry.records()
@@ -115,6 +121,15 @@ def _same_archive(a: str, b: str) -> bool:
         return True
     try:
         return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _has_entries(path: str) -> bool:
+    """Whether the directory lists anything (unreadable counts as empty: FUSE will tell)."""
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is not None
     except OSError:
         return False
 
@@ -505,6 +520,8 @@ class Daemon:
                 raise done
             if done is None:
                 return {"ok": True, "committed": False, "message": "nothing to commit"}
+            with contextlib.suppress(Exception):  # the last record: done == total
+                await send({"progress": self.progress})
             log.info(
                 "committed %d entries, %d bytes in %.2f s",
                 done.entries,

@@ -205,6 +205,7 @@ class Namespace:
             node.size = entry.file_size
             self._attach(parent, name, node)
         node.mode = entry.mode
+        node.rdev = entry.rdev
         node.uid = self.uid if entry.uid is None else entry.uid
         node.gid = self.gid if entry.gid is None else entry.gid
         node.mtime_ns = node.ctime_ns = entry.mtime_ns

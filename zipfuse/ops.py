@@ -256,8 +256,10 @@ class ZipOperations(pyfuse3.Operations):
     @_guard
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
         kind = stat.S_IFMT(mode)
-        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK):
-            raise OSError(errno.EPERM, "device files cannot be stored in a zip")
+        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise OSError(errno.EINVAL, "not a file type mknod can make")
+        if kind not in (stat.S_IFCHR, stat.S_IFBLK):
+            rdev = 0  # devices keep theirs in the PKWARE Unix extra field (0x000d)
         node = await self.overlay.make(parent_inode, name, mode, ctx.uid, ctx.gid, rdev=rdev)
         return self._entry(node)
 

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import trio
 
 from . import commit, journal, osutil
+from .osutil import now_ns
 from .filedata import FileData
 from .journal import Journal
 from .namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, Namespace, Node
@@ -272,7 +273,7 @@ class Overlay:
         self._writable()
         async with self.gate:
             parent = self.ns.dir(parent_ino)
-            node = self.ns.create(parent, name, mode, uid, gid, time.time_ns())
+            node = self.ns.create(parent, name, mode, uid, gid, now_ns())
             node.rdev = rdev
             if target is not None:
                 node.target = target
@@ -288,7 +289,7 @@ class Overlay:
             node = self.ns.get(ino)
             parent = self.ns.dir(parent_ino)
             src = self.ns.path(node)
-            self.ns.link(node, parent, name, time.time_ns())
+            self.ns.link(node, parent, name, now_ns())
             dst = self._child_path(parent, name)
             if src is not None and dst is not None:
                 self._journal(lambda j: j.link(src, dst))
@@ -299,7 +300,7 @@ class Overlay:
         async with self.gate:
             parent = self.ns.dir(parent_ino)
             path = self._child_path(parent, name)
-            node = self.ns.unlink(parent, name, time.time_ns())
+            node = self.ns.unlink(parent, name, now_ns())
             if node.nlink > 0 and node.parent is not None:
                 self.unlogged.add(node.ino)  # its primary path may have changed
             if path is not None:
@@ -310,7 +311,7 @@ class Overlay:
         async with self.gate:
             parent = self.ns.dir(parent_ino)
             path = self._child_path(parent, name)
-            self.ns.rmdir(parent, name, time.time_ns())
+            self.ns.rmdir(parent, name, now_ns())
             if path is not None:
                 self._journal(lambda j: j.remove(path))
 
@@ -327,7 +328,7 @@ class Overlay:
             new_parent = self.ns.dir(new_parent_ino)
             src = self._child_path(old_parent, old)
             dst = self._child_path(new_parent, new)
-            self.ns.rename(old_parent, old, new_parent, new, flags, time.time_ns())
+            self.ns.rename(old_parent, old, new_parent, new, flags, now_ns())
             if src is not None and dst is not None:
                 self._journal(lambda j: j.rename(src, dst, flags))
 
@@ -335,7 +336,7 @@ class Overlay:
         """chmod, chown, utimens and truncate: all under the gate, so a commit never adopts
         over a change it did not write (a lost chmod during a sync, before)."""
         self._writable()
-        now = time.time_ns()
+        now = now_ns()
         async with self.gate:
             if change.size is not None:
                 if node.is_dir:
@@ -373,7 +374,7 @@ class Overlay:
                 raise OSError(errno.EINVAL, "O_TRUNC on a read-only open")
             async with self.gate:
                 self.data.truncate_to_empty(node)
-                self.ns.touch(node, time.time_ns())
+                self.ns.touch(node, now_ns())
                 self.unlogged.add(node.ino)
                 self._log_data(node)  # the spill file shrank: recovery must know it
         node.opens += 1
@@ -390,7 +391,7 @@ class Overlay:
             try:
                 await self.data.write(node, off, buf)
             finally:  # even a failed write (disk full) may have stored part of buf: keep it
-                node.mtime_ns = node.ctime_ns = time.time_ns()
+                node.mtime_ns = node.ctime_ns = now_ns()
                 self.ns.changes += 1
                 self.unlogged.add(node.ino)
             if self.kernel_cache and node.ino not in self.named:

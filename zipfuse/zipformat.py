@@ -74,6 +74,7 @@ _U64 = struct.Struct("<Q")
 
 _EXTRA_ZIP64 = 0x0001
 _EXTRA_NTFS = 0x000A
+_EXTRA_PKWARE_UNIX = 0x000D  # atime, mtime, uid, gid, then device numbers or a link target
 _EXTRA_UT = 0x5455  # extended timestamp
 _EXTRA_UX_OLD = 0x5855  # Info-ZIP Unix, original: atime, mtime[, uid, gid]
 _EXTRA_UX_NEW = 0x7855  # Info-ZIP Unix, second form: uid, gid (16 bit; local header only)
@@ -118,6 +119,7 @@ class ZipEntry:
     extra: bytes  # raw central extra field
     comment: bytes  # raw entry comment
     raw_name: bytes = b""  # the name's bytes as stored: written back unchanged on commit
+    rdev: int = 0  # device number of a character/block device entry (PKWARE Unix extra 0x000d)
 
     @property
     def is_dir(self) -> bool:
@@ -360,12 +362,31 @@ def _make_entry(
     mode = _entry_mode(name, create_system, external_attr)
     if usize >= _PATH_MAX and stat.S_ISLNK(mode):
         mode = stat.S_IFREG | stat.S_IMODE(mode)
+    rdev = _device(extra, index) if stat.S_IFMT(mode) in _DEVICES else 0
     # positional: ZipEntry is built once per entry at mount time, keyword passing costs more
     return ZipEntry(
         index, name, flags, method, crc, csize, usize, header_offset + concat, create_system,
         create_version, extract_version, external_attr, mode, uid, gid, mtime_ns, atime_ns,
-        dos_time, dos_date, extra, comment, raw_name,
+        dos_time, dos_date, extra, comment, raw_name, rdev,
     )  # fmt: skip
+
+
+_DEVICES = (stat.S_IFCHR, stat.S_IFBLK)
+# PKWARE Unix extra (APPNOTE 4.5.7): atime, mtime (4 bytes), uid, gid (2 bytes), then variable
+# data, which for a device entry is the major and the minor number, 4 bytes each.
+_PKWARE_UNIX_DEVICE = struct.Struct("<LLHHLL")
+
+
+def _device(extra: bytes, index: int) -> int:
+    """st_rdev of a device entry from its PKWARE Unix extra field; 0 if absent or malformed."""
+    data = _split_extra(extra, index).get(_EXTRA_PKWARE_UNIX)
+    if data is None or len(data) < _PKWARE_UNIX_DEVICE.size:
+        return 0
+    major, minor = _PKWARE_UNIX_DEVICE.unpack_from(data)[4:]
+    try:
+        return os.makedev(major, minor)
+    except (OverflowError, ValueError):
+        return 0
 
 
 # Central extra of Info-ZIP zip on Unix: 'UT' (flags, mtime) then 'ux' (v1, 4-byte uid and gid).

@@ -27,6 +27,8 @@ Metadata written for every entry we create (so it reads back exactly): Unix "ver
 ``external_attr = st_mode << 16`` (| 0x10 for directories), Info-ZIP extended timestamp 0x5455
 (local: mtime+atime, central: mtime), Info-ZIP Unix 0x7875 (uid/gid, 4 bytes each), NTFS 0x000a
 (mtime/atime/ctime in 100 ns units; ctime = mtime), DOS time in local time clamped to 1980..2107.
+Character and block devices also get the PKWARE Unix extra 0x000d, whose variable part holds
+the major and minor device numbers (APPNOTE 4.5.7); Info-ZIP and Python's zipfile ignore it.
 No data descriptors (bit 3) are written for our own entries: headers are self-contained; a local
 header whose sizes are only known after compression is rewritten in place with ``os.pwrite``.
 
@@ -157,6 +159,7 @@ class EntryMeta:
     gid: int
     mtime_ns: int  # UTC ns since epoch
     atime_ns: int
+    rdev: int = 0  # device number, for character and block devices
 
 
 # --- CRC-32 combination (GF(2) matrices, as in zlib's crc32_combine) ---
@@ -294,6 +297,22 @@ def _meta_extras(meta: EntryMeta) -> tuple[bytes, bytes]:
     else:
         local = central = b""
     return local + tail, central + tail
+
+
+_DEVICES = (stat.S_IFCHR, stat.S_IFBLK)
+# 0x000d, PKWARE Unix (APPNOTE 4.5.7): atime, mtime, uid, gid, then major and minor (4 bytes each)
+_EXTRA_DEVICE = struct.Struct("<HHLLHHLL")
+
+
+def _device_extra(meta: EntryMeta) -> bytes:
+    """The PKWARE Unix extra field of a device entry: the only one that carries st_rdev."""
+    return _EXTRA_DEVICE.pack(
+        _EXTRA_PKWARE_UNIX, _EXTRA_DEVICE.size - 4,
+        min(max(meta.atime_ns // 1_000_000_000, 0), _U32),
+        min(max(meta.mtime_ns // 1_000_000_000, 0), _U32),
+        min(meta.uid, _U16), min(meta.gid, _U16),
+        os.major(meta.rdev), os.minor(meta.rdev),
+    )  # fmt: skip
 
 
 def _split_extra(extra: bytes) -> list[tuple[int, bytes]] | None:
@@ -611,7 +630,9 @@ class ZipWriter:
     the CPUs in this process's affinity mask, i.e. ``os.cpu_count()`` unless restricted).
     ``max_inflight``: bytes of plain/compressed data in flight at most (default 64 MiB).
     ``progress(entries_done, bytes_done)`` runs on the writer thread after each entry and after
-    each block of a split file; ``bytes_done`` counts uncompressed bytes. If it raises, the write
+    each block of a split file; ``bytes_done`` counts the bytes each entry takes as input: plain
+    bytes of new entries (read and compressed), compressed bytes of copied ones (``copy_raw``,
+    ``copy_run``), so a total computed the same way is reached exactly. If it raises, the write
     fails with that exception.
     """
 
@@ -715,6 +736,10 @@ class ZipWriter:
         needed = _VERSION_DEFLATE if (method == DEFLATED or is_dir) else _VERSION_DEFAULT
         dos_time, dos_date = _dos_datetime(meta.mtime_ns)
         local_extra, central_extra = _meta_extras(meta)
+        if stat.S_IFMT(mode) in _DEVICES:
+            device = _device_extra(meta)
+            local_extra += device
+            central_extra += device
         return _Rec(
             name=name,
             flags=flags | name_flag,
@@ -1058,7 +1083,7 @@ class ZipWriter:
             self._copy_range(src_fd, start, end - start)
             for delta, run_rec in recs:
                 self._add_central(run_rec, offset + delta)
-                self._bytes_done += run_rec.usize
+                self._bytes_done += run_rec.csize
             self._count += max(len(recs) - 1, 0)  # the caller counts one
             self._release(job.cost)
             return
@@ -1151,7 +1176,7 @@ class ZipWriter:
             else:
                 desc = _DESCRIPTOR.pack(_DESCRIPTOR_SIG, rec.crc, rec.csize, rec.usize)
             self._emit(desc)
-        self._bytes_done += rec.usize
+        self._bytes_done += rec.csize  # a copy costs its compressed bytes
 
     @staticmethod
     def _adopt_local_header(rec: _Rec, head: bytes, entry: ZipEntry) -> None:

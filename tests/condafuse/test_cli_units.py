@@ -561,3 +561,16 @@ def test_progress_printer_terminal_and_log():
             assert stream.text.startswith("\r") and stream.text.endswith("\n")
         else:
             assert stream.text.count("\n") == 2 and "\r" not in stream.text
+
+
+def test_progress_printer_never_past_100_percent():
+    """Whatever a producer reports, the line shows done <= total and at most 100 %."""
+    from condafuse.envs import ProgressPrinter
+    from zipfuse.api import Progress
+
+    stream = _Stream(False)
+    printer = ProgressPrinter("writing venv1.zip", stream)
+    printer(Progress(8284, 8284, 356_700_000, 112_300_000))  # the numbers of issue 11
+    printer.close()
+    assert "8284/8284 entries, 112.3 MB/112.3 MB (100%)" in stream.text, stream.text
+    assert "318" not in stream.text

@@ -126,7 +126,10 @@ def test_busy_unmount_fails_and_keeps_mount(tmp_path, small_zip):
     with mounted(small_zip, mnt):
         holder = subprocess.Popen(["sleep", "60"], cwd=mnt)
         try:
-            one_line_error(run("unmount", str(mnt)), "busy")
+            proc = run("unmount", str(mnt))
+            one_line_error(proc, "busy: a process has its cwd or a file open inside")
+            assert f"(see `fuser -vm {mnt}`)" in proc.stderr
+            assert proc.stderr.count(str(mnt)) == 1, proc.stderr  # the path once
             assert str(mnt) in registry.fuse_mounts()
             assert (mnt / "dir" / "file.txt").read_text() == "hello\n"
         finally:
@@ -144,3 +147,88 @@ def test_help_everywhere():
     ):
         proc = run(*args)
         assert proc.returncode == 0 and "usage: zipfuse" in proc.stdout
+
+
+def test_ctrl_c_on_unmount_says_the_commit_goes_on(tmp_path, small_zip, monkeypatch):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    marker = tmp_path / "paused"
+    monkeypatch.setenv("ZIPFUSE_TEST_PAUSE", f"before-rename:{marker}")  # the daemon inherits it
+    api.mount(str(small_zip), str(mnt))
+    monkeypatch.delenv("ZIPFUSE_TEST_PAUSE")
+    unmounter = None
+    try:
+        (mnt / "late.txt").write_text("committed after all\n")
+        unmounter = subprocess.Popen(
+            [*ZIPFUSE_CMD, "unmount", str(mnt)],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the commit never started"
+        unmounter.send_signal(signal.SIGINT)
+        _, err = unmounter.communicate(timeout=30)
+        assert unmounter.returncode == 130
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert "the commit continues in the daemon and the mount stays up" in lines[0]
+        assert f"run 'zipfuse unmount {mnt}' again" in lines[0]
+        assert str(mnt) in registry.fuse_mounts()
+        assert (mnt / "late.txt").read_text() == "committed after all\n"
+        marker.unlink()  # the daemon's commit goes on
+        proc = run("unmount", str(mnt), timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        with zipfile.ZipFile(small_zip) as z:
+            assert z.read("late.txt") == b"committed after all\n"
+    finally:
+        if unmounter is not None and unmounter.poll() is None:
+            unmounter.kill()
+            unmounter.wait()
+        force_cleanup(str(mnt))
+
+
+def test_mount_over_a_non_empty_directory(tmp_path, small_zip):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    (mnt / "mine.txt").write_text("would be hidden\n")
+    one_line_error(run("mount", str(small_zip), str(mnt)), "is not empty", "--nonempty")
+    one_line_error(run("mount", "-r", str(small_zip), str(mnt)), "is not empty")
+    assert str(mnt) not in registry.fuse_mounts()
+    for flag in (["--nonempty"], ["-o", "nonempty"]):
+        proc = run("mount", *flag, "--read-only", str(small_zip), str(mnt))
+        try:
+            assert proc.returncode == 0, proc.stderr
+            assert (mnt / "dir" / "file.txt").read_text() == "hello\n"
+            assert not (mnt / "mine.txt").exists()
+        finally:
+            assert run("unmount", str(mnt)).returncode == 0
+            force_cleanup(str(mnt))
+    assert (mnt / "mine.txt").read_text() == "would be hidden\n"
+
+
+def test_sync_of_a_read_only_mount_says_nothing_to_commit(tmp_path, small_zip):
+    mnt = tmp_path / "mnt"
+    before = os.stat(small_zip)
+    with mounted(small_zip, mnt, read_only=True):
+        proc = run("sync", str(mnt))
+        assert proc.returncode == 0
+        assert proc.stderr.strip() == f"zipfuse: nothing to commit: {mnt} is mounted read-only"
+    after = os.stat(small_zip)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_recover_of_a_missing_archive_or_a_non_zip(tmp_path, small_zip):
+    missing = tmp_path / "missing.zip"
+    one_line_error(run("recover", str(missing)), str(missing), "does not exist")
+    assert not list(tmp_path.glob(".missing.zip*"))  # no lock file left behind
+    notzip = tmp_path / "notes.zip"
+    notzip.write_text("plain text, not an archive\n" * 20)
+    one_line_error(run("recover", str(notzip)), str(notzip), "not a zip archive")
+    one_line_error(run("recover", str(tmp_path)), "not a regular file")
+    for proc in (run("recover", str(missing)), run("recover", str(notzip))):
+        assert proc.returncode == 1
+    proc = run("recover", str(small_zip))  # a good archive without leftovers: fine, rc 0
+    assert proc.returncode == 0 and "nothing to recover" in proc.stderr

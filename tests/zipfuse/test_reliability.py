@@ -7,6 +7,7 @@ import fcntl
 import glob
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 from tests.conftest import ZIPFUSE_CMD, force_cleanup, mounted
 from zipfuse import api, registry
 from zipfuse.lock import lock_path
+from zipfuse.zipformat import read_central_directory
 
 pytestmark = pytest.mark.usefixtures("fuse")
 
@@ -324,3 +326,27 @@ def test_commit_into_unwritable_directory_fails_cleanly_and_retry_works(tmp_path
             subprocess.run(["chattr", "-i", str(tmp_path)], check=True, timeout=30)
         api.sync(str(mnt))  # the retry succeeds
     assert names(base_zip)["later.txt"].startswith(b"kept")
+
+
+def test_device_node_survives_a_crash(tmp_path, base_zip):
+    """The journal carries st_rdev: recovery restores a device node made before a kill -9."""
+    mnt = tmp_path / "mnt"
+    with crashing_session(base_zip, mnt) as info:
+        os.mknod(mnt / "tty", stat.S_IFCHR | 0o620, os.makedev(5, 0))
+        dfd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)  # the journal is durable
+        finally:
+            os.close(dfd)
+        kill9(info)
+        detach(mnt)
+    proc = subprocess.run(
+        [*ZIPFUSE_CMD, "recover", str(base_zip)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and "recovered" in proc.stderr, proc.stderr
+    fd = os.open(base_zip, os.O_RDONLY)
+    try:
+        tty = next(e for e in read_central_directory(fd).entries if e.name == "tty")
+    finally:
+        os.close(fd)
+    assert stat.S_ISCHR(tty.mode) and (os.major(tty.rdev), os.minor(tty.rdev)) == (5, 0)

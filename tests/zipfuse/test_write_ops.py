@@ -412,13 +412,83 @@ def test_mkfifo_survives_commit(base):
         assert stat.S_IMODE(os.lstat(mnt / "dir" / "pipe2").st_mode) == 0o600
         st = os.lstat(mnt / "pipe")
         assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o620
-        expect_errno(errno.EPERM, os.mknod, mnt / "dev", stat.S_IFCHR | 0o600, os.makedev(1, 3))
     check_archive(archive)
     with mounted(archive, mnt, read_only=True):
         st = os.lstat(mnt / "pipe")
         assert stat.S_ISFIFO(st.st_mode), oct(st.st_mode)
         assert stat.S_IMODE(st.st_mode) == 0o620
         assert stat.S_ISFIFO(os.lstat(mnt / "dir" / "pipe2").st_mode)
+
+
+def _devices(root) -> dict[str, tuple[int, int, int, int]]:
+    """name -> (file type, permission bits, major, minor) of the device nodes under root."""
+    out = {}
+    for rel in ("null", "disk", "dir/big"):
+        st = os.lstat(root / rel)
+        out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
+                    os.major(st.st_rdev), os.minor(st.st_rdev))  # fmt: skip
+    return out
+
+
+def test_device_nodes_round_trip(base):
+    """mknod of character and block devices: st_rdev survives commits, remounts and renames."""
+    _, archive, mnt = base
+    made = {
+        "null": (stat.S_IFCHR, 0o640, 1, 3),
+        "disk": (stat.S_IFBLK, 0o600, 8, 1),
+        "dir/big": (stat.S_IFCHR, 0o604, 300, 70000),  # beyond the old 8-bit encodings
+    }
+    with mounted(archive, mnt):
+        for rel, (kind, perm, major, minor) in made.items():
+            os.mknod(mnt / rel, kind | perm, os.makedev(major, minor))
+            os.chmod(mnt / rel, perm)  # not limited by the umask
+        assert _devices(mnt) == made
+    check_archive(archive)  # zipfile, unzip -t and 7z accept the 0x000d extra field
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo("dir/big")
+        assert (info.external_attr >> 16) == stat.S_IFCHR | 0o604
+        assert zf.read("dir/big") == b""
+    assert _devices_after(archive, mnt) == made
+    # metadata-only changes rewrite the entry's headers: the device number must stay
+    with mounted(archive, mnt):
+        os.chmod(mnt / "disk", 0o660)
+        os.rename(mnt / "null", mnt / "dir" / "null")
+        os.rename(mnt / "dir" / "null", mnt / "null")
+    made["disk"] = (stat.S_IFBLK, 0o660, 8, 1)
+    check_archive(archive)
+    assert _devices_after(archive, mnt) == made
+
+
+def _devices_after(archive, mnt) -> dict[str, tuple[int, int, int, int]]:
+    with mounted(archive, mnt, read_only=True):
+        return _devices(mnt)
+
+
+def test_lookup_of_too_long_name_is_enametoolong(base):
+    """Names of 256..1024 bytes reach the daemon (the kernel's FUSE limit is 1024)."""
+    _, archive, mnt = base
+    with mounted(archive, mnt, read_only=True):
+        expect_errno(errno.ENAMETOOLONG, os.stat, mnt / ("x" * 256))
+        expect_errno(errno.ENAMETOOLONG, os.lstat, mnt / "dir" / ("y" * 1000))
+        expect_errno(errno.ENAMETOOLONG, os.open, mnt / ("z" * 300), os.O_RDONLY)
+        expect_errno(errno.ENOENT, os.stat, mnt / ("x" * 255))  # the longest legal name
+
+
+def test_utime_now_never_goes_back_after_create(base):
+    """One clock for new files and utime(NULL): 200 tries, the mtime never decreases."""
+    _, archive, mnt = base
+    backwards = []
+    with mounted(archive, mnt):
+        for i in range(200):
+            p = mnt / f"t{i}"
+            with open(p, "wb"):
+                pass
+            created = os.stat(p).st_mtime_ns
+            os.utime(p, None)
+            touched = os.stat(p).st_mtime_ns
+            if touched < created:
+                backwards.append((i, created - touched))
+        assert not backwards, f"{len(backwards)}/200 went back in time: {backwards[:5]}"
 
 
 def test_fsync_fsyncdir_statvfs(base):

@@ -1029,3 +1029,64 @@ def test_zip64_real_4gib_entries(tmp_path: Path) -> None:
         assert entries["zeros"].file_size == size
         check_with_tools(archive, testzip=False)
     stored.unlink()
+
+
+def test_device_entries_carry_rdev_in_pkware_unix_extra(tmp_path: Path) -> None:
+    """Character/block devices: mode in the external attributes, major/minor in 0x000d
+    (APPNOTE 4.5.7), read back by zipformat, kept by copy_raw with new metadata."""
+    archive = tmp_path / "dev.zip"
+    devices = {
+        "dev/null": (stat.S_IFCHR | 0o666, os.makedev(1, 3)),
+        "dev/sda1": (stat.S_IFBLK | 0o660, os.makedev(8, 1)),
+        "dev/wide": (stat.S_IFCHR | 0o600, os.makedev(4000, 1_000_000)),
+    }
+
+    def fill(w: ZipWriter) -> None:
+        for name, (mode, rdev) in devices.items():
+            m = meta(name, mode, uid=70000)  # wider than the 16-bit uid of 0x000d
+            m.rdev = rdev
+            w.add_special(m)
+
+    write_zip(archive, fill)
+    check_with_tools(archive)
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            mode, rdev = devices[info.filename]
+            assert info.external_attr >> 16 == mode and info.file_size == 0
+            for extra in (info.extra, local_extra(archive, info)):
+                field = extra_fields(extra)[0x000D]  # parsed here, independently
+                atime, mtime, uid, gid, major, minor = struct.unpack("<IIHHII", field)
+                assert (major, minor) == (os.major(rdev), os.minor(rdev))
+                assert mtime == NOW_NS // 10**9 and (uid, gid) == (0xFFFF, 5678)
+    entries = read_entries(archive)
+    assert {n: (e.mode, e.rdev, e.uid) for n, e in entries.items()} == {
+        n: (mode, rdev, 70000) for n, (mode, rdev) in devices.items()
+    }
+    # copy_raw with new metadata (chmod, rename on a mount) writes a fresh 0x000d
+    renamed = tmp_path / "renamed.zip"
+    src_fd = os.open(archive, os.O_RDONLY)
+    try:
+
+        def copy(w: ZipWriter) -> None:
+            for e in entries.values():
+                m = meta("moved/" + e.name, e.mode | 0o4000)
+                m.rdev = e.rdev
+                w.copy_raw(src_fd, e, local_data_offset(src_fd, e), m)
+
+        write_zip(renamed, copy)
+    finally:
+        os.close(src_fd)
+    check_with_tools(renamed)
+    moved = read_entries(renamed)
+    assert {n: (e.mode, e.rdev) for n, e in moved.items()} == {
+        "moved/" + n: (mode | 0o4000, rdev) for n, (mode, rdev) in devices.items()
+    }
+    # a device entry without the field (another writer) reads as rdev 0, not an error
+    plain = tmp_path / "plain.zip"
+    with zipfile.ZipFile(plain, "w") as zf:
+        info = zipfile.ZipInfo("null")
+        info.create_system = 3
+        info.external_attr = (stat.S_IFCHR | 0o666) << 16
+        zf.writestr(info, b"")
+    assert read_entries(plain)["null"].rdev == 0
+    assert stat.S_ISCHR(read_entries(plain)["null"].mode)
