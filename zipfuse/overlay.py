@@ -37,10 +37,10 @@ from collections.abc import Awaitable, Callable, Iterator
 import trio
 
 from . import commit, journal, osutil
-from .osutil import now_ns
 from .filedata import FileData
 from .journal import Journal
 from .namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, Namespace, Node
+from .osutil import now_ns
 from .spill import SpillArea
 from .versions import ArchiveVersion
 from .zipformat import CentralDirectory
