@@ -1,7 +1,8 @@
 """A tiny in-memory pyfuse3 filesystem that counts its requests (tests of the pyfuse3 patch).
 
     python kcfs.py MOUNTPOINT --stats FILE [--no-open] [--no-opendir] [--cache-dir]
-                   [--no-atomic-trunc] [--ro] [--dirs N] [--files N] [--size BYTES]
+                   [--no-atomic-trunc] [--ro] [--no-writeback]
+                   [--dirs N] [--files N] [--size BYTES]
 
 The tree: ``d0000``..``dNNNN`` in the root, each holding ``f0000``..``fNNNN`` of --size bytes, and
 a root file ``existing`` (100 bytes). Files can be created, written, truncated and unlinked.
@@ -54,6 +55,7 @@ class CountingFS(pyfuse3.Operations):
         self.no_opendir = args.no_opendir
         self.cache_dir = args.cache_dir
         self.enable_atomic_o_trunc = not args.no_atomic_trunc
+        self.enable_writeback_cache = not args.no_writeback
         self.counts: collections.Counter[str] = collections.Counter()
         self.seen: dict[str, list[int]] = collections.defaultdict(list)  # fh values per handler
         self.truncations: list[int] = []  # sizes set by setattr
@@ -287,6 +289,7 @@ def main() -> None:
     p.add_argument("--cache-dir", action="store_true")
     p.add_argument("--no-atomic-trunc", action="store_true")
     p.add_argument("--ro", action="store_true", help="mount read-only")
+    p.add_argument("--no-writeback", action="store_true", help="without the writeback cache")
     p.add_argument("--dirs", type=int, default=3)
     p.add_argument("--files", type=int, default=3)
     p.add_argument("--size", type=int, default=1000)
