@@ -416,7 +416,7 @@ class Zipfuse(System):
     """
 
     name = "zipfuse"
-    label = "zipfuse (Python, pyfuse3+trio)"
+    label = "zipfuse (Python, pyfuse3+trio; kernel-cache mode when pyfuse3 is patched)"
 
     def _api(self):
         try:
@@ -520,9 +520,29 @@ class Zipfuse(System):
         super().emergency_close(m)
 
 
+class ZipfuseStock(Zipfuse):
+    """zipfuse answering open/opendir itself (stock pyfuse3 behaviour, ZIPFUSE_KERNEL_CACHE=0),
+    to show what kernel-cache mode (the default with the patched pyfuse3) gains."""
+
+    name = "zipfuse-stock"
+    label = "zipfuse, stock pyfuse3 mode (no kernel cache)"
+
+    def _open(self, backing: Path, mountpoint: Path, read_only: bool) -> Mount:
+        old = os.environ.get("ZIPFUSE_KERNEL_CACHE")
+        os.environ["ZIPFUSE_KERNEL_CACHE"] = "0"  # the daemon inherits it
+        try:
+            return super()._open(backing, mountpoint, read_only)
+        finally:
+            if old is None:
+                del os.environ["ZIPFUSE_KERNEL_CACHE"]
+            else:
+                os.environ["ZIPFUSE_KERNEL_CACHE"] = old
+
+
 SYSTEMS: dict[str, type[System]] = {
     "disk": Disk,
     "zipfuse": Zipfuse,
+    "zipfuse-stock": ZipfuseStock,
     "fuse-zip": FuseZip,
     "squashfuse": Squashfuse,
 }
