@@ -304,7 +304,6 @@ class Daemon:
             journal=self.journal,
             base=base,
             level=cfg.level,
-            kernel_cache=kernel_cache,
         )
         self.ops = ZipOperations(self.overlay, kernel_cache=kernel_cache)
         options = set(pyfuse3.default_options)

@@ -123,10 +123,7 @@ class Overlay:
         journal: Journal | None = None,
         base: str = "none",
         level: int = 6,
-        kernel_cache: bool = False,
     ) -> None:
-        """``kernel_cache``: the kernel opens files itself and never sends RELEASE, so data
-        records are journaled at a file's first write instead of at its close."""
         self.ns = ns
         self.spill = spill
         self.archive = archive
@@ -143,8 +140,7 @@ class Overlay:
         ns.on_drop.append(self.data.drop)
         self.gate = Gate()
         self.unlogged: set[int] = set()  # inodes written since their last journal data record
-        self.kernel_cache = kernel_cache
-        self.named: set[int] = set()  # kernel-cache mode: inodes whose spill file is journaled
+        self.named: set[int] = set()  # inodes whose current spill file the journal names
         self.committed_changes = 0
         self.failed: str | None = None  # why the mount went failsafe read-only
         self.test_hook: Callable[[str], None] | None = None  # tests pause a commit here
@@ -394,9 +390,9 @@ class Overlay:
                 node.mtime_ns = node.ctime_ns = now_ns()
                 self.ns.changes += 1
                 self.unlogged.add(node.ino)
-            if self.kernel_cache and node.ino not in self.named:
-                self.named.add(node.ino)  # no RELEASE will come: name the spill file now
-                self._log_data(node)
+            if node.ino not in self.named:  # name the spill file now: a kill -9 right after
+                self.named.add(node.ino)  # close() must not lose it, and in kernel-cache mode
+                self._log_data(node)  # no RELEASE comes at all
                 self.unlogged.add(node.ino)  # the final size and mtime follow later
         return len(buf)
 
