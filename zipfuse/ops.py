@@ -72,6 +72,10 @@ class ZipOperations(pyfuse3.Operations):
         self.read_only = overlay.read_only
         self.kernel_cache = kernel_cache
         self.enable_atomic_o_trunc = not kernel_cache
+        # Read-only mounts have nothing to write back, and with the writeback cache the kernel
+        # marks st_blocks stale at every close: each later stat (Python's open() does one)
+        # would cost a GETATTR that the kernel can otherwise answer itself.
+        self.enable_writeback_cache = not overlay.read_only
         self.handles: dict[int, Node] = {}  # open file handle -> its inode
         self.dir_handles: dict[int, Node] = {}  # open directory handle -> the directory
         self._next_fh = 1
