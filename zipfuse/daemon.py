@@ -31,7 +31,7 @@ from .lock import ArchiveLock
 from .namespace import Namespace
 from .ops import ZipOperations
 from .spill import SpillArea
-from .zipformat import CentralDirectory, ZipFormatError, read_central_directory
+from .zipformat import MAX_DEPTH, CentralDirectory, ZipFormatError, read_central_directory
 
 log = logging.getLogger("zipfuse")
 
@@ -100,7 +100,7 @@ def prepare(config: Config) -> Prepared:
         raise ZipfuseError(f"cannot open {config.archive}: {exc.strerror}") from None
     try:
         with _no_gc():
-            cd = read_central_directory(fd)
+            cd = read_central_directory(fd, keep_names=True, max_depth=MAX_DEPTH)
     except ZipFormatError as exc:
         os.close(fd)
         raise ZipfuseError(f"{config.archive}: {exc}") from None
@@ -261,6 +261,8 @@ class Daemon:
             self.journal.start(self.base, fresh=not records)
         with _no_gc():
             self.ns = Namespace.from_archive(self.cd, os.getuid(), os.getgid(), now)
+            if self.cd is not None:
+                self.cd.detach(self.archive_fd)  # records are re-read when a directory is listed
             if records:
                 applied = journal.replay(self.ns, records, spill.path)
                 self.ns.changes = max(1, applied)

@@ -18,6 +18,7 @@ directory claim the same path, the directory wins and the file is hidden. Each c
 
 from __future__ import annotations
 
+import array
 import errno
 import logging
 import os
@@ -25,7 +26,7 @@ import stat
 from collections.abc import Iterator
 
 from .names import sanitize
-from .zipformat import CentralDirectory, ZipEntry
+from .zipformat import MAX_DEPTH, CentralDirectory, ZipEntry, ZipFormatError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class Node:
         "lookups",
         "opens",
         "meta_dirty",
+        "pending",
     )
 
     def __init__(self, ino: int, mode: int, uid: int, gid: int, now_ns: int) -> None:
@@ -79,10 +81,39 @@ class Node:
         self.lookups = 0  # kernel lookup count
         self.opens = 0  # open file handles
         self.meta_dirty = False  # mode/owner/times changed since load or last commit
+        self.pending: tuple[_Loader, int] | None = None  # a directory not listed yet
 
     @property
     def is_dir(self) -> bool:
         return self.children is not None
+
+
+_CHILDREN = Node.children  # the slot itself, for _LazyDir
+
+
+class _LazyDir(Node):
+    """A directory from the archive whose children are not built yet (same layout as Node).
+
+    The first access to ``children`` builds them from the central directory and turns the
+    object into a plain ``Node``, so nothing costs more afterwards.
+    """
+
+    __slots__ = ()
+
+    @property  # type: ignore[override]
+    def children(self) -> dict[bytes, Node]:
+        assert self.pending is not None
+        loader, index = self.pending
+        loader.load(self, index)
+        return _CHILDREN.__get__(self)
+
+    @children.setter
+    def children(self, value: dict[bytes, Node] | None) -> None:
+        _CHILDREN.__set__(self, value)
+
+    @property
+    def is_dir(self) -> bool:
+        return True
 
 
 class Namespace:
@@ -98,80 +129,25 @@ class Namespace:
         self.root.lookups = 1  # the kernel holds the root for the whole mount
         self.changes = 0  # bumped by every mutation; commit compares it
         self.on_drop: list = []  # callbacks(node) when an inode disappears (spill cleanup)
+        self._loader: _Loader | None = None  # directories of the archive not listed yet
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
     def from_archive(
         cls, cd: CentralDirectory | None, uid: int, gid: int, now_ns: int
     ) -> Namespace:
-        """Build the tree from a central directory (None: a new, empty archive)."""
+        """Build the tree from a central directory (None: a new, empty archive).
+
+        Only the directory structure is built here, as compact per-directory lists of entry
+        indices; nodes for a directory's children are made when it is first looked into.
+        """
         ns = cls(uid, gid, now_ns)
         if cd is None:
             return ns
-        dirs: dict[str, Node] = {"": ns.root}  # path -> directory, so each entry costs one lookup
-        for entry in cd.entries:
-            name = entry.name
-            if _plain(name):
-                path = name[:-1] if name.endswith("/") else name
-            else:
-                parts = sanitize(name)
-                if parts is None:
-                    log.warning("skipping entry with unsafe name %r", name)
-                    continue
-                path = "/".join(parts)
-            if path:
-                ns._load_entry(entry, path, dirs, now_ns)
+        ns._loader = _Loader(ns, cd, now_ns)
+        ns._loader.adopt_root(ns.root)
         ns.changes = 0
         return ns
-
-    def _dir_at(self, path: str, dirs: dict[str, Node], now_ns: int) -> Node:
-        """The directory at ``path``, creating implicit parents (they have no entry)."""
-        node = dirs.get(path)
-        if node is not None:
-            return node
-        missing = []  # walk up to the nearest known directory, without recursion
-        while node is None:
-            missing.append(path)
-            path = path.rpartition("/")[0]
-            node = dirs.get(path)
-        for path in reversed(missing):
-            name = _enc(path.rpartition("/")[2])
-            existing = node.children.get(name)
-            if existing is not None and existing.is_dir:
-                child = existing
-            else:
-                if existing is not None:
-                    log.warning("%r: a directory hides the file of the same name", path)
-                    self._detach(node, name, existing)
-                child = self._new_node(stat.S_IFDIR | 0o755, self.uid, self.gid, now_ns)
-                self._attach(node, name, child)
-            dirs[path] = node = child
-        return node
-
-    def _load_entry(self, entry: ZipEntry, path: str, dirs: dict[str, Node], now_ns: int) -> None:
-        if entry.is_dir:
-            node = self._dir_at(path, dirs, now_ns)
-        else:
-            head, _, tail = path.rpartition("/")
-            parent = self._dir_at(head, dirs, now_ns)
-            name = _enc(tail)
-            existing = parent.children.get(name)
-            if existing is not None:
-                if existing.is_dir:
-                    log.warning("%r: hidden by a directory of the same name", entry.name)
-                    return
-                log.warning("%r: duplicate name, the later entry wins", entry.name)
-                self._detach(parent, name, existing)
-            node = self._new_node(entry.mode, self.uid, self.gid, now_ns)
-            node.size = entry.file_size
-            self._attach(parent, name, node)
-        node.mode = entry.mode
-        node.uid = self.uid if entry.uid is None else entry.uid
-        node.gid = self.gid if entry.gid is None else entry.gid
-        node.mtime_ns = node.ctime_ns = entry.mtime_ns
-        node.atime_ns = entry.mtime_ns if entry.atime_ns is None else entry.atime_ns
-        node.entry = entry
-        node.entry_path = path
 
     # ----------------------------------------------------------------------------- basics
     def _new_node(self, mode: int, uid: int, gid: int, now_ns: int) -> Node:
@@ -270,6 +246,11 @@ class Namespace:
             raise OSError(errno.EEXIST, "exists")
         if parent.nlink <= 0:
             raise OSError(errno.ENOENT, "directory was removed")
+        depth, node = 1, parent
+        while node is not self.root and node.parent is not None:
+            depth, node = depth + 1, node.parent
+            if depth > MAX_DEPTH:  # a mount refuses archives nested deeper
+                raise OSError(errno.ENAMETOOLONG, f"more than {MAX_DEPTH} levels deep")
 
     def create(self, parent: Node, name: bytes, mode: int, uid: int, gid: int, now_ns: int) -> Node:
         """Make a new file, directory, symlink or special file under ``parent``."""
@@ -395,7 +376,179 @@ class Namespace:
                 stack.pop()
 
     def count(self) -> int:
-        return len(self.nodes)
+        """Inodes in use, counting the entries of directories not listed yet."""
+        return len(self.nodes) + (self._loader.unlisted if self._loader else 0)
+
+
+class _Loader:
+    """The archive's directory tree before its nodes exist: per directory, its entries.
+
+    ``kids[d]`` lists the children of directory ``d`` in first-appearance order: an entry
+    index (>= 0) for a file, symlink or special file, ``-k`` for subdirectory ``k`` (the root
+    is 0). ``names[k]`` is the subdirectory's name and ``dir_entry[k]`` its explicit entry (the
+    last one, -1 if none). Built from the names alone, so the memory and time of a mount grow
+    with the number of entries and the length of their names, never with depth times names.
+    """
+
+    def __init__(self, ns: Namespace, cd: CentralDirectory, now_ns: int) -> None:
+        self.ns = ns
+        self.cd: CentralDirectory | None = cd
+        self.now_ns = now_ns
+        self.names: list[bytes] = [b""]
+        self.kids: list[array.array | None] = [array.array("l")]
+        self.dir_entry = array.array("l", [-1])
+        self.unlisted = 0  # entries in directories not listed yet (for statfs)
+        self.pending_dirs = 1
+        self._scan(cd)
+
+    def _scan(self, cd: CentralDirectory) -> None:
+        names, kids, dir_entry = self.names, self.kids, self.dir_entry
+        subdirs: list[dict[bytes, int]] = [{}]  # name -> directory, while scanning
+        parents: dict[bytes, int] = {b"": 0}  # parent path of some entry -> directory
+        last_head, last_dir = b"", 0
+        for index, raw in enumerate(cd.take_names()):
+            if (
+                raw is not None
+                and len(raw) <= 255
+                and b"\0" not in raw
+                and b"//" not in raw
+                and b"/." not in raw
+                and not raw.startswith((b"/", b"."))
+            ):  # plain: what sanitize would return, checked fast (same rules as _plain)
+                is_dir = raw.endswith(b"/")
+                path = raw[:-1] if is_dir else raw
+            else:
+                entry = cd.entry(index)
+                parts = sanitize(entry.name)
+                if parts is None:
+                    log.warning("skipping entry with unsafe name %r", entry.name)
+                    continue
+                path, is_dir = _enc("/".join(parts)), entry.is_dir
+            if not path:
+                continue
+            head, _, tail = path.rpartition(b"/")
+            if head == last_head:
+                parent = last_dir
+            else:
+                found = parents.get(head)
+                if found is None:
+                    found = 0
+                    for part in head.split(b"/"):
+                        sub = subdirs[found].get(part)
+                        if sub is None:
+                            sub = len(names)
+                            names.append(part)
+                            kids.append(array.array("l"))
+                            dir_entry.append(-1)
+                            subdirs.append({})
+                            subdirs[found][part] = sub
+                            kids[found].append(-sub)  # type: ignore[union-attr]
+                        found = sub
+                    parents[head] = found
+                last_head, last_dir = head, found
+                parent = found
+            if is_dir:
+                sub = subdirs[parent].get(tail)
+                if sub is None:
+                    sub = len(names)
+                    names.append(tail)
+                    kids.append(array.array("l"))
+                    dir_entry.append(-1)
+                    subdirs.append({})
+                    subdirs[parent][tail] = sub
+                    kids[parent].append(-sub)  # type: ignore[union-attr]
+                dir_entry[sub] = index
+            else:
+                kids[parent].append(index)  # type: ignore[union-attr]
+        self.unlisted = sum(len(k) for k in kids if k is not None)
+        self.pending_dirs = len(names)
+
+    def adopt_root(self, root: Node) -> None:
+        self._make_lazy(root, 0)
+
+    def _make_lazy(self, node: Node, index: int) -> None:
+        kids = self.kids[index]
+        assert kids is not None
+        node.__class__ = _LazyDir
+        node.pending = (self, index)
+        node.nlink = 2 + sum(1 for ref in kids if ref < 0)
+
+    def load(self, node: Node, index: int) -> None:
+        """Make the nodes of directory ``index``'s children; ``node`` becomes a plain Node."""
+        refs = self.kids[index]
+        assert refs is not None and self.cd is not None
+        want = [ref for ref in refs if ref >= 0]
+        want += [self.dir_entry[-ref] for ref in refs if ref < 0 and self.dir_entry[-ref] >= 0]
+        try:
+            decoded = dict(zip(want, self.cd.entries_at(want), strict=True))
+        except ZipFormatError as exc:
+            log.error("cannot list a directory of the archive: %s", exc)
+            raise OSError(errno.EIO, str(exc)) from None
+        chosen: dict[bytes, ZipEntry | int] = {}
+        for ref in refs:
+            if ref < 0:
+                name = self.names[-ref]
+                old = chosen.pop(name, None)
+                if old is not None:
+                    log.warning("%r: a directory hides the file of the same name", old.name)
+                chosen[name] = -ref
+            else:
+                entry = decoded[ref]
+                name = _enc(_entry_path(entry.name).rpartition("/")[2])
+                old = chosen.get(name)
+                if isinstance(old, int):
+                    log.warning("%r: hidden by a directory of the same name", entry.name)
+                    continue
+                if old is not None:
+                    log.warning("%r: duplicate name, the later entry wins", entry.name)
+                    del chosen[name]
+                chosen[name] = entry
+        ns, now_ns = self.ns, self.now_ns
+        children: dict[bytes, Node] = {}
+        subdirs = 0
+        for name, what in chosen.items():
+            if isinstance(what, int):
+                child = ns._new_node(stat.S_IFDIR | 0o755, ns.uid, ns.gid, now_ns)
+                self._make_lazy(child, what)
+                entry_index = self.dir_entry[what]
+                if entry_index >= 0:
+                    _apply(child, decoded[entry_index], ns)
+                subdirs += 1
+            else:
+                child = ns._new_node(what.mode, ns.uid, ns.gid, now_ns)
+                child.size = what.file_size
+                _apply(child, what, ns)
+            child.parent, child.name = node, name
+            children[name] = child
+        self.unlisted -= len(refs)
+        self.kids[index] = None
+        node.__class__ = Node
+        node.pending = None
+        node.children = children
+        node.nlink = 2 + subdirs
+        self.pending_dirs -= 1
+        if not self.pending_dirs:  # everything is built: the directory copy is not needed
+            self.cd = None
+            ns._loader = None
+
+
+def _apply(node: Node, entry: ZipEntry, ns: Namespace) -> None:
+    """Give a node built from ``entry`` the entry's metadata."""
+    node.mode = entry.mode
+    node.uid = ns.uid if entry.uid is None else entry.uid
+    node.gid = ns.gid if entry.gid is None else entry.gid
+    node.mtime_ns = node.ctime_ns = entry.mtime_ns
+    node.atime_ns = entry.mtime_ns if entry.atime_ns is None else entry.atime_ns
+    node.entry = entry
+    node.entry_path = _entry_path(entry.name)
+
+
+def _entry_path(name: str) -> str:
+    """The sanitised path of an entry name ("" if it is skipped)."""
+    if _plain(name):
+        return name[:-1] if name.endswith("/") else name
+    parts = sanitize(name)
+    return "" if parts is None else "/".join(parts)
 
 
 def _enc(name: str) -> bytes:
