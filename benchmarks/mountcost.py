@@ -7,7 +7,9 @@
 
 zipfuse is timed through its CLI (``python -m zipfuse mount``: interpreter start, imports, parsing,
 fork, FUSE init), fuse-zip in the foreground until the mountpoint appears; samples alternate
-between systems. RSS is VmRSS/VmHWM of the daemon from /proc right after the mount (and after the
+between systems. ``mount_cpu_s`` is the CPU time spent until the mount is ready (the CLI process
+plus the daemon; for fuse-zip its process): on a loaded machine it is steadier than wall time.
+RSS is VmRSS/VmHWM of the daemon from /proc right after the mount (and after the
 walk with ``--walk``); ``--commit`` reports the unmount (commit) time, the daemon's peak RSS
 sampled until it exits, and the size of the committed archive. Scratch mountpoints live in a
 private folder made by ``tempfile.mkdtemp`` under ``--scratch`` (default: beside the archive).
@@ -27,7 +29,14 @@ import time
 import zipfile
 from pathlib import Path
 
-from .systems import HwmSampler, fusermount_u, pid_alive, proc_status_kb, wait_mounted
+from .systems import (
+    HwmSampler,
+    fusermount_u,
+    pid_alive,
+    proc_cpu_seconds,
+    proc_status_kb,
+    wait_mounted,
+)
 
 ZIPFUSE = [sys.executable, "-m", "zipfuse"]
 
@@ -48,15 +57,20 @@ def _rss(pid: int) -> tuple[int, int]:
     return proc_status_kb(pid, "VmRSS") or 0, proc_status_kb(pid, "VmHWM") or 0
 
 
-def zipfuse_sample(archive: Path, mp: Path, walk: bool, commit: bool) -> dict:
-    args = [*ZIPFUSE, "mount"] + ([] if commit else ["-r"]) + [str(archive), str(mp)]
+def zipfuse_sample(
+    archive: Path, mp: Path, walk: bool, commit: bool, launcher: list[str] = ZIPFUSE
+) -> dict:
+    args = [*launcher, "mount"] + ([] if commit else ["-r"]) + [str(archive), str(mp)]
     t0 = time.monotonic()
-    r = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
     secs = time.monotonic() - t0
-    if r.returncode:
-        return {"error": r.stderr.strip()}
+    if status:
+        return {"error": p.stderr.read().decode().strip()}
     pid = _zipfuse_pid(mp)
-    out = {"mount_s": secs, "rss_mb": _rss(pid)[0] / 1024, "hwm_mb": _rss(pid)[1] / 1024}
+    cpu = usage.ru_utime + usage.ru_stime + (proc_cpu_seconds(pid) or 0)
+    out = {"mount_s": secs, "mount_cpu_s": cpu}
+    out["rss_mb"], out["hwm_mb"] = (v / 1024 for v in _rss(pid))
     try:
         if walk:
             t0 = time.monotonic()
@@ -85,7 +99,7 @@ def fusezip_sample(archive: Path, mp: Path, walk: bool, commit: bool) -> dict:
                          stderr=subprocess.PIPE)  # fmt: skip
     try:
         wait_mounted(mp, p, timeout=900)
-        out = {"mount_s": time.monotonic() - t0}
+        out = {"mount_s": time.monotonic() - t0, "mount_cpu_s": proc_cpu_seconds(p.pid) or 0}
         out["rss_mb"], out["hwm_mb"] = (v / 1024 for v in _rss(p.pid))
         if walk:
             t0 = time.monotonic()
@@ -129,6 +143,11 @@ def main() -> None:
     ap.add_argument("--scratch", type=Path, default=None)
     ap.add_argument("--make-flat", type=int, metavar="N")
     ap.add_argument("--make-deep", type=int, metavar="DEPTH")
+    ap.add_argument(
+        "--compare",
+        metavar="SCRIPT",
+        help="system 'zipfuse-compare': mount with `python SCRIPT mount ...` (another version)",
+    )
     a = ap.parse_args()
     if a.make_flat or a.make_deep:
         (make_flat if a.make_flat else make_deep)(a.make_flat or a.make_deep, a.archive)
@@ -136,6 +155,9 @@ def main() -> None:
         return
     scratch = Path(tempfile.mkdtemp(prefix="mountcost-", dir=a.scratch or a.archive.parent))
     samplers = {"zipfuse": zipfuse_sample, "fuse-zip": fusezip_sample}
+    if a.compare:
+        other = [sys.executable, a.compare]
+        samplers["zipfuse-compare"] = lambda *args: zipfuse_sample(*args, launcher=other)
     results: dict[str, list[dict]] = {}
     try:
         for rep in range(a.reps):

@@ -19,19 +19,23 @@ import signal
 import stat
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
 
-from . import commit, control, journal, osutil, recovery, registry
+from . import control, journal, osutil, registry
 from .api import ZipfuseError
 from .filedata import FileData
 from .journal import Journal
-from .lock import ArchiveLock
 from .namespace import Namespace
 from .ops import ZipOperations
 from .spill import SpillArea
 from .zipformat import MAX_DEPTH, CentralDirectory, ZipFormatError, read_central_directory
+
+if TYPE_CHECKING:
+    from . import commit
+    from .lock import ArchiveLock
 
 log = logging.getLogger("zipfuse")
 
@@ -109,6 +113,9 @@ def prepare(config: Config) -> Prepared:
 
 def _recover_first(config: Config) -> list[str]:
     """Before a read-write mount: take the lock, and finish an interrupted session if any."""
+    from . import recovery  # the commit path: a read-only mount never imports it
+    from .lock import ArchiveLock
+
     lock = ArchiveLock(config.archive)
     lock.acquire()
     try:
@@ -241,6 +248,8 @@ class Daemon:
         self.lock: ArchiveLock | None = None
         self.journal: Journal | None = None
         if not cfg.read_only:
+            from .lock import ArchiveLock
+
             self.lock = ArchiveLock(cfg.archive)
             self.lock.acquire()
         try:
@@ -439,6 +448,8 @@ class Daemon:
 
     async def commit(self, send: control.Send, *, flush: bool) -> dict:
         """Write the new archive; writers wait while it runs, readers go on."""
+        from . import commit  # imported on first use: a read-only mount never needs it
+
         if flush:  # push the kernel's cached dirty pages to us first
             await trio.to_thread.run_sync(osutil.syncfs, self.config.mountpoint)
         await self.ops.gate.close()
@@ -537,6 +548,8 @@ class Daemon:
 
     def _adopt(self, fd: int, cd: CentralDirectory, items: list[commit.Item]) -> None:
         """Point clean nodes at the new archive and drop spill copies that are now stored."""
+        from . import commit
+
         if self.archive_fd is not None:
             self.data.old_fds.append(self.archive_fd)
         self.archive_fd = fd

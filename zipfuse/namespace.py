@@ -19,8 +19,11 @@ directory claim the same path, the directory wins and the file is hidden. Each c
 from __future__ import annotations
 
 import array
+import bisect
 import errno
+import itertools
 import logging
+import operator
 import os
 import stat
 from collections.abc import Iterator
@@ -402,66 +405,93 @@ class _Loader:
         self._scan(cd)
 
     def _scan(self, cd: CentralDirectory) -> None:
-        names, kids, dir_entry = self.names, self.kids, self.dir_entry
-        subdirs: list[dict[bytes, int]] = [{}]  # name -> directory, while scanning
-        parents: dict[bytes, int] = {b"": 0}  # parent path of some entry -> directory
-        last_head, last_dir = b"", 0
-        for index, raw in enumerate(cd.take_names()):
-            if (
-                raw is not None
-                and len(raw) <= 255
-                and b"\0" not in raw
-                and b"//" not in raw
-                and b"/." not in raw
-                and not raw.startswith((b"/", b"."))
-            ):  # plain: what sanitize would return, checked fast (same rules as _plain)
-                is_dir = raw.endswith(b"/")
-                path = raw[:-1] if is_dir else raw
-            else:
-                entry = cd.entry(index)
-                parts = sanitize(entry.name)
-                if parts is None:
-                    log.warning("skipping entry with unsafe name %r", entry.name)
-                    continue
-                path, is_dir = _enc("/".join(parts)), entry.is_dir
-            if not path:
-                continue
-            head, _, tail = path.rpartition(b"/")
-            if head == last_head:
-                parent = last_dir
-            else:
-                found = parents.get(head)
-                if found is None:
-                    found = 0
-                    for part in head.split(b"/"):
-                        sub = subdirs[found].get(part)
-                        if sub is None:
-                            sub = len(names)
-                            names.append(part)
-                            kids.append(array.array("l"))
-                            dir_entry.append(-1)
-                            subdirs.append({})
-                            subdirs[found][part] = sub
-                            kids[found].append(-sub)  # type: ignore[union-attr]
-                        found = sub
-                    parents[head] = found
-                last_head, last_dir = head, found
-                parent = found
-            if is_dir:
-                sub = subdirs[parent].get(tail)
-                if sub is None:
-                    sub = len(names)
-                    names.append(tail)
-                    kids.append(array.array("l"))
-                    dir_entry.append(-1)
-                    subdirs.append({})
-                    subdirs[parent][tail] = sub
-                    kids[parent].append(-sub)  # type: ignore[union-attr]
-                dir_entry[sub] = index
-            else:
-                kids[parent].append(index)  # type: ignore[union-attr]
+        """Place every entry: runs of plain files in one directory (the usual layout: writers
+        store a directory's files together) are placed with one step per run."""
+        names = cd.take_names()
+        odd = _odd_names(names)  # indices whose key is not a plain path (sorted)
+        self._parents: dict[bytes, int] = {b"": 0}  # parent path of some entry -> directory
+        self._subdirs: list[dict[bytes, int]] = [{}]  # name -> subdirectory, while scanning
+        self._last: tuple[bytes, int] = (b"", 0)
+        kids = self.kids
+        index = 0
+        runs = itertools.groupby(map(bytes.rpartition, names, itertools.repeat(b"/")), _HEAD)
+        for head, run in runs:
+            items = list(run)
+            end = index + len(items)
+            k = bisect.bisect_left(odd, index)
+            if k < len(odd) and odd[k] < end:  # a name to sanitise: one at a time
+                for i in range(index, end):
+                    self._place(cd, i, names[i], i in odd[k : k + len(items)])
+            elif all(map(_TAIL, items)):  # files only
+                kids[self._dir_at(head)].extend(range(index, end))  # type: ignore[union-attr]
+            else:  # directory entries ("head/", tail empty) among the files
+                start = index
+                for j, tail in enumerate(map(_TAIL, items), index):
+                    if not tail:
+                        kids[self._dir_at(head)].extend(range(start, j))  # type: ignore[union-attr]
+                        self._place(cd, j, names[j], False)
+                        start = j + 1
+                kids[self._dir_at(head)].extend(range(start, end))  # type: ignore[union-attr]
+            index = end
+        del self._parents, self._subdirs, self._last
         self.unlisted = sum(len(k) for k in kids if k is not None)
-        self.pending_dirs = len(names)
+        self.pending_dirs = len(self.names)
+
+    def _place(self, cd: CentralDirectory, index: int, key: bytes, odd: bool) -> None:
+        """Place one entry (a directory, or a name that needs sanitising)."""
+        if odd:
+            entry = cd.entry(index)
+            parts = sanitize(entry.name)
+            if parts is None:
+                log.warning("skipping entry with unsafe name %r", entry.name)
+                return
+            path, is_dir = _enc("/".join(parts)), entry.is_dir
+        else:
+            is_dir = key.endswith(b"/")
+            path = key[:-1] if is_dir else key
+        if not path:
+            return
+        head, _, tail = path.rpartition(b"/")
+        parent = self._dir_at(head)
+        if is_dir:
+            self.dir_entry[self._subdir(parent, tail)] = index
+        else:
+            self.kids[parent].append(index)  # type: ignore[union-attr]
+
+    def _dir_at(self, head: bytes) -> int:
+        """The directory at path ``head``, made (with its missing parents) if needed.
+
+        Only the parent paths of entries are remembered (their total length is at most that
+        of all names): the directories between are reached by name from the nearest one.
+        """
+        if head == self._last[0]:
+            return self._last[1]
+        parents = self._parents
+        found = parents.get(head)
+        if found is None:
+            missing = []
+            path = head
+            while found is None:
+                path, _, name = path.rpartition(b"/")
+                missing.append(name)
+                found = parents.get(path)
+            for name in reversed(missing):
+                found = self._subdir(found, name)
+            parents[head] = found
+        self._last = (head, found)
+        return found
+
+    def _subdir(self, parent: int, name: bytes) -> int:
+        sub = self._subdirs[parent].get(name)
+        if sub is None:
+            sub = len(self.names)
+            self.names.append(name)
+            self.kids.append(array.array("l"))
+            self.dir_entry.append(-1)
+            self._subdirs.append({})
+            self._subdirs[parent][name] = sub
+            self.kids[parent].append(-sub)  # type: ignore[union-attr]
+        return sub
 
     def adopt_root(self, root: Node) -> None:
         self._make_lazy(root, 0)
@@ -549,6 +579,32 @@ def _entry_path(name: str) -> str:
         return name[:-1] if name.endswith("/") else name
     parts = sanitize(name)
     return "" if parts is None else "/".join(parts)
+
+
+_HEAD = operator.itemgetter(0)
+_TAIL = operator.itemgetter(2)
+
+
+def _odd_names(names: list[bytes]) -> list[int]:
+    """Sorted indices of the name keys that are not plain paths (see ``_plain``).
+
+    A few substring searches over all names joined by newlines; a newline inside a name can
+    only add false alarms, which merely send that name down the careful path.
+    """
+    joined = b"\n".join(names)
+    hits: list[int] = [0] if joined.startswith((b"/", b".")) else []
+    for pattern, shift in ((b"\0", 0), (b"//", 0), (b"/.", 0), (b"\n/", 1), (b"\n.", 1)):
+        pos = joined.find(pattern)
+        while pos >= 0:
+            hits.append(pos + shift)
+            pos = joined.find(pattern, pos + 1)
+    odd: set[int] = set()
+    if hits:  # name k ends right before ends[k] - 1 (its newline)
+        ends = list(itertools.accumulate(map(operator.add, map(len, names), itertools.repeat(1))))
+        odd.update(bisect.bisect_right(ends, pos) for pos in hits)
+    if names and max(map(len, names)) > 255:
+        odd.update(i for i, name in enumerate(names) if len(name) > 255)
+    return sorted(odd)
 
 
 def _enc(name: str) -> bytes:

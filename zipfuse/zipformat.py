@@ -158,7 +158,7 @@ class CentralDirectory:
         hdr: array.array,
         concat: int,
         *,
-        names: list[bytes | None] | None = None,
+        names: list[bytes] | None = None,
         comment: bytes,
         cd_offset: int,
         cd_size: int,
@@ -178,7 +178,7 @@ class CentralDirectory:
         self._hdr = hdr  # absolute local header offset of record i
         self._concat = concat
         self._entries: list[ZipEntry] | None = None
-        self._names: list[bytes | None] | None = names
+        self._names: list[bytes] | None = names
 
     def __len__(self) -> int:
         return len(self._hdr)
@@ -230,13 +230,14 @@ class CentralDirectory:
         self._fd = fd
         self._buf = None
 
-    def take_names(self) -> list[bytes | None]:
+    def take_names(self) -> list[bytes]:
         """The name key of every record, without decoding it (kept by ``keep_names``, handed
         over once, then rebuilt from the directory if asked again).
 
         A key is the raw ASCII name, ending with '/' exactly when the entry is a directory;
-        None when the entry must be decoded to know its name or kind (non-ASCII names, an
-        Info-ZIP Unicode Path field, a trailing '/' that disagrees with the entry's mode).
+        ``DECODE`` (a NUL byte, which no usable name holds) when the entry must be decoded to
+        know its name or kind (non-ASCII names, an Info-ZIP Unicode Path field, a trailing '/'
+        that disagrees with the entry's mode).
         """
         names, self._names = self._names, None
         if names is None:
@@ -249,6 +250,7 @@ class CentralDirectory:
 # from offset 5 of a central record: made-by system, csize, usize, name, extra and comment
 # lengths, disk, external attributes, local header offset
 _CDFIELDS = struct.Struct("<B14xLLHHHH2xLL")
+DECODE = b"\0"  # name key of an entry whose name or kind needs decoding (see take_names)
 MAX_DEPTH = 1000  # path components; deeper entries make the mount refuse the archive
 
 
@@ -342,7 +344,7 @@ def read_central_directory(
     if concat < 0:
         raise ZipFormatError("central directory offset points beyond its real position")
     buf = _pread_exact(fd, cd_size, real_cd_offset, "central directory")
-    names: list[bytes | None] | None = [] if keep_names else None
+    names: list[bytes] | None = [] if keep_names else None
     offs, hdr, csize = _scan_records(buf, concat, real_cd_offset, count, names, max_depth)
     n = len(hdr)
     # More than 65535 entries without zip64 records: the 16-bit count wrapped around.
@@ -370,7 +372,7 @@ def _scan_records(
     concat: int,
     cd_offset: int,
     count: int,
-    names: list[bytes | None] | None = None,
+    names: list[bytes] | None = None,
     max_depth: int | None = None,
 ) -> tuple[array.array, array.array, array.array]:
     """Check consecutive central-directory records in ``buf``; return where each starts (plus
@@ -439,7 +441,7 @@ def _scan_records(
                 or not raw.isascii()
                 or (elen and buf.find(b"up", start + nlen, start + nlen + elen) >= 0)
             ):
-                raw = None  # the entry must be decoded to know its name or kind
+                raw = DECODE  # the entry must be decoded to know its name or kind
             names.append(raw)
         pos = end
         index += 1
