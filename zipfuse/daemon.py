@@ -105,6 +105,7 @@ def prepare(config: Config) -> Prepared:
     try:
         with _no_gc():
             cd = read_central_directory(fd, keep_names=True, max_depth=MAX_DEPTH)
+            cd.detach(fd)  # free it before the fork: records are re-read when listed
     except ZipFormatError as exc:
         os.close(fd)
         raise ZipfuseError(f"{config.archive}: {exc}") from None
@@ -270,8 +271,6 @@ class Daemon:
             self.journal.start(self.base, fresh=not records)
         with _no_gc():
             self.ns = Namespace.from_archive(self.cd, os.getuid(), os.getgid(), now)
-            if self.cd is not None:
-                self.cd.detach(self.archive_fd)  # records are re-read when a directory is listed
             if records:
                 applied = journal.replay(self.ns, records, spill.path)
                 self.ns.changes = max(1, applied)

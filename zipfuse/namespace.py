@@ -14,6 +14,11 @@ entry's compressed bytes as they are.
 Name rules when loading an archive (see ``names.sanitize``): hostile names are neutralised or
 skipped; for duplicate paths the LAST entry in central-directory order wins; when a file and a
 directory claim the same path, the directory wins and the file is hidden. Each case is logged.
+
+Loading is lazy: a mount only sorts the archive's names into per-directory lists (``_Loader``);
+a directory's child nodes (and their decoded entries) are made the first time its ``children``
+are used (lookup, readdir, a mutation, a commit's walk). Until then it is a ``_LazyDir``, which
+has the same attributes (``nlink`` and, with an entry, its metadata are already right).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import array
 import bisect
 import errno
+import gc
 import itertools
 import logging
 import operator
@@ -249,10 +255,14 @@ class Namespace:
             raise OSError(errno.EEXIST, "exists")
         if parent.nlink <= 0:
             raise OSError(errno.ENOENT, "directory was removed")
+        self._check_depth(parent)
+
+    def _check_depth(self, parent: Node) -> None:
+        """A new name in ``parent`` must not be deeper than a mount accepts (MAX_DEPTH)."""
         depth, node = 1, parent
         while node is not self.root and node.parent is not None:
             depth, node = depth + 1, node.parent
-            if depth > MAX_DEPTH:  # a mount refuses archives nested deeper
+            if depth > MAX_DEPTH:
                 raise OSError(errno.ENAMETOOLONG, f"more than {MAX_DEPTH} levels deep")
 
     def create(self, parent: Node, name: bytes, mode: int, uid: int, gid: int, now_ns: int) -> Node:
@@ -323,6 +333,8 @@ class Namespace:
             raise OSError(errno.ENOENT, "no such file")
         if len(new) > 255:
             raise OSError(errno.ENAMETOOLONG, "name too long")
+        if new_parent is not old_parent:
+            self._check_depth(new_parent)  # the moved node itself (not what it contains)
         target = new_parent.children.get(new)
         if node.is_dir and self._is_ancestor(node, new_parent):
             raise OSError(errno.EINVAL, "cannot move a directory into itself")
@@ -505,6 +517,15 @@ class _Loader:
 
     def load(self, node: Node, index: int) -> None:
         """Make the nodes of directory ``index``'s children; ``node`` becomes a plain Node."""
+        collecting = gc.isenabled()
+        gc.disable()  # thousands of long-lived objects: no collection pass in the middle
+        try:
+            self._load(node, index)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _load(self, node: Node, index: int) -> None:
         refs = self.kids[index]
         assert refs is not None and self.cd is not None
         want = [ref for ref in refs if ref >= 0]
@@ -514,17 +535,18 @@ class _Loader:
         except ZipFormatError as exc:
             log.error("cannot list a directory of the archive: %s", exc)
             raise OSError(errno.EIO, str(exc)) from None
-        chosen: dict[bytes, ZipEntry | int] = {}
+        chosen: dict[bytes, tuple[ZipEntry, str] | int] = {}
         for ref in refs:
             if ref < 0:
                 name = self.names[-ref]
                 old = chosen.pop(name, None)
                 if old is not None:
-                    log.warning("%r: a directory hides the file of the same name", old.name)
+                    log.warning("%r: a directory hides the file of the same name", old[0].name)
                 chosen[name] = -ref
             else:
                 entry = decoded[ref]
-                name = _enc(_entry_path(entry.name).rpartition("/")[2])
+                path = _entry_path(entry.name)
+                name = _enc(path.rpartition("/")[2])
                 old = chosen.get(name)
                 if isinstance(old, int):
                     log.warning("%r: hidden by a directory of the same name", entry.name)
@@ -532,7 +554,7 @@ class _Loader:
                 if old is not None:
                     log.warning("%r: duplicate name, the later entry wins", entry.name)
                     del chosen[name]
-                chosen[name] = entry
+                chosen[name] = (entry, path)
         ns, now_ns = self.ns, self.now_ns
         children: dict[bytes, Node] = {}
         subdirs = 0
@@ -542,12 +564,14 @@ class _Loader:
                 self._make_lazy(child, what)
                 entry_index = self.dir_entry[what]
                 if entry_index >= 0:
-                    _apply(child, decoded[entry_index], ns)
+                    entry = decoded[entry_index]
+                    _apply(child, entry, _entry_path(entry.name), ns)
                 subdirs += 1
             else:
-                child = ns._new_node(what.mode, ns.uid, ns.gid, now_ns)
-                child.size = what.file_size
-                _apply(child, what, ns)
+                entry, path = what
+                child = ns._new_node(entry.mode, ns.uid, ns.gid, now_ns)
+                child.size = entry.file_size
+                _apply(child, entry, path, ns)
             child.parent, child.name = node, name
             children[name] = child
         self.unlisted -= len(refs)
@@ -562,15 +586,15 @@ class _Loader:
             ns._loader = None
 
 
-def _apply(node: Node, entry: ZipEntry, ns: Namespace) -> None:
-    """Give a node built from ``entry`` the entry's metadata."""
+def _apply(node: Node, entry: ZipEntry, path: str, ns: Namespace) -> None:
+    """Give a node built from ``entry`` (at sanitised ``path``) the entry's metadata."""
     node.mode = entry.mode
     node.uid = ns.uid if entry.uid is None else entry.uid
     node.gid = ns.gid if entry.gid is None else entry.gid
     node.mtime_ns = node.ctime_ns = entry.mtime_ns
     node.atime_ns = entry.mtime_ns if entry.atime_ns is None else entry.atime_ns
     node.entry = entry
-    node.entry_path = _entry_path(entry.name)
+    node.entry_path = path
 
 
 def _entry_path(name: str) -> str:

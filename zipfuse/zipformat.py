@@ -122,7 +122,9 @@ class ZipEntry:
     dos_date: int
     extra: bytes  # raw central extra field
     comment: bytes  # raw entry comment
-    raw_name: bytes = b""  # the name's bytes as stored: written back unchanged on commit
+    # the name's bytes as stored, written back unchanged on commit; b"" when they are ASCII and
+    # ``name`` encodes back to them (one copy less per entry)
+    raw_name: bytes = b""
 
     @property
     def is_dir(self) -> bool:
@@ -544,13 +546,18 @@ def _make_entry(
             name = _decode_name(raw_name, flags, None, create_system)
         uid, gid, mtime_ns = fast
         atime_ns = None
+        if raw_name.isascii():  # the name encodes back to these bytes: keep one copy
+            raw_name = b""
     else:
         ex = _split_extra(extra, index)
         if 0xFFFFFFFF in (csize, usize, header_offset) or disk_start == 0xFFFF:
             usize, csize, header_offset = _apply_zip64(
                 ex.get(_EXTRA_ZIP64), index, usize, csize, header_offset, disk_start
             )
-        name = _decode_name(raw_name, flags, ex.get(_EXTRA_UPATH), create_system)
+        upath = ex.get(_EXTRA_UPATH)
+        name = _decode_name(raw_name, flags, upath, create_system)
+        if upath is None and raw_name.isascii():  # encodes back to the same bytes
+            raw_name = b""
         uid, gid = _owner(ex)
         mtime_ns, atime_ns = _times(ex, dos_date, dos_time)
     mode = _entry_mode(name, create_system, external_attr)
