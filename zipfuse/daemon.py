@@ -276,6 +276,7 @@ class Daemon:
                 self.ns.changes = max(1, applied)
                 log.info("restored %d journal records of an interrupted session", applied)
         gc.freeze()  # the index lives as long as the mount: keep it out of every later gc pass
+        osutil.release_free_memory()
         self.data = FileData(self.archive_fd, spill)
         for node in self.ns.nodes.values():
             if node.spill is not None:
