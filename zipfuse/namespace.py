@@ -414,6 +414,7 @@ class _Loader:
         self.dir_entry = array.array("l", [-1])
         self.unlisted = 0  # entries in directories not listed yet (for statfs)
         self.pending_dirs = 1
+        self.odd: frozenset[int] = frozenset()  # entries whose name needed sanitising
         self._scan(cd)
 
     def _scan(self, cd: CentralDirectory) -> None:
@@ -421,6 +422,7 @@ class _Loader:
         store a directory's files together) are placed with one step per run."""
         names = cd.take_names()
         odd = _odd_names(names)  # indices whose key is not a plain path (sorted)
+        self.odd = frozenset(odd)
         self._parents: dict[bytes, int] = {b"": 0}  # parent path of some entry -> directory
         self._subdirs: list[dict[bytes, int]] = [{}]  # name -> subdirectory, while scanning
         self._last: tuple[bytes, int] = (b"", 0)
@@ -545,7 +547,7 @@ class _Loader:
                 chosen[name] = -ref
             else:
                 entry = decoded[ref]
-                path = _entry_path(entry.name)
+                path = _entry_path(entry.name) if ref in self.odd else entry.name
                 name = _enc(path.rpartition("/")[2])
                 old = chosen.get(name)
                 if isinstance(old, int):
@@ -565,7 +567,8 @@ class _Loader:
                 entry_index = self.dir_entry[what]
                 if entry_index >= 0:
                     entry = decoded[entry_index]
-                    _apply(child, entry, _entry_path(entry.name), ns)
+                    plain = entry_index not in self.odd
+                    _apply(child, entry, entry.name[:-1] if plain else _entry_path(entry.name), ns)
                 subdirs += 1
             else:
                 entry, path = what
