@@ -40,8 +40,16 @@ class Item:
 
 
 def plan(ns: Namespace) -> list[Item]:
+    """Snapshot the tree as the entries of the new archive.
+
+    A directory the archive only implied (no entry of its own), untouched and not empty, stays
+    implied: its children's names carry it. Writing it would add one entry holding its full
+    path per level, which makes a deeply nested archive grow quadratically.
+    """
     items: list[Item] = []
     for path, node in ns.walk():
+        if node.entry is None and not node.meta_dirty and node.is_dir and node.children:
+            continue
         name = path + "/" if node.is_dir else path
         # positional: one EntryMeta per entry of the archive, keyword passing costs more here
         meta = EntryMeta(
@@ -209,7 +217,7 @@ def _entry_ends(source: CentralDirectory | None) -> dict[int, int]:
     """Local header offset -> where that entry's bytes end (the next entry or the directory)."""
     if source is None:
         return {}
-    offsets = sorted({e.header_offset for e in source.entries})
+    offsets = sorted(set(source.header_offsets()))
     ends = dict(zip(offsets, offsets[1:], strict=False))
     if offsets and offsets[-1] < source.cd_offset:
         ends[offsets[-1]] = source.cd_offset

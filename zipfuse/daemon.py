@@ -19,19 +19,22 @@ import signal
 import stat
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
 
-from . import commit, control, journal, osutil, pyfuse3_caps, recovery, registry
+from . import control, journal, osutil, pyfuse3_caps, registry
 from .errors import ZipfuseError
 from .journal import Journal
-from .lock import ArchiveLock
 from .namespace import Namespace
 from .ops import ZipOperations
 from .overlay import Committed, Overlay
 from .spill import SpillArea
-from .zipformat import CentralDirectory, ZipFormatError, read_central_directory
+from .zipformat import MAX_DEPTH, CentralDirectory, ZipFormatError, read_central_directory
+
+if TYPE_CHECKING:
+    from .lock import ArchiveLock
 
 log = logging.getLogger("zipfuse")
 
@@ -108,7 +111,8 @@ def prepare(config: Config) -> Prepared:
         raise ZipfuseError(f"cannot open {config.archive}: {exc.strerror}") from None
     try:
         with _no_gc():
-            cd = read_central_directory(fd)
+            cd = read_central_directory(fd, keep_names=True, max_depth=MAX_DEPTH)
+            cd.detach(fd)  # free it before the fork: records are re-read when listed
     except ZipFormatError as exc:
         os.close(fd)
         raise ZipfuseError(f"{config.archive}: {exc}") from None
@@ -136,6 +140,9 @@ def _has_entries(path: str) -> bool:
 
 def _recover_first(config: Config) -> list[str]:
     """Before a read-write mount: take the lock, and finish an interrupted session if any."""
+    from . import recovery  # the commit path: a read-only mount never imports it
+    from .lock import ArchiveLock
+
     lock = ArchiveLock(config.archive)
     lock.acquire()
     try:
@@ -268,6 +275,8 @@ class Daemon:
         self.lock: ArchiveLock | None = None
         self.journal: Journal | None = None
         if not cfg.read_only:
+            from .lock import ArchiveLock
+
             self.lock = ArchiveLock(cfg.archive)
             self.lock.acquire()
         try:
@@ -293,6 +302,7 @@ class Daemon:
                 self.ns.changes = max(1, applied)
                 log.info("restored %d journal records of an interrupted session", applied)
         gc.freeze()  # the index lives as long as the mount: keep it out of every later gc pass
+        osutil.release_free_memory()
         kernel_cache = pyfuse3_caps.kernel_cache_enabled()
         self.overlay = Overlay(
             self.ns,
@@ -467,6 +477,8 @@ class Daemon:
 
     async def commit(self, send: control.Send, *, flush: bool) -> dict:
         """Write the new archive; writers wait while it runs, readers go on."""
+        from . import commit  # imported on first use: a read-only mount never needs it
+
         if flush:  # push the kernel's cached dirty pages to us first
             try:
                 await trio.to_thread.run_sync(osutil.syncfs, self.config.mountpoint)

@@ -14,19 +14,28 @@ entry's compressed bytes as they are.
 Name rules when loading an archive (see ``names.sanitize``): hostile names are neutralised or
 skipped; for duplicate paths the LAST entry in central-directory order wins; when a file and a
 directory claim the same path, the directory wins and the file is hidden. Each case is logged.
+
+Loading is lazy: a mount only sorts the archive's names into per-directory lists (``_Loader``);
+a directory's child nodes (and their decoded entries) are made the first time its ``children``
+are used (lookup, readdir, a mutation, a commit's walk). Until then it is a ``_LazyDir``, which
+has the same attributes (``nlink`` and, with an entry, its metadata are already right).
 """
 
 from __future__ import annotations
 
+import array
 import bisect
 import errno
+import gc
+import itertools
 import logging
+import operator
 import os
 import stat
 from collections.abc import Iterator
 
 from .names import sanitize
-from .zipformat import CentralDirectory, ZipEntry
+from .zipformat import MAX_DEPTH, CentralDirectory, ZipEntry, ZipFormatError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,7 @@ class Node:
         "lookups",
         "opens",
         "meta_dirty",
+        "pending",
         "listing",
     )
 
@@ -81,11 +91,40 @@ class Node:
         self.lookups = 0  # kernel lookup count
         self.opens = 0  # open file handles
         self.meta_dirty = False  # mode/owner/times changed since load or last commit
+        self.pending: tuple[_Loader, int] | None = None  # a directory not listed yet
         self.listing: Listing | None = None  # readdir cookies, once the directory was listed
 
     @property
     def is_dir(self) -> bool:
         return self.children is not None
+
+
+_CHILDREN = Node.children  # the slot itself, for _LazyDir
+
+
+class _LazyDir(Node):
+    """A directory from the archive whose children are not built yet (same layout as Node).
+
+    The first access to ``children`` builds them from the central directory and turns the
+    object into a plain ``Node``, so nothing costs more afterwards.
+    """
+
+    __slots__ = ()
+
+    @property  # type: ignore[override]
+    def children(self) -> dict[bytes, Node]:
+        assert self.pending is not None
+        loader, index = self.pending
+        loader.load(self, index)
+        return _CHILDREN.__get__(self)
+
+    @children.setter
+    def children(self, value: dict[bytes, Node] | None) -> None:
+        _CHILDREN.__set__(self, value)
+
+    @property
+    def is_dir(self) -> bool:
+        return True
 
 
 class Listing:
@@ -137,81 +176,25 @@ class Namespace:
         self.root.lookups = 1  # the kernel holds the root for the whole mount
         self.changes = 0  # bumped by every mutation; commit compares it
         self.on_drop: list = []  # callbacks(node) when an inode disappears (spill cleanup)
+        self._loader: _Loader | None = None  # directories of the archive not listed yet
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
     def from_archive(
         cls, cd: CentralDirectory | None, uid: int, gid: int, now_ns: int
     ) -> Namespace:
-        """Build the tree from a central directory (None: a new, empty archive)."""
+        """Build the tree from a central directory (None: a new, empty archive).
+
+        Only the directory structure is built here, as compact per-directory lists of entry
+        indices; nodes for a directory's children are made when it is first looked into.
+        """
         ns = cls(uid, gid, now_ns)
         if cd is None:
             return ns
-        dirs: dict[str, Node] = {"": ns.root}  # path -> directory, so each entry costs one lookup
-        for entry in cd.entries:
-            name = entry.name
-            if _plain(name):
-                path = name[:-1] if name.endswith("/") else name
-            else:
-                parts = sanitize(name)
-                if parts is None:
-                    log.warning("skipping entry with unsafe name %r", name)
-                    continue
-                path = "/".join(parts)
-            if path:
-                ns._load_entry(entry, path, dirs, now_ns)
+        ns._loader = _Loader(ns, cd, now_ns)
+        ns._loader.adopt_root(ns.root)
         ns.changes = 0
         return ns
-
-    def _dir_at(self, path: str, dirs: dict[str, Node], now_ns: int) -> Node:
-        """The directory at ``path``, creating implicit parents (they have no entry)."""
-        node = dirs.get(path)
-        if node is not None:
-            return node
-        missing = []  # walk up to the nearest known directory, without recursion
-        while node is None:
-            missing.append(path)
-            path = path.rpartition("/")[0]
-            node = dirs.get(path)
-        for path in reversed(missing):
-            name = _enc(path.rpartition("/")[2])
-            existing = node.children.get(name)
-            if existing is not None and existing.is_dir:
-                child = existing
-            else:
-                if existing is not None:
-                    log.warning("%r: a directory hides the file of the same name", path)
-                    self._detach(node, name, existing)
-                child = self._new_node(stat.S_IFDIR | 0o755, self.uid, self.gid, now_ns)
-                self._attach(node, name, child)
-            dirs[path] = node = child
-        return node
-
-    def _load_entry(self, entry: ZipEntry, path: str, dirs: dict[str, Node], now_ns: int) -> None:
-        if entry.is_dir:
-            node = self._dir_at(path, dirs, now_ns)
-        else:
-            head, _, tail = path.rpartition("/")
-            parent = self._dir_at(head, dirs, now_ns)
-            name = _enc(tail)
-            existing = parent.children.get(name)
-            if existing is not None:
-                if existing.is_dir:
-                    log.warning("%r: hidden by a directory of the same name", entry.name)
-                    return
-                log.warning("%r: duplicate name, the later entry wins", entry.name)
-                self._detach(parent, name, existing)
-            node = self._new_node(entry.mode, self.uid, self.gid, now_ns)
-            node.size = entry.file_size
-            self._attach(parent, name, node)
-        node.mode = entry.mode
-        node.rdev = entry.rdev
-        node.uid = self.uid if entry.uid is None else entry.uid
-        node.gid = self.gid if entry.gid is None else entry.gid
-        node.mtime_ns = node.ctime_ns = entry.mtime_ns
-        node.atime_ns = entry.mtime_ns if entry.atime_ns is None else entry.atime_ns
-        node.entry = entry
-        node.entry_path = path
 
     # ----------------------------------------------------------------------------- basics
     def _new_node(self, mode: int, uid: int, gid: int, now_ns: int) -> Node:
@@ -319,6 +302,15 @@ class Namespace:
             raise OSError(errno.EEXIST, "exists")
         if parent.nlink <= 0:
             raise OSError(errno.ENOENT, "directory was removed")
+        self._check_depth(parent)
+
+    def _check_depth(self, parent: Node) -> None:
+        """A new name in ``parent`` must not be deeper than a mount accepts (MAX_DEPTH)."""
+        depth, node = 1, parent
+        while node is not self.root and node.parent is not None:
+            depth, node = depth + 1, node.parent
+            if depth > MAX_DEPTH:
+                raise OSError(errno.ENAMETOOLONG, f"more than {MAX_DEPTH} levels deep")
 
     def create(self, parent: Node, name: bytes, mode: int, uid: int, gid: int, now_ns: int) -> Node:
         """Make a new file, directory, symlink or special file under ``parent``."""
@@ -388,6 +380,8 @@ class Namespace:
             raise OSError(errno.ENOENT, "no such file")
         if len(new) > 255:
             raise OSError(errno.ENAMETOOLONG, "name too long")
+        if new_parent is not old_parent:
+            self._check_depth(new_parent)  # the moved node itself (not what it contains)
         target = new_parent.children.get(new)
         if node.is_dir and self._is_ancestor(node, new_parent):
             raise OSError(errno.EINVAL, "cannot move a directory into itself")
@@ -444,7 +438,248 @@ class Namespace:
                 stack.pop()
 
     def count(self) -> int:
-        return len(self.nodes)
+        """Inodes in use, counting the entries of directories not listed yet."""
+        return len(self.nodes) + (self._loader.unlisted if self._loader else 0)
+
+
+class _Loader:
+    """The archive's directory tree before its nodes exist: per directory, its entries.
+
+    ``kids[d]`` lists the children of directory ``d`` in first-appearance order: an entry
+    index (>= 0) for a file, symlink or special file, ``-k`` for subdirectory ``k`` (the root
+    is 0). ``names[k]`` is the subdirectory's name and ``dir_entry[k]`` its explicit entry (the
+    last one, -1 if none). Built from the names alone, so the memory and time of a mount grow
+    with the number of entries and the length of their names, never with depth times names.
+    """
+
+    def __init__(self, ns: Namespace, cd: CentralDirectory, now_ns: int) -> None:
+        self.ns = ns
+        self.cd: CentralDirectory | None = cd
+        self.now_ns = now_ns
+        self.names: list[bytes] = [b""]
+        self.kids: list[array.array | None] = [array.array("l")]
+        self.dir_entry = array.array("l", [-1])
+        self.unlisted = 0  # entries in directories not listed yet (for statfs)
+        self.pending_dirs = 1
+        self.odd: frozenset[int] = frozenset()  # entries whose name needed sanitising
+        self._scan(cd)
+
+    def _scan(self, cd: CentralDirectory) -> None:
+        """Place every entry: runs of plain files in one directory (the usual layout: writers
+        store a directory's files together) are placed with one step per run."""
+        names = cd.take_names()
+        odd = _odd_names(names)  # indices whose key is not a plain path (sorted)
+        self.odd = frozenset(odd)
+        self._parents: dict[bytes, int] = {b"": 0}  # parent path of some entry -> directory
+        self._subdirs: list[dict[bytes, int]] = [{}]  # name -> subdirectory, while scanning
+        self._last: tuple[bytes, int] = (b"", 0)
+        kids = self.kids
+        index = 0
+        runs = itertools.groupby(map(bytes.rpartition, names, itertools.repeat(b"/")), _HEAD)
+        for head, run in runs:
+            items = list(run)
+            end = index + len(items)
+            k = bisect.bisect_left(odd, index)
+            if k < len(odd) and odd[k] < end:  # a name to sanitise: one at a time
+                for i in range(index, end):
+                    self._place(cd, i, names[i], i in odd[k : k + len(items)])
+            elif all(map(_TAIL, items)):  # files only
+                kids[self._dir_at(head)].extend(range(index, end))  # type: ignore[union-attr]
+            else:  # directory entries ("head/", tail empty) among the files
+                start = index
+                for j, tail in enumerate(map(_TAIL, items), index):
+                    if not tail:
+                        kids[self._dir_at(head)].extend(range(start, j))  # type: ignore[union-attr]
+                        self._place(cd, j, names[j], False)
+                        start = j + 1
+                kids[self._dir_at(head)].extend(range(start, end))  # type: ignore[union-attr]
+            index = end
+        del self._parents, self._subdirs, self._last
+        self.unlisted = sum(len(k) for k in kids if k is not None)
+        self.pending_dirs = len(self.names)
+
+    def _place(self, cd: CentralDirectory, index: int, key: bytes, odd: bool) -> None:
+        """Place one entry (a directory, or a name that needs sanitising)."""
+        if odd:
+            entry = cd.entry(index)
+            parts = sanitize(entry.name)
+            if parts is None:
+                log.warning("skipping entry with unsafe name %r", entry.name)
+                return
+            path, is_dir = _enc("/".join(parts)), entry.is_dir
+        else:
+            is_dir = key.endswith(b"/")
+            path = key[:-1] if is_dir else key
+        if not path:
+            return
+        head, _, tail = path.rpartition(b"/")
+        parent = self._dir_at(head)
+        if is_dir:
+            self.dir_entry[self._subdir(parent, tail)] = index
+        else:
+            self.kids[parent].append(index)  # type: ignore[union-attr]
+
+    def _dir_at(self, head: bytes) -> int:
+        """The directory at path ``head``, made (with its missing parents) if needed.
+
+        Only the parent paths of entries are remembered (their total length is at most that
+        of all names): the directories between are reached by name from the nearest one.
+        """
+        if head == self._last[0]:
+            return self._last[1]
+        parents = self._parents
+        found = parents.get(head)
+        if found is None:
+            missing = []
+            path = head
+            while found is None:
+                path, _, name = path.rpartition(b"/")
+                missing.append(name)
+                found = parents.get(path)
+            for name in reversed(missing):
+                found = self._subdir(found, name)
+            parents[head] = found
+        self._last = (head, found)
+        return found
+
+    def _subdir(self, parent: int, name: bytes) -> int:
+        sub = self._subdirs[parent].get(name)
+        if sub is None:
+            sub = len(self.names)
+            self.names.append(name)
+            self.kids.append(array.array("l"))
+            self.dir_entry.append(-1)
+            self._subdirs.append({})
+            self._subdirs[parent][name] = sub
+            self.kids[parent].append(-sub)  # type: ignore[union-attr]
+        return sub
+
+    def adopt_root(self, root: Node) -> None:
+        self._make_lazy(root, 0)
+
+    def _make_lazy(self, node: Node, index: int) -> None:
+        kids = self.kids[index]
+        assert kids is not None
+        node.__class__ = _LazyDir
+        node.pending = (self, index)
+        node.nlink = 2 + sum(1 for ref in kids if ref < 0)
+
+    def load(self, node: Node, index: int) -> None:
+        """Make the nodes of directory ``index``'s children; ``node`` becomes a plain Node."""
+        collecting = gc.isenabled()
+        gc.disable()  # thousands of long-lived objects: no collection pass in the middle
+        try:
+            self._load(node, index)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _load(self, node: Node, index: int) -> None:
+        refs = self.kids[index]
+        assert refs is not None and self.cd is not None
+        want = [ref for ref in refs if ref >= 0]
+        want += [self.dir_entry[-ref] for ref in refs if ref < 0 and self.dir_entry[-ref] >= 0]
+        try:
+            decoded = dict(zip(want, self.cd.entries_at(want), strict=True))
+        except ZipFormatError as exc:
+            log.error("cannot list a directory of the archive: %s", exc)
+            raise OSError(errno.EIO, str(exc)) from None
+        chosen: dict[bytes, tuple[ZipEntry, str] | int] = {}
+        for ref in refs:
+            if ref < 0:
+                name = self.names[-ref]
+                old = chosen.pop(name, None)
+                if old is not None:
+                    log.warning("%r: a directory hides the file of the same name", old[0].name)
+                chosen[name] = -ref
+            else:
+                entry = decoded[ref]
+                path = _entry_path(entry.name) if ref in self.odd else entry.name
+                name = _enc(path.rpartition("/")[2])
+                old = chosen.get(name)
+                if isinstance(old, int):
+                    log.warning("%r: hidden by a directory of the same name", entry.name)
+                    continue
+                if old is not None:
+                    log.warning("%r: duplicate name, the later entry wins", entry.name)
+                    del chosen[name]
+                chosen[name] = (entry, path)
+        ns, now_ns = self.ns, self.now_ns
+        children: dict[bytes, Node] = {}
+        subdirs = 0
+        for name, what in chosen.items():
+            if isinstance(what, int):
+                child = ns._new_node(stat.S_IFDIR | 0o755, ns.uid, ns.gid, now_ns)
+                self._make_lazy(child, what)
+                entry_index = self.dir_entry[what]
+                if entry_index >= 0:
+                    entry = decoded[entry_index]
+                    plain = entry_index not in self.odd
+                    _apply(child, entry, entry.name[:-1] if plain else _entry_path(entry.name), ns)
+                subdirs += 1
+            else:
+                entry, path = what
+                child = ns._new_node(entry.mode, ns.uid, ns.gid, now_ns)
+                child.size = entry.file_size
+                _apply(child, entry, path, ns)
+            child.parent, child.name = node, name
+            children[name] = child
+        self.unlisted -= len(refs)
+        self.kids[index] = None
+        node.__class__ = Node
+        node.pending = None
+        node.children = children
+        node.nlink = 2 + subdirs
+        self.pending_dirs -= 1
+        if not self.pending_dirs:  # everything is built: the directory copy is not needed
+            self.cd = None
+            ns._loader = None
+
+
+def _apply(node: Node, entry: ZipEntry, path: str, ns: Namespace) -> None:
+    """Give a node built from ``entry`` (at sanitised ``path``) the entry's metadata."""
+    node.mode = entry.mode
+    node.rdev = entry.rdev
+    node.uid = ns.uid if entry.uid is None else entry.uid
+    node.gid = ns.gid if entry.gid is None else entry.gid
+    node.mtime_ns = node.ctime_ns = entry.mtime_ns
+    node.atime_ns = entry.mtime_ns if entry.atime_ns is None else entry.atime_ns
+    node.entry = entry
+    node.entry_path = path
+
+
+def _entry_path(name: str) -> str:
+    """The sanitised path of an entry name ("" if it is skipped)."""
+    if _plain(name):
+        return name[:-1] if name.endswith("/") else name
+    parts = sanitize(name)
+    return "" if parts is None else "/".join(parts)
+
+
+_HEAD = operator.itemgetter(0)
+_TAIL = operator.itemgetter(2)
+
+
+def _odd_names(names: list[bytes]) -> list[int]:
+    """Sorted indices of the name keys that are not plain paths (see ``_plain``).
+
+    A few substring searches over all names joined by newlines; a newline inside a name can
+    only add false alarms, which merely send that name down the careful path.
+    """
+    joined = b"\n".join(names)
+    hits: list[int] = [0] if joined.startswith((b"/", b".")) else []
+    for pattern, shift in ((b"\0", 0), (b"//", 0), (b"/.", 0), (b"\n/", 1), (b"\n.", 1)):
+        pos = joined.find(pattern)
+        while pos >= 0:
+            hits.append(pos + shift)
+            pos = joined.find(pattern, pos + 1)
+    odd: set[int] = set()
+    if hits:  # name k ends right before ends[k] - 1 (its newline)
+        ends = list(itertools.accumulate(map(operator.add, map(len, names), itertools.repeat(1))))
+        odd.update(bisect.bisect_right(ends, pos) for pos in hits)
+    if names and max(map(len, names)) > 255:
+        odd.update(i for i, name in enumerate(names) if len(name) > 255)
+    return sorted(odd)
 
 
 def _enc(name: str) -> bytes:

@@ -45,3 +45,15 @@ def now_ns() -> int:
         except OSError:
             pass
     return time.time_ns()
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the kernel (glibc ``malloc_trim``; no-op elsewhere).
+
+    Building the index frees large temporaries (the central directory, the name list); glibc
+    keeps such memory in its heap after raising its mmap threshold, so the daemon's RSS would
+    stay at the peak for the whole mount.
+    """
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

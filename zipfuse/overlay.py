@@ -33,10 +33,11 @@ import os
 import stat
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import trio
 
-from . import commit, journal, osutil
+from . import journal, osutil
 from .filedata import FileData
 from .journal import Journal
 from .namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, Namespace, Node
@@ -44,6 +45,9 @@ from .osutil import now_ns
 from .spill import SpillArea
 from .versions import ArchiveVersion
 from .zipformat import CentralDirectory
+
+if TYPE_CHECKING:
+    from . import commit
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +432,8 @@ class Overlay:
         ``begin(entries, bytes)`` is told the totals once planned; ``progress`` runs on the
         commit thread. Mutations wait at the gate meanwhile; reads go on.
         """
+        from . import commit  # the write path: a read-only mount never imports it
+
         await self.gate.close()
         try:
             if not self.needs_commit():
@@ -494,6 +500,8 @@ class Overlay:
 
     def _adopt(self, fd: int, cd: CentralDirectory, items: list[commit.Item]) -> None:
         """Point clean nodes at the new archive and drop spill copies that are now stored."""
+        from . import commit
+
         self.cd = cd
         seen: set[int] = set()
         for item, entry in zip(items, cd.entries, strict=True):

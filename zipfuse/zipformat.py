@@ -9,7 +9,8 @@ INTERFACE CONTRACT (other modules rely on exactly these names):
   one-line human message (no traceback needed to understand it).
 - ``ZipEntry``: one central-directory record, decoded. Fields listed below.
 - ``CentralDirectory``: the whole parsed directory plus archive-level facts.
-- ``read_central_directory(fd, size=None) -> CentralDirectory``
+- ``read_central_directory(fd, size=None, *, keep_names=False, max_depth=None)
+  -> CentralDirectory``
 - ``local_data_offset(fd, entry) -> int``: absolute offset of the entry's compressed bytes.
 
 Robustness rules: every length and count read from the file is checked against the bytes that
@@ -30,12 +31,16 @@ every ``header_offset``.
 
 from __future__ import annotations
 
+import array
 import dataclasses
+import itertools
+import operator
 import os
 import stat
 import struct
 import time
 import zlib
+from collections.abc import Sequence
 
 # Compression methods (APPNOTE 4.4.5).
 STORED = 0
@@ -118,7 +123,9 @@ class ZipEntry:
     dos_date: int
     extra: bytes  # raw central extra field
     comment: bytes  # raw entry comment
-    raw_name: bytes = b""  # the name's bytes as stored: written back unchanged on commit
+    # the name's bytes as stored, written back unchanged on commit; b"" when they are ASCII and
+    # ``name`` encodes back to them (one copy less per entry)
+    raw_name: bytes = b""
     rdev: int = 0  # device number of a character/block device entry (PKWARE Unix extra 0x000d)
 
     @property
@@ -134,15 +141,121 @@ class ZipEntry:
         return bool(self.flags & FLAG_ENCRYPTED)
 
 
-@dataclasses.dataclass(slots=True)
 class CentralDirectory:
-    entries: list[ZipEntry]
-    comment: bytes  # archive comment
-    cd_offset: int  # absolute offset of the central directory in the file
-    cd_size: int
-    prefix_size: int  # bytes before the first entry (self-extracting stub), 0 normally
-    archive_size: int
-    zip64: bool
+    """The parsed central directory plus archive-level facts.
+
+    Records are checked once when the directory is read, but decoded into ``ZipEntry`` objects
+    only on demand (``entry``, ``entries_at``; ``entries`` decodes them all): a mount needs the
+    names for its tree and nothing else until a directory is listed. ``detach`` drops the
+    in-memory copy of the directory; records are then re-read from the archive when needed.
+    """
+
+    __slots__ = (
+        "comment", "cd_offset", "cd_size", "prefix_size", "archive_size", "zip64",
+        "_buf", "_fd", "_offs", "_hdr", "_concat", "_entries", "_names",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        buf: bytes,
+        offs: array.array,
+        hdr: array.array,
+        concat: int,
+        *,
+        names: list[bytes] | None = None,
+        comment: bytes,
+        cd_offset: int,
+        cd_size: int,
+        prefix_size: int,
+        archive_size: int,
+        zip64: bool,
+    ) -> None:
+        self.comment = comment  # archive comment
+        self.cd_offset = cd_offset  # absolute offset of the central directory in the file
+        self.cd_size = cd_size
+        self.prefix_size = prefix_size  # bytes before the first entry (self-extracting stub)
+        self.archive_size = archive_size
+        self.zip64 = zip64
+        self._buf: bytes | None = buf  # the directory's bytes, until ``detach``
+        self._fd: int | None = None  # where to re-read records from once detached
+        self._offs = offs  # record i spans [offs[i], offs[i + 1]) of the directory
+        self._hdr = hdr  # absolute local header offset of record i
+        self._concat = concat
+        self._entries: list[ZipEntry] | None = None
+        self._names: list[bytes] | None = names
+
+    def __len__(self) -> int:
+        return len(self._hdr)
+
+    @property
+    def entries(self) -> list[ZipEntry]:
+        """Every entry, decoded (and kept) on first use."""
+        if self._entries is None:
+            self._entries = self.entries_at(range(len(self)))
+        return self._entries
+
+    def entry(self, index: int) -> ZipEntry:
+        if self._entries is not None:
+            return self._entries[index]
+        return self.entries_at((index,))[0]
+
+    def header_offsets(self) -> array.array:
+        """Absolute local header offset of every entry, in directory order (no decoding)."""
+        return self._hdr
+
+    def entries_at(self, indices: Sequence[int]) -> list[ZipEntry]:
+        """Decode the given records; once detached, one pread covers them when they are close."""
+        if self._entries is not None:
+            return [self._entries[i] for i in indices]
+        offs, concat = self._offs, self._concat
+        buf, base = self._buf, 0
+        if buf is None and indices:
+            first, last = min(indices), max(indices)
+            span = offs[last + 1] - offs[first]
+            if span <= 2 * sum(offs[i + 1] - offs[i] for i in indices) + 65536:
+                buf, base = self._read(offs[first], span), offs[first]
+            else:
+                return [self._read_entry(i) for i in indices]
+        assert buf is not None or not indices
+        return [_decode_record(buf, offs[i] - base, i, concat) for i in indices]
+
+    def _read_entry(self, index: int) -> ZipEntry:
+        start = self._offs[index]
+        rec = self._read(start, self._offs[index + 1] - start)
+        return _decode_record(rec, 0, index, self._concat)
+
+    def _read(self, start: int, size: int) -> bytes:
+        assert self._fd is not None
+        return _pread_exact(self._fd, size, self.cd_offset + start, "central directory")
+
+    def detach(self, fd: int) -> None:
+        """Free the in-memory directory; read records from ``fd`` (the same, unchanged archive,
+        kept open by the caller) from now on."""
+        self._fd = fd
+        self._buf = None
+
+    def take_names(self) -> list[bytes]:
+        """The name key of every record, without decoding it (kept by ``keep_names``, handed
+        over once, then rebuilt from the directory if asked again).
+
+        A key is the raw ASCII name, ending with '/' exactly when the entry is a directory;
+        ``DECODE`` (a NUL byte, which no usable name holds) when the entry must be decoded to
+        know its name or kind (non-ASCII names, an Info-ZIP Unicode Path field, a trailing '/'
+        that disagrees with the entry's mode).
+        """
+        names, self._names = self._names, None
+        if names is None:
+            buf = self._buf if self._buf is not None else self._read(0, self._offs[-1])
+            names = []
+            _scan_records(buf, self._concat, self.cd_offset, len(self), names)
+        return names
+
+
+# from offset 5 of a central record: made-by system, csize, usize, name, extra and comment
+# lengths, disk, external attributes, local header offset
+_CDFIELDS = struct.Struct("<B14xLLHHHH2xLL")
+DECODE = b"\0"  # name key of an entry whose name or kind needs decoding (see take_names)
+MAX_DEPTH = 1000  # path components; deeper entries make the mount refuse the archive
 
 
 def _pread_exact(fd: int, size: int, offset: int, what: str) -> bytes:
@@ -204,8 +317,15 @@ def _find_eocd64(fd: int, eocd_pos: int) -> tuple[int, tuple[int, ...]] | None:
     raise ZipFormatError("zip64 end-of-central-directory record not found")
 
 
-def read_central_directory(fd: int, size: int | None = None) -> CentralDirectory:
-    """Parse the end records and the whole central directory (one pread)."""
+def read_central_directory(
+    fd: int, size: int | None = None, *, keep_names: bool = False, max_depth: int | None = None
+) -> CentralDirectory:
+    """Parse the end records and check the whole central directory (one pread).
+
+    ``keep_names``: also collect every record's name key for ``take_names`` in the same pass
+    (what a mount builds its tree from). ``max_depth``: refuse an entry nested deeper (a mount
+    passes MAX_DEPTH; a commit re-reading what it wrote does not refuse its own archive).
+    """
     if size is None:
         size = os.fstat(fd).st_size
     eocd_pos, eocd, comment = _find_eocd(fd, size)
@@ -228,92 +348,170 @@ def read_central_directory(fd: int, size: int | None = None) -> CentralDirectory
     if concat < 0:
         raise ZipFormatError("central directory offset points beyond its real position")
     buf = _pread_exact(fd, cd_size, real_cd_offset, "central directory")
-    entries = _parse_entries(buf, concat, real_cd_offset, count)
+    names: list[bytes] | None = [] if keep_names else None
+    offs, hdr, csize = _scan_records(buf, concat, real_cd_offset, count, names, max_depth)
+    n = len(hdr)
     # More than 65535 entries without zip64 records: the 16-bit count wrapped around.
-    if len(entries) != count and (len(entries) < count or (len(entries) - count) % 0x10000):
-        raise ZipFormatError(
-            f"central directory holds {len(entries)} entries but the end record says {count}"
-        )
-    _check_layout(entries, real_cd_offset)
-    first = min((e.header_offset for e in entries), default=real_cd_offset)
-    return CentralDirectory(
-        entries=entries,
+    if n != count and (n < count or (n - count) % 0x10000):
+        raise ZipFormatError(f"central directory holds {n} entries but the end record says {count}")
+    cd = CentralDirectory(
+        buf,
+        offs,
+        hdr,
+        concat,
+        names=names,
         comment=comment,
         cd_offset=real_cd_offset,
         cd_size=cd_size,
-        prefix_size=first,
+        prefix_size=min(hdr) if n else real_cd_offset,
         archive_size=size,
         zip64=zip64,
     )
+    _check_layout(cd, csize)
+    return cd
 
 
-def _parse_entries(buf: bytes, concat: int, cd_offset: int, count: int) -> list[ZipEntry]:
-    """Decode consecutive central-directory records from ``buf``.
+def _scan_records(
+    buf: bytes,
+    concat: int,
+    cd_offset: int,
+    count: int,
+    names: list[bytes] | None = None,
+    max_depth: int | None = None,
+) -> tuple[array.array, array.array, array.array]:
+    """Check consecutive central-directory records in ``buf``; return where each starts (plus
+    the end), its absolute local header offset and its compressed size.
 
     Records are read until the buffer ends (the 16-bit count of a non-zip64 archive with more
     than 65535 entries has wrapped around); bytes after the expected ``count`` records that
-    are not a record (e.g. a digital signature) are ignored.
+    are not a record (e.g. a digital signature) are ignored. Records that need more than the
+    fixed fields (zip64 sizes, unusual extra fields) are fully decoded here once, so a damaged
+    one is refused now rather than when its directory is first listed. With ``names``, the
+    name key of each record is appended to it (see ``CentralDirectory.take_names``).
     """
-    entries: list[ZipEntry] = []
+    offs = array.array("Q")
+    hdr = array.array("Q")
+    csizes = array.array("Q")
+    fields = _CDFIELDS.unpack_from
+    size = len(buf)
     pos = 0
-    while pos < len(buf):
-        if buf[pos : pos + 4] != _CDH_SIG:
-            if len(entries) >= count:
+    index = 0
+    while pos < size:
+        if not buf.startswith(_CDH_SIG, pos):
+            if index >= count:
                 break
             raise ZipFormatError(f"bad central directory signature at offset {cd_offset + pos}")
-        if pos + _CDH.size > len(buf):
-            raise ZipFormatError(f"truncated central directory record #{len(entries)}")
-        fields = _CDH.unpack_from(buf, pos)
-        nlen, elen, clen = fields[12], fields[13], fields[14]
+        if pos + _CDH.size > size:
+            raise ZipFormatError(f"truncated central directory record #{index}")
+        system, csize, usize, nlen, elen, clen, disk, external, offset = fields(buf, pos + 5)
         start = pos + _CDH.size
         end = start + nlen + elen + clen
-        if end > len(buf):
-            raise ZipFormatError(f"central directory record #{len(entries)} overruns the directory")
-        raw_name = buf[start : start + nlen]
-        extra = buf[start + nlen : start + nlen + elen]
-        comment = buf[start + nlen + elen : end]
-        entries.append(_make_entry(len(entries), fields, raw_name, extra, comment, concat))
-        pos = end
-    return entries
-
-
-def _check_layout(entries: list[ZipEntry], cd_offset: int) -> None:
-    """Refuse entries that overlap each other or the central directory, and impossible sizes.
-
-    Each entry occupies at least its fixed local header plus its compressed bytes, starting at
-    its header offset (names and extra fields only make it longer). Writers put entries one
-    after the other, so the check is one pass in the usual case.
-    """
-    if not entries:
-        return
-    ordered = entries
-    prev_offset = -1
-    for e in entries:
-        if e.header_offset < prev_offset:
-            ordered = sorted(entries, key=_header_offset)
-            break
-        prev_offset = e.header_offset
-    prev: ZipEntry | None = None
-    prev_end = 0
-    for e in ordered:
-        if e.file_size > _MAX_SIZE or e.compressed_size > _MAX_SIZE:
-            raise ZipFormatError(f"entry #{e.index} ({e.name!r}) has an impossible size")
-        if e.header_offset < prev_end:
-            assert prev is not None
-            raise ZipFormatError(
-                f"entries #{prev.index} ({prev.name!r}) and #{e.index} ({e.name!r}) overlap "
-                "(a zip bomb or a damaged archive)"
+        if end > size:
+            raise ZipFormatError(f"central directory record #{index} overruns the directory")
+        if max_depth is not None and nlen > 2 * max_depth:  # else too short to be that deep
+            _check_depth(buf, pos, index, concat, max_depth)
+        if (
+            (
+                elen
+                and not (  # the usual Info-ZIP layout: 'UT' (5 bytes) then 'ux' (11 bytes)
+                    elen == 24
+                    and buf.startswith(b"\x05\x00", start + nlen + 2)
+                    and buf.startswith(b"\x0b\x00", start + nlen + 11)
+                )
             )
-        prev, prev_end = e, e.header_offset + _LFH.size + e.compressed_size
-    if prev_end > cd_offset:
-        assert prev is not None
+            or offset == 0xFFFFFFFF
+            or usize == 0xFFFFFFFF
+            or csize == 0xFFFFFFFF
+            or disk == 0xFFFF
+        ):
+            entry = _decode_record(buf, pos, index, concat)
+            if entry.file_size > _MAX_SIZE or entry.compressed_size > _MAX_SIZE:
+                raise ZipFormatError(f"entry #{index} ({entry.name!r}) has an impossible size")
+            offset, csize = entry.header_offset - concat, entry.compressed_size
+        offs.append(pos)
+        hdr.append(offset + concat)
+        csizes.append(csize)
+        if names is not None:
+            raw = buf[start : start + nlen]
+            slash = raw.endswith(b"/")
+            unix = external >> 16
+            if system == 3 and unix:
+                kind = unix & 0o170000
+                is_dir = kind == stat.S_IFDIR or (kind == 0 and slash)
+            else:
+                is_dir = slash or bool(external & _DOS_DIR)
+            if (
+                is_dir != slash
+                or not raw.isascii()
+                or (elen and buf.find(b"up", start + nlen, start + nlen + elen) >= 0)
+            ):
+                raw = DECODE  # the entry must be decoded to know its name or kind
+            names.append(raw)
+        pos = end
+        index += 1
+    offs.append(pos)
+    return offs, hdr, csizes
+
+
+def _check_depth(buf: bytes, pos: int, index: int, concat: int, max_depth: int) -> None:
+    """Refuse an entry nested deeper than ``max_depth``: each level costs memory and time."""
+    entry = _decode_record(buf, pos, index, concat)
+    depth = sum(1 for part in entry.name.split("/") if part not in ("", "."))
+    if depth > max_depth:
         raise ZipFormatError(
-            f"data of entry #{prev.index} ({prev.name!r}) overlaps the central directory"
+            f"entry #{index} ({entry.name[:40]!r}...) is nested {depth} levels deep; "
+            f"zipfuse refuses paths deeper than {max_depth} levels"
         )
 
 
-def _header_offset(entry: ZipEntry) -> int:
-    return entry.header_offset
+def _decode_record(buf: bytes, pos: int, index: int, concat: int) -> ZipEntry:
+    """Decode the record at ``pos`` of ``buf`` (already checked to lie within it)."""
+    if not buf.startswith(_CDH_SIG, pos):
+        raise ZipFormatError(f"central directory record #{index} changed on disk")
+    fields = _CDH.unpack_from(buf, pos)
+    nlen, elen, clen = fields[12], fields[13], fields[14]
+    start = pos + _CDH.size
+    raw_name = buf[start : start + nlen]
+    extra = buf[start + nlen : start + nlen + elen]
+    comment = buf[start + nlen + elen : start + nlen + elen + clen]
+    return _make_entry(index, fields, raw_name, extra, comment, concat)
+
+
+def _check_layout(cd: CentralDirectory, csize: array.array) -> None:
+    """Refuse entries that overlap each other or the central directory.
+
+    Each entry occupies at least its fixed local header plus its compressed bytes, starting at
+    its header offset (names and extra fields only make it longer). Writers put entries one
+    after the other, so the check is one pass in the usual case; it runs on the arrays of
+    offsets and sizes, and decodes only the entries an error message names.
+    """
+    hdr = cd.header_offsets()
+    n = len(hdr)
+    if not n:
+        return
+    ends = array.array("Q", map(operator.add, hdr, csize))
+    if all(map(operator.le, hdr, itertools.islice(hdr, 1, None))):  # the usual order
+        starts = itertools.islice(hdr, 1, None)
+        if not all(map(operator.le, map(operator.add, ends, itertools.repeat(_LFH.size)), starts)):
+            bad = next(i for i in range(n - 1) if ends[i] + _LFH.size > hdr[i + 1])
+            _overlap(cd, bad, bad + 1)
+        last = n - 1
+    else:
+        last, last_end = -1, 0
+        for i in sorted(range(n), key=hdr.__getitem__):
+            if hdr[i] < last_end:
+                _overlap(cd, last, i)
+            last, last_end = i, ends[i] + _LFH.size
+    if ends[last] + _LFH.size > cd.cd_offset:
+        name = cd.entry(last).name
+        raise ZipFormatError(f"data of entry #{last} ({name!r}) overlaps the central directory")
+
+
+def _overlap(cd: CentralDirectory, a: int, b: int) -> None:
+    raise ZipFormatError(
+        f"entries #{a} ({cd.entry(a).name!r}) and #{b} ({cd.entry(b).name!r}) overlap "
+        "(a zip bomb or a damaged archive)"
+    )
 
 
 def _split_extra(extra: bytes, index: int) -> dict[int, bytes]:
@@ -341,7 +539,7 @@ def _make_entry(
 ) -> ZipEntry:
     (_, create_version, create_system, extract_version, _, flags, method, dos_time, dos_date,
      crc, csize, usize, _, _, _, disk_start, _, external_attr, header_offset) = f  # fmt: skip
-    fast = _infozip_extra(extra) if len(extra) == _INFOZIP_CENTRAL.size else None
+    fast = _infozip_extra(extra, 0, len(extra))
     if fast is not None and 0xFFFFFFFF not in (csize, usize, header_offset):
         # the common Info-ZIP layout (UT mtime + ux uid/gid), decoded with one unpack
         if flags & FLAG_UTF8:
@@ -350,13 +548,18 @@ def _make_entry(
             name = _decode_name(raw_name, flags, None, create_system)
         uid, gid, mtime_ns = fast
         atime_ns = None
+        if raw_name.isascii():  # the name encodes back to these bytes: keep one copy
+            raw_name = b""
     else:
         ex = _split_extra(extra, index)
         if 0xFFFFFFFF in (csize, usize, header_offset) or disk_start == 0xFFFF:
             usize, csize, header_offset = _apply_zip64(
                 ex.get(_EXTRA_ZIP64), index, usize, csize, header_offset, disk_start
             )
-        name = _decode_name(raw_name, flags, ex.get(_EXTRA_UPATH), create_system)
+        upath = ex.get(_EXTRA_UPATH)
+        name = _decode_name(raw_name, flags, upath, create_system)
+        if upath is None and raw_name.isascii():  # encodes back to the same bytes
+            raw_name = b""
         uid, gid = _owner(ex)
         mtime_ns, atime_ns = _times(ex, dos_date, dos_time)
     mode = _entry_mode(name, create_system, external_attr)
@@ -393,10 +596,13 @@ def _device(extra: bytes, index: int) -> int:
 _INFOZIP_CENTRAL = struct.Struct("<HHBiHHBBIBI")
 
 
-def _infozip_extra(extra: bytes) -> tuple[int, int, int] | None:
-    """(uid, gid, mtime_ns) when ``extra`` is exactly the common Info-ZIP layout, else None."""
+def _infozip_extra(buf: bytes, pos: int, size: int) -> tuple[int, int, int] | None:
+    """(uid, gid, mtime_ns) when the ``size`` bytes at ``pos`` are exactly the common Info-ZIP
+    extra layout, else None."""
+    if size != _INFOZIP_CENTRAL.size:
+        return None
     ut_id, ut_len, ut_flags, mtime, ux_id, ux_len, ver, usz, uid, gsz, gid = (
-        _INFOZIP_CENTRAL.unpack(extra)
+        _INFOZIP_CENTRAL.unpack_from(buf, pos)
     )
     if (
         ut_id == _EXTRA_UT and ut_len == 5 and ut_flags & 1 and ux_id == _EXTRA_UX3
