@@ -42,6 +42,8 @@ import time
 import zlib
 from collections.abc import Sequence
 
+from . import zipspec
+
 # Compression methods (APPNOTE 4.4.5).
 STORED = 0
 DEFLATED = 8
@@ -54,42 +56,32 @@ FLAG_ENCRYPTED = 0x1
 FLAG_DATA_DESCRIPTOR = 0x8
 FLAG_UTF8 = 0x800
 
-# On-disk records (APPNOTE 4.3). Signatures are checked separately from the fixed part.
-_EOCD = struct.Struct("<4s4H2LH")  # sig, disk, cd disk, n this disk, n total, cd size, cd off, clen
-_EOCD_SIG = b"PK\x05\x06"
-_LOC64 = struct.Struct("<4sLQL")  # sig, disk with zip64 eocd, zip64 eocd offset, total disks
-_LOC64_SIG = b"PK\x06\x07"
-_EOCD64 = struct.Struct(
-    "<4sQ2H2L4Q"
-)  # sig, rec size, made by, needed, disk, cd disk, n, n, size, off
-_EOCD64_SIG = b"PK\x06\x06"
-# sig, made-by version, made-by system, extract version, extract system, flags, method, time,
-# date, crc, csize, usize, name len, extra len, comment len, disk start, internal, external, off
-_CDH = struct.Struct("<4s4B4H3L5H2L")
-_CDH_SIG = b"PK\x01\x02"
-# sig, extract version, extract system, flags, method, time, date, crc, csize, usize, nlen, elen
-_LFH = struct.Struct("<4s2B4H3L2H")
-_LFH_SIG = b"PK\x03\x04"
+# On-disk records and extra-field ids (zipspec.py, shared with the writer)
+_EOCD, _EOCD_SIG = zipspec.EOCD, zipspec.EOCD_SIG
+_LOC64, _LOC64_SIG = zipspec.LOCATOR64, zipspec.LOCATOR64_SIG
+_EOCD64, _EOCD64_SIG = zipspec.EOCD64, zipspec.EOCD64_SIG
+_CDH, _CDH_SIG = zipspec.CENTRAL_HEADER, zipspec.CENTRAL_SIG
+_LFH, _LFH_SIG = zipspec.LOCAL_HEADER, zipspec.LOCAL_SIG
 
-_EXTRA_HDR = struct.Struct("<HH")
+_EXTRA_HDR = zipspec.EXTRA_HEADER
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<L")
 _I32 = struct.Struct("<l")
 _U64 = struct.Struct("<Q")
 
-_EXTRA_ZIP64 = 0x0001
-_EXTRA_NTFS = 0x000A
-_EXTRA_PKWARE_UNIX = 0x000D  # atime, mtime, uid, gid, then device numbers or a link target
-_EXTRA_UT = 0x5455  # extended timestamp
-_EXTRA_UX_OLD = 0x5855  # Info-ZIP Unix, original: atime, mtime[, uid, gid]
-_EXTRA_UX_NEW = 0x7855  # Info-ZIP Unix, second form: uid, gid (16 bit; local header only)
-_EXTRA_UX3 = 0x7875  # Info-ZIP Unix, third form: variable-size uid/gid
-_EXTRA_UPATH = 0x7075  # Info-ZIP Unicode path
+_EXTRA_ZIP64 = zipspec.EXTRA_ZIP64
+_EXTRA_NTFS = zipspec.EXTRA_NTFS
+_EXTRA_PKWARE_UNIX = zipspec.EXTRA_PKWARE_UNIX
+_EXTRA_UT = zipspec.EXTRA_UT
+_EXTRA_UX_OLD = zipspec.EXTRA_UX_OLD
+_EXTRA_UX_NEW = zipspec.EXTRA_UX_NEW
+_EXTRA_UX3 = zipspec.EXTRA_UX3
+_EXTRA_UPATH = zipspec.EXTRA_UPATH
 
 _MAX_COMMENT = 0xFFFF
 _MAX_SIZE = 2**63 - 1  # st_size and off_t are signed 64-bit
 _PATH_MAX = 4096  # a symlink target must be shorter
-_NTFS_EPOCH_DELTA = 116_444_736_000_000_000  # 1601-01-01 to 1970-01-01 in 100 ns units
+_NTFS_EPOCH_DELTA = zipspec.NTFS_EPOCH_DELTA
 _DOS_DIR = 0x10
 _DOS_READONLY = 0x01
 
@@ -469,7 +461,7 @@ def _decode_record(buf: bytes, pos: int, index: int, concat: int) -> ZipEntry:
     if not buf.startswith(_CDH_SIG, pos):
         raise ZipFormatError(f"central directory record #{index} changed on disk")
     fields = _CDH.unpack_from(buf, pos)
-    nlen, elen, clen = fields[12], fields[13], fields[14]
+    nlen, elen, clen = fields[11], fields[12], fields[13]
     start = pos + _CDH.size
     raw_name = buf[start : start + nlen]
     extra = buf[start + nlen : start + nlen + elen]
@@ -517,15 +509,12 @@ def _overlap(cd: CentralDirectory, a: int, b: int) -> None:
 def _split_extra(extra: bytes, index: int) -> dict[int, bytes]:
     """Map header id -> data of the first field with that id."""
     fields: dict[int, bytes] = {}
-    pos = 0
-    while pos + 4 <= len(extra):
-        hid, hlen = _EXTRA_HDR.unpack_from(extra, pos)
-        pos += 4
-        if pos + hlen > len(extra):
-            raise ZipFormatError(f"entry #{index}: extra field 0x{hid:04x} has a bad length")
-        fields.setdefault(hid, extra[pos : pos + hlen])
-        pos += hlen
-    # Fewer than 4 trailing bytes are tolerated: some writers pad the extra field.
+    end = 0
+    for hid, start, end in zipspec.extra_fields(extra):
+        fields.setdefault(hid, extra[start:end])
+    if len(extra) - end >= 4:  # fewer trailing bytes are tolerated: some writers pad
+        hid = _EXTRA_HDR.unpack_from(extra, end)[0]
+        raise ZipFormatError(f"entry #{index}: extra field 0x{hid:04x} has a bad length")
     return fields
 
 
@@ -537,7 +526,7 @@ def _make_entry(
     comment: bytes,
     concat: int,
 ) -> ZipEntry:
-    (_, create_version, create_system, extract_version, _, flags, method, dos_time, dos_date,
+    (_, create_version, create_system, extract_version, flags, method, dos_time, dos_date,
      crc, csize, usize, _, _, _, disk_start, _, external_attr, header_offset) = f  # fmt: skip
     fast = _infozip_extra(extra, 0, len(extra))
     if fast is not None and 0xFFFFFFFF not in (csize, usize, header_offset):
@@ -577,7 +566,7 @@ def _make_entry(
 _DEVICES = (stat.S_IFCHR, stat.S_IFBLK)
 # PKWARE Unix extra (APPNOTE 4.5.7): atime, mtime (4 bytes), uid, gid (2 bytes), then variable
 # data, which for a device entry is the major and the minor number, 4 bytes each.
-_PKWARE_UNIX_DEVICE = struct.Struct("<LLHHLL")
+_PKWARE_UNIX_DEVICE = zipspec.PKWARE_UNIX_DEVICE
 
 
 def _device(extra: bytes, index: int) -> int:
@@ -756,7 +745,7 @@ def local_data_offset(fd: int, entry: ZipEntry) -> int:
     fields = _LFH.unpack(hdr)
     if fields[0] != _LFH_SIG:
         raise ZipFormatError(f"bad local header signature for {entry.name!r}")
-    data_offset = entry.header_offset + _LFH.size + fields[10] + fields[11]
+    data_offset = entry.header_offset + _LFH.size + fields[9] + fields[10]
     size = os.fstat(fd).st_size
     if data_offset + entry.compressed_size > size:
         raise ZipFormatError(f"truncated archive: data of {entry.name!r} runs past the end")

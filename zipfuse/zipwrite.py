@@ -61,6 +61,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from zipfuse import zipspec
 from zipfuse.zipformat import (
     DEFLATED,
     FLAG_DATA_DESCRIPTOR,
@@ -73,34 +74,25 @@ from zipfuse.zipformat import (
 
 __all__ = ["EntryMeta", "ZipWriter", "crc32_combine"]
 
-# --- On-disk records (APPNOTE 4.3.7, 4.3.12, 4.3.14-4.3.16) ---
+# --- On-disk records and extra-field ids (zipspec.py, shared with the reader) ---
 
-_LOCAL = struct.Struct("<IHHHHHIIIHH")  # sig, needed, flags, method, time, date, crc, csize, usize,
-# name_len, extra_len
-_LOCAL_SIG = 0x04034B50
-_CENTRAL = struct.Struct("<IBBHHHHHIIIHHHHHII")  # sig, made_ver, made_sys, needed, flags, method,
-# time, date, crc, csize, usize, name_len, extra_len, comment_len, disk, int_attr, ext_attr, offset
-_CENTRAL_SIG = 0x02014B50
-_EOCD = struct.Struct("<IHHHHIIH")  # sig, disk, cd_disk, n_disk, n_total, cd_size, cd_off, cmt_len
-_EOCD_SIG = 0x06054B50
-_EOCD64 = struct.Struct("<IQHHIIQQQQ")  # sig, rest_size, made, needed, disk, cd_disk, n_disk,
-# n_total, cd_size, cd_off
-_EOCD64_SIG = 0x06064B50
-_LOCATOR64 = struct.Struct("<IIQI")  # sig, disk of eocd64, eocd64 offset, total disks
-_LOCATOR64_SIG = 0x07064B50
-_DESCRIPTOR = struct.Struct("<IIII")  # sig, crc, csize, usize
-_DESCRIPTOR64 = struct.Struct("<IIQQ")
-_DESCRIPTOR_SIG = 0x08074B50
+_LOCAL, _LOCAL_SIG = zipspec.LOCAL_HEADER, zipspec.LOCAL_SIG
+_CENTRAL, _CENTRAL_SIG = zipspec.CENTRAL_HEADER, zipspec.CENTRAL_SIG
+_EOCD, _EOCD_SIG = zipspec.EOCD, zipspec.EOCD_SIG
+_EOCD64, _EOCD64_SIG = zipspec.EOCD64, zipspec.EOCD64_SIG
+_LOCATOR64, _LOCATOR64_SIG = zipspec.LOCATOR64, zipspec.LOCATOR64_SIG
+_DESCRIPTOR, _DESCRIPTOR64 = zipspec.DESCRIPTOR, zipspec.DESCRIPTOR64
+_DESCRIPTOR_SIG = zipspec.DESCRIPTOR_SIG
 
-_EXTRA_HDR = struct.Struct("<HH")
-_EXTRA_ZIP64 = 0x0001
-_EXTRA_NTFS = 0x000A
-_EXTRA_PKWARE_UNIX = 0x000D
-_EXTRA_EXT_TIME = 0x5455
-_EXTRA_UNIX_OLD = 0x5855
-_EXTRA_UNIX_N = 0x7855
-_EXTRA_UNIX_UX = 0x7875
-_EXTRA_UNICODE_PATH = 0x7075
+_EXTRA_HDR = zipspec.EXTRA_HEADER
+_EXTRA_ZIP64 = zipspec.EXTRA_ZIP64
+_EXTRA_NTFS = zipspec.EXTRA_NTFS
+_EXTRA_PKWARE_UNIX = zipspec.EXTRA_PKWARE_UNIX
+_EXTRA_EXT_TIME = zipspec.EXTRA_UT
+_EXTRA_UNIX_OLD = zipspec.EXTRA_UX_OLD
+_EXTRA_UNIX_N = zipspec.EXTRA_UX_NEW
+_EXTRA_UNIX_UX = zipspec.EXTRA_UX3
+_EXTRA_UNICODE_PATH = zipspec.EXTRA_UPATH
 # Extras that describe what EntryMeta replaces; dropped when copy_raw gets new metadata.
 _META_EXTRAS = frozenset(
     {
@@ -124,7 +116,7 @@ _VERSION_ZIP64 = 45  # 4.5
 _U32 = 0xFFFFFFFF
 _U16 = 0xFFFF
 
-_NTFS_EPOCH_OFFSET = 116_444_736_000_000_000  # 100 ns ticks from 1601-01-01 to 1970-01-01
+_NTFS_EPOCH_OFFSET = zipspec.NTFS_EPOCH_DELTA
 _DOS_MIN = (1980, 1, 1, 0, 0, 0)
 _DOS_MAX = (2107, 12, 31, 23, 59, 58)
 
@@ -301,7 +293,7 @@ def _meta_extras(meta: EntryMeta) -> tuple[bytes, bytes]:
 
 _DEVICES = (stat.S_IFCHR, stat.S_IFBLK)
 # 0x000d, PKWARE Unix (APPNOTE 4.5.7): atime, mtime, uid, gid, then major and minor (4 bytes each)
-_EXTRA_DEVICE = struct.Struct("<HHLLHHLL")
+_EXTRA_DEVICE = struct.Struct("<HH" + zipspec.PKWARE_UNIX_DEVICE.format[1:])
 
 
 def _device_extra(meta: EntryMeta) -> bytes:
@@ -318,28 +310,17 @@ def _device_extra(meta: EntryMeta) -> bytes:
 def _split_extra(extra: bytes) -> list[tuple[int, bytes]] | None:
     """Extra field as (id, whole record) pairs; None if it is malformed."""
     out = []
-    pos = 0
-    while pos + 4 <= len(extra):
-        hid, ln = _EXTRA_HDR.unpack_from(extra, pos)
-        end = pos + 4 + ln
-        if end > len(extra):
-            return None
-        out.append((hid, extra[pos:end]))
-        pos = end
-    if pos != len(extra):
-        return None
-    return out
+    end = 0
+    for hid, start, end in zipspec.extra_fields(extra):
+        out.append((hid, extra[start - 4 : end]))
+    return out if end == len(extra) else None
 
 
 def _without_zip64(extra: bytes) -> bytes:
     """``extra`` minus its zip64 field; walks the field headers only (hot path of copy_raw)."""
-    pos = 0
-    n = len(extra)
-    while pos + 4 <= n:
-        hid, ln = _EXTRA_HDR.unpack_from(extra, pos)
+    for hid, _, _ in zipspec.extra_fields(extra):
         if hid == _EXTRA_ZIP64:
             return _filter_extra(extra, _ZIP64_ONLY)
-        pos += 4 + ln
     return extra
 
 
