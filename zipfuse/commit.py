@@ -79,8 +79,14 @@ def plan(ns: Namespace) -> list[Item]:
         )
     # Unchanged entries first, in their order in the old archive: long runs of them are then
     # copied with one copy_file_range each (the cost of a small change stays small).
-    raw = sorted((i for i in items if i.kind == RAW), key=lambda i: i.entry.header_offset)
+    raw = sorted((i for i in items if i.kind == RAW), key=lambda i: _stored(i).header_offset)
     return raw + [i for i in items if i.kind != RAW]
+
+
+def _stored(item: Item) -> ZipEntry:
+    """The archive entry of an item copied from the archive (RAW, RAW_META)."""
+    assert item.entry is not None
+    return item.entry
 
 
 def bytes_total(items: list[Item]) -> int:
@@ -91,7 +97,7 @@ def bytes_total(items: list[Item]) -> int:
         if i.kind == FILE:
             total += i.size
         elif i.kind in (RAW, RAW_META):
-            total += i.entry.compressed_size
+            total += _stored(i).compressed_size
         elif i.kind == SYMLINK:
             total += len(i.target or b"")
     return total
@@ -135,17 +141,19 @@ def write_archive(
         i = 0
         while i < len(items):
             item = items[i]
-            if item.kind == RAW and item.entry.header_offset in ends:
+            if item.kind == RAW and _stored(item).header_offset in ends:
                 j = i + 1  # extend the run while the next item starts where this one ends
                 while (
                     j < len(items)
                     and items[j].kind == RAW
-                    and items[j].entry.header_offset == ends.get(items[j - 1].entry.header_offset)
+                    and _stored(items[j]).header_offset
+                    == ends.get(_stored(items[j - 1]).header_offset)
                 ):
                     j += 1
-                start = item.entry.header_offset
-                end = ends[items[j - 1].entry.header_offset]
-                writer.copy_run(src_fd, start, end, [it.entry for it in items[i:j]])
+                start = _stored(item).header_offset
+                end = ends[_stored(items[j - 1]).header_offset]
+                assert src_fd is not None  # unchanged entries come from an archive
+                writer.copy_run(src_fd, start, end, [_stored(it) for it in items[i:j]])
                 i = j
                 continue
             _add(writer, item, src_fd, src_fds)

@@ -426,11 +426,12 @@ class Daemon:
                 log.warning("unmount with --discard: uncommitted changes will be dropped")
             await send({"watching": True})
             self.watchers.append(send)
+            assert self.final_event is not None  # set before requests are served
             try:
                 await self.final_event.wait()
             finally:
                 self.watchers.remove(send)
-            return self.final
+            return self.final or {"ok": False, "error": "the daemon ended without a result"}
         return {"ok": False, "error": f"unknown control op {op!r}"}
 
     def status(self) -> dict:

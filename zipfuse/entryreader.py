@@ -258,7 +258,7 @@ class _ZipLzmaCodec:
 def _deflate64_factory() -> Callable[[], Any] | None:
     try:
         # Importing the package also teaches the stdlib zipfile about method 9 (harmless).
-        from zipfile_deflate64 import deflate64
+        from zipfile_deflate64 import deflate64  # type: ignore[import-untyped]
     except ImportError:
         return None
     return deflate64.Deflate64  # type: ignore[no-any-return]

@@ -105,6 +105,7 @@ class FileData:
     def _spill_fd(self, node: Node) -> int:
         fd = self.fds.get(node.ino)
         if fd is None:
+            assert node.spill is not None, "a clean file has no spill descriptor"
             fd = os.open(node.spill, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
             self.fds[node.ino] = fd
             if len(self.fds) > MAX_IDLE_FDS:

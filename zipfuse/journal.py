@@ -222,9 +222,10 @@ def _set_meta(node: Node, rec: dict) -> None:
 def _apply(ns: Namespace, rec: dict, spill_path: str) -> bool:
     op = rec["op"]
     now = time.time_ns()
+    node: Node | None
     if op == "make":
         parent, name = _split(ns, rec["path"])
-        existing = parent.children.get(name)
+        existing = parent.kids.get(name)
         if existing is not None:  # replaying onto a tree that already has it: replace
             ns.unlink(parent, name, now) if not existing.is_dir else ns.rmdir(parent, name, now)
         node = ns.create(parent, name, rec["mode"], rec["uid"], rec["gid"], now)
@@ -237,7 +238,7 @@ def _apply(ns: Namespace, rec: dict, spill_path: str) -> bool:
         if node is None:
             return False
         parent, name = _split(ns, rec["dst"])
-        existing = parent.children.get(name)
+        existing = parent.kids.get(name)
         if existing is node:
             return False
         if existing is not None and not existing.is_dir:  # a link stored as its own entry
@@ -245,7 +246,7 @@ def _apply(ns: Namespace, rec: dict, spill_path: str) -> bool:
         ns.link(node, parent, name, now)
     elif op == "remove":
         parent, name = _split(ns, rec["path"])
-        node = parent.children.get(name)
+        node = parent.kids.get(name)
         if node is None:
             return False
         (ns.rmdir if node.is_dir else ns.unlink)(parent, name, now)

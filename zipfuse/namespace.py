@@ -33,6 +33,7 @@ import operator
 import os
 import stat
 from collections.abc import Iterator
+from typing import Any
 
 from .names import sanitize
 from .zipformat import MAX_DEPTH, CentralDirectory, ZipEntry, ZipFormatError
@@ -98,8 +99,15 @@ class Node:
     def is_dir(self) -> bool:
         return self.children is not None
 
+    @property
+    def kids(self) -> dict[bytes, Node]:
+        """``children`` of a node known to be a directory."""
+        children = self.children
+        assert children is not None, "not a directory"
+        return children
 
-_CHILDREN = Node.children  # the slot itself, for _LazyDir
+
+_CHILDREN: Any = Node.children  # type: ignore[misc]  # the slot descriptor, for _LazyDir
 
 
 class _LazyDir(Node):
@@ -204,7 +212,7 @@ class Namespace:
         return node
 
     def _attach(self, parent: Node, name: bytes, node: Node) -> None:
-        parent.children[name] = node
+        parent.kids[name] = node
         if parent.listing is not None:
             parent.listing.add(name)
         if node.parent is None or node.is_dir:
@@ -216,7 +224,7 @@ class Namespace:
 
     def _unname(self, parent: Node, name: bytes, node: Node) -> None:
         """Remove one name of ``node`` from the directory and from the node's own records."""
-        del parent.children[name]
+        del parent.kids[name]
         if parent.listing is not None:
             parent.listing.remove(name)
         if node.parent is parent and node.name == name:
@@ -266,11 +274,11 @@ class Namespace:
             return parent
         if name == b"..":
             return parent.parent
-        return parent.children.get(name)
+        return parent.kids.get(name)
 
     def listing(self, directory: Node) -> Listing:
         if directory.listing is None:
-            directory.listing = Listing(iter(directory.children))
+            directory.listing = Listing(iter(directory.kids))
         return directory.listing
 
     def maybe_drop(self, node: Node) -> None:
@@ -298,7 +306,7 @@ class Namespace:
             raise OSError(errno.ENAMETOOLONG, "name too long")
         if name in (b".", b"..") or b"/" in name or not name:
             raise OSError(errno.EINVAL, "invalid name")
-        if name in parent.children:
+        if name in parent.kids:
             raise OSError(errno.EEXIST, "exists")
         if parent.nlink <= 0:
             raise OSError(errno.ENOENT, "directory was removed")
@@ -335,7 +343,7 @@ class Namespace:
         self.touch(parent, now_ns)
 
     def unlink(self, parent: Node, name: bytes, now_ns: int) -> Node:
-        node = parent.children.get(name)
+        node = parent.kids.get(name)
         if node is None:
             raise OSError(errno.ENOENT, "no such file")
         if node.is_dir:
@@ -346,7 +354,7 @@ class Namespace:
         return node
 
     def rmdir(self, parent: Node, name: bytes, now_ns: int) -> Node:
-        node = parent.children.get(name)
+        node = parent.kids.get(name)
         if node is None:
             raise OSError(errno.ENOENT, "no such directory")
         if not node.is_dir:
@@ -375,14 +383,14 @@ class Namespace:
         now_ns: int,
     ) -> Node | None:
         """rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE; returns a replaced node."""
-        node = old_parent.children.get(old)
+        node = old_parent.kids.get(old)
         if node is None:
             raise OSError(errno.ENOENT, "no such file")
         if len(new) > 255:
             raise OSError(errno.ENAMETOOLONG, "name too long")
         if new_parent is not old_parent:
             self._check_depth(new_parent)  # the moved node itself (not what it contains)
-        target = new_parent.children.get(new)
+        target = new_parent.kids.get(new)
         if node.is_dir and self._is_ancestor(node, new_parent):
             raise OSError(errno.EINVAL, "cannot move a directory into itself")
         if target is node:  # the same inode under both names: rename(2) does nothing
@@ -425,7 +433,7 @@ class Namespace:
     def walk(self) -> Iterator[tuple[str, Node]]:
         """Every (path, node) below the root, depth first, parents first, in each directory's
         insertion order (deterministic: archive order, then creation order)."""
-        stack = [("", iter(self.root.children.items()))]
+        stack = [("", iter(self.root.kids.items()))]
         while stack:
             prefix, it = stack[-1]
             for name, child in it:
@@ -589,7 +597,7 @@ class _Loader:
             if ref < 0:
                 name = self.names[-ref]
                 old = chosen.pop(name, None)
-                if old is not None:
+                if isinstance(old, tuple):  # (entry, path) of a file; an int is a directory
                     log.warning("%r: a directory hides the file of the same name", old[0].name)
                 chosen[name] = -ref
             else:

@@ -47,7 +47,7 @@ from .versions import ArchiveVersion
 from .zipformat import CentralDirectory
 
 if TYPE_CHECKING:
-    from . import commit
+    from .commit import Item
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,8 @@ class Overlay:
 
     def _flush_now(self) -> None:
         osutil.syncfs(self.spill.path)  # the spill files
-        self.journal.sync()
+        if self.journal is not None:
+            self.journal.sync()
 
     async def close(self, *, destroy_spill: bool) -> None:
         """End of the mount: release descriptors; ``destroy_spill`` once all is committed."""
@@ -221,7 +222,7 @@ class Overlay:
 
     def listing(self, directory: Node, after: int) -> Iterator[tuple[int, bytes, Node]]:
         """The directory's live entries past cookie ``after``: (cookie, name, node)."""
-        children = directory.children
+        children = directory.kids
         for cookie, name in self.ns.listing(directory).after(after):
             yield cookie, name, children[name]
 
@@ -481,7 +482,9 @@ class Overlay:
         link as its own entry, so the links the mount still has are journaled again (a replay
         would otherwise give each name its own file); files still open keep their spill copy,
         which the new journal must name again."""
-        self.journal.start(self.base, fresh=True)
+        jr = self.journal
+        assert jr is not None
+        jr.start(self.base, fresh=True)
         self.named.clear()
         for node in self.ns.nodes.values():
             if node.links and node.parent is not None:
@@ -489,7 +492,7 @@ class Overlay:
                 for parent, name in node.links:
                     dst = self._child_path(parent, name)
                     if src is not None and dst is not None:
-                        self.journal.link(src, dst)
+                        jr.link(src, dst)
         self.unlogged.update(self.data.dirty)
 
     def _before_replace(self, tmp: str) -> None:
@@ -498,9 +501,9 @@ class Overlay:
         state["pending"] = journal.fingerprint(tmp)
         journal.write_state(self.spill.path, state)
 
-    def _adopt(self, fd: int, cd: CentralDirectory, items: list[commit.Item]) -> None:
+    def _adopt(self, fd: int, cd: CentralDirectory, items: list[Item]) -> None:
         """Point clean nodes at the new archive and drop spill copies that are now stored."""
-        from . import commit
+        from .commit import FILE
 
         self.cd = cd
         seen: set[int] = set()
@@ -513,7 +516,7 @@ class Overlay:
             node.entry_path = item.meta.name.rstrip("/")
             node.meta_dirty = False
             self.data.unpin(node)
-            if item.kind == commit.FILE:
+            if item.kind == FILE:
                 self.data.mark_clean(node)
         # nodes left out of the new archive (deleted but still open) keep reading the old one
         stay = [n for n in self.ns.nodes.values() if n.entry is not None and n.ino not in seen]

@@ -208,7 +208,8 @@ class CentralDirectory:
                 buf, base = self._read(offs[first], span), offs[first]
             else:
                 return [self._read_entry(i) for i in indices]
-        assert buf is not None or not indices
+        if buf is None:  # no indices
+            return []
         return [_decode_record(buf, offs[i] - base, i, concat) for i in indices]
 
     def _read_entry(self, index: int) -> ZipEntry:
@@ -528,6 +529,8 @@ def _make_entry(
 ) -> ZipEntry:
     (_, create_version, create_system, extract_version, flags, method, dos_time, dos_date,
      crc, csize, usize, _, _, _, disk_start, _, external_attr, header_offset) = f  # fmt: skip
+    uid: int | None
+    gid: int | None
     fast = _infozip_extra(extra, 0, len(extra))
     if fast is not None and 0xFFFFFFFF not in (csize, usize, header_offset):
         # the common Info-ZIP layout (UT mtime + ux uid/gid), decoded with one unpack

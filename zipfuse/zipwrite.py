@@ -60,6 +60,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from zipfuse import zipspec
 from zipfuse.zipformat import (
@@ -466,7 +467,8 @@ class _Job:
     data: bytes | memoryview = b""  # "ready"
     future: Future | None = None  # "whole": -> (method, crc, payload)
     blocks: queue.SimpleQueue | None = None  # "blocks": Futures -> (crc, len, payload), _END
-    raw: tuple[int, ZipEntry, int, bool] | None = None  # "raw": (src_fd, entry, data_off, keep_loc)
+    # "raw": (src_fd, entry, data_off, keep_local); "run": (src_fd, start, end, [(off, rec)])
+    raw: Any = None
 
 
 _MIN_LOCAL = _LOCAL.size
@@ -510,6 +512,13 @@ def _raw_span(job: _Job) -> tuple[int, int] | None:
     return entry.header_offset, data_offset + entry.compressed_size
 
 
+def _span(job: _Job) -> tuple[int, int]:
+    """The source range of a raw copy already known to be small (see ``_raw_span``)."""
+    span = _raw_span(job)
+    assert span is not None
+    return span
+
+
 # --- Worker functions (run on the pool) ---
 
 
@@ -531,7 +540,7 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _compress_whole(fd: int, size: int, level: int) -> tuple[int, int, bytes]:
+def _compress_whole(fd: int, size: int, level: int) -> tuple[int, int, bytes | memoryview]:
     data = _pread_exact(fd, size, 0)
     return _compress_data(data, level)
 
@@ -557,15 +566,15 @@ def _compress_block(
     # One pread for the dictionary (the 32 KiB before the block) and the block itself.
     dict_len = min(offset, _WINDOW)
     buf = memoryview(_pread_exact(fd, dict_len + length, offset - dict_len))
-    data = buf[dict_len:]
+    block = buf[dict_len:]
     if dict_len:
         comp = zlib.compressobj(
             level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, buf[:dict_len]
         )
     else:
         comp = zlib.compressobj(level, zlib.DEFLATED, -15)
-    out = comp.compress(data) + comp.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
-    return zlib.crc32(data), length, out
+    out = comp.compress(block) + comp.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+    return zlib.crc32(block), length, out
 
 
 def _should_store(fd: int, size: int, level: int) -> bool:
@@ -878,8 +887,10 @@ class ZipWriter:
         I/O; local headers, data and data descriptors stay exactly as they were.
         """
         self._check()
+        if not entries:
+            return
         recs = [(e.header_offset - start, _original_rec(e, e.flags)) for e in entries]
-        job = _Job(recs[0][1] if recs else None, "run", _JOB_COST, raw=(src_fd, start, end, recs))
+        job = _Job(recs[0][1], "run", _JOB_COST, raw=(src_fd, start, end, recs))
         self._submit(job)
 
     def finish(self, comment: bytes = b"") -> int:
@@ -919,6 +930,7 @@ class ZipWriter:
         with self._budget:
             self._budget.notify_all()
         for job in list(self._open_block_jobs):
+            assert job.blocks is not None
             job.blocks.put(_ABANDONED)
         self._jobs.put(_END)
         self._writer.join()
@@ -940,7 +952,7 @@ class ZipWriter:
                 if job.kind == "raw" and _raw_span(job) is not None:
                     batch, buf, start = self._raw_batch(job)
                     for item in batch:
-                        lo, hi = _raw_span(item)
+                        lo, hi = _span(item)
                         self._write_job(item, buf[lo - start : hi - start])
                         self._count += 1
                         if self._progress is not None:
@@ -972,7 +984,7 @@ class ZipWriter:
         read with one pread: an unchanged archive is copied in ~1 MiB reads instead of one
         pread per entry (each syscall also costs a GIL hand-off to a busy producer)."""
         batch = [first]
-        start, end = _raw_span(first)
+        start, end = _span(first)
         fd = first.raw[0]
         while end - start < _OUT_BUFFER:
             try:
@@ -1047,6 +1059,7 @@ class ZipWriter:
             self._emit(job.data)
             self._bytes_done += rec.usize
         elif job.kind == "whole":
+            assert job.future is not None
             method, crc, payload = self._result(job.future)
             job.future = None
             rec.method, rec.crc, rec.csize = method, crc, len(payload)
@@ -1091,10 +1104,12 @@ class ZipWriter:
         crc = 0
         csize = 0
         usize = 0
+        blocks = job.blocks
+        assert blocks is not None
         while True:
-            if job.blocks.empty():
+            if blocks.empty():
                 self._flush_idle()
-            item = job.blocks.get()
+            item = blocks.get()
             if item is _END:
                 break
             if item is _ABANDONED:
@@ -1118,7 +1133,7 @@ class ZipWriter:
         self._flush()
         self._pwrite_all(final, offset)
 
-    def _pwrite_all(self, data: bytes, offset: int) -> None:
+    def _pwrite_all(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data)
         while view:
             n = os.pwrite(self._fd, view, offset)
