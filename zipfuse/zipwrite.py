@@ -648,7 +648,9 @@ class ZipWriter:
         threads: int | None = None,
         progress: Callable[[int, int], None] | None = None,
         max_inflight: int = 64 << 20,
+        start: int = 0,
     ) -> None:
+        """``start``: where the first entry goes (an append after an archive's current end)."""
         if not 0 <= level <= 9:
             raise ValueError(f"compression level must be 0..9, not {level}")
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
@@ -668,7 +670,7 @@ class ZipWriter:
         self._aborted = False
         self._closed = False
         # Writer-thread state.
-        self._pos = 0
+        self._pos = start
         self._out: list[bytes | memoryview] = []
         self._out_len = 0
         self._central = bytearray()
@@ -901,6 +903,15 @@ class ZipWriter:
         job = _Job(recs[0][1] if recs else None, "run", _JOB_COST, raw=(src_fd, start, end, recs))
         self._submit(job)
 
+    def keep_entries(self, entries: list[ZipEntry]) -> None:
+        """List ``entries`` with their original central records at their CURRENT offsets,
+        without writing their bytes: an append in place leaves them where they are."""
+        self._check()
+        if not entries:
+            return
+        recs = [(e.header_offset, _original_rec(e, e.flags)) for e in entries]
+        self._submit(_Job(recs[0][1], "keep", _JOB_COST, raw=recs))
+
     def finish(self, comment: bytes = b"") -> int:
         """Wait for all pending work, write the central directory and end records.
 
@@ -1077,6 +1088,13 @@ class ZipWriter:
             self._bytes_done += rec.usize
         elif job.kind == "blocks":
             self._write_blocks(job, offset)
+        elif job.kind == "keep":
+            for at, kept in job.raw:
+                self._add_central(kept, at)
+                self._bytes_done += kept.csize
+            self._count += len(job.raw) - 1  # the caller counts one
+            self._release(job.cost)
+            return
         elif job.kind == "run":
             src_fd, start, end, recs = job.raw
             self._flush()
