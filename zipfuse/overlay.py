@@ -106,6 +106,7 @@ class Committed:
     entries: int
     archive_size: int
     seconds: float
+    how: str = "rewrite"  # or "append" (in place)
 
 
 class Overlay:
@@ -148,6 +149,7 @@ class Overlay:
         self.committed_changes = 0
         self.failed: str | None = None  # why the mount went failsafe read-only
         self.test_hook: Callable[[str], None] | None = None  # tests pause a commit here
+        self.force_rewrite = False  # the next commit rewrites the whole archive (compact)
         self._flush_lock = trio.Lock()
 
     # ------------------------------------------------------------------ background work
@@ -442,10 +444,29 @@ class Overlay:
             started = time.monotonic()
             source_fd = self.data.archive_fd
 
+            append = None
+            if not self.force_rewrite and source_fd is not None and self.cd is not None:
+                append = commit.append_cost(items, self.cd, source_fd)
+            self.force_rewrite = False
+            how = "rewrite"
+
             def write() -> tuple[int, CentralDirectory] | BaseException:
+                nonlocal how
                 try:
                     if self.test_hook is not None:
                         self.test_hook("writing")
+                    if append is not None and journal.fingerprint(self.archive) == self.base:
+                        how = "append"
+                        return commit.append_archive(
+                            items,
+                            source_fd,
+                            self.archive,
+                            level=self.level,
+                            comment=self.cd.comment,
+                            progress=progress,
+                            before_write=self._before_append,
+                            after_sync=self._after_append,
+                        )
                     return commit.write_archive(
                         items,
                         source_fd,
@@ -470,7 +491,8 @@ class Overlay:
             if self.journal is not None:
                 self._restart_journal()
             size = os.fstat(fd).st_size
-            return Committed(len(items), size, time.monotonic() - started)
+            log.info("commit (%s): %d entries, archive %d bytes", how, len(items), size)
+            return Committed(len(items), size, time.monotonic() - started, how)
         finally:
             self.gate.open()
 
@@ -494,6 +516,24 @@ class Overlay:
         """Runs on the commit thread: name the archive about to be installed, for recovery."""
         state = journal.read_state(self.spill.path) or {}
         state["pending"] = journal.fingerprint(tmp)
+        journal.write_state(self.spill.path, state)
+
+    def _before_append(self, st: os.stat_result) -> None:
+        """Runs on the commit thread before an append in place touches the archive: what
+        recovery needs to cut the file back to this version (length, times, inode)."""
+        state = journal.read_state(self.spill.path) or {}
+        state["append"] = {
+            "size": st.st_size,
+            "mtime": st.st_mtime_ns,
+            "atime": st.st_atime_ns,
+            "ino": st.st_ino,
+        }
+        journal.write_state(self.spill.path, state)
+
+    def _after_append(self) -> None:
+        """The appended end is durable: name the new version, like ``_before_replace``."""
+        state = journal.read_state(self.spill.path) or {}
+        state["pending"] = journal.fingerprint(self.archive)
         journal.write_state(self.spill.path, state)
 
     def _adopt(self, fd: int, cd: CentralDirectory, items: list[commit.Item]) -> None:

@@ -912,11 +912,12 @@ class ZipWriter:
         recs = [(e.header_offset, _original_rec(e, e.flags)) for e in entries]
         self._submit(_Job(recs[0][1], "keep", _JOB_COST, raw=recs))
 
-    def finish(self, comment: bytes = b"") -> int:
+    def finish(self, comment: bytes = b"", before_end: Callable[[], None] | None = None) -> int:
         """Wait for all pending work, write the central directory and end records.
 
         Returns the archive size. Raises the first error of a worker or of the writer.
-        Does not fsync.
+        Does not fsync. ``before_end`` runs once every entry is written, before the directory
+        (crash tests stop an append there).
         """
         if len(comment) > _U16:
             raise ValueError("archive comment longer than 65535 bytes")
@@ -926,6 +927,8 @@ class ZipWriter:
             self._writer.join()
             if self._error is not None:
                 raise self._error
+            if before_end is not None:
+                before_end()
             size = self._write_end(bytes(comment))
         except BaseException as exc:
             if self._error is None:
