@@ -436,7 +436,7 @@ class Overlay:
         """
         await self.gate.close()
         try:
-            if not self.needs_commit():
+            if not self.needs_commit() and not (self.force_rewrite and not self.read_only):
                 return None
             changes = self.ns.changes
             items = commit.plan(self.ns)

@@ -254,3 +254,44 @@ def test_conflict_check_still_applies_to_appends(tmp_path, big_zip):
     finally:
         kill9(api.find_mount(str(mnt)))
         force_cleanup(str(mnt))
+
+
+def _dead(archive) -> int:
+    with open(archive, "rb") as f:
+        cd = read_central_directory(f.fileno())
+    used = sum(30 + len(e.raw_name) + len(e.extra) + e.compressed_size for e in cd.entries)
+    return cd.cd_offset - used
+
+
+def test_compact_mounted_and_unmounted(tmp_path, big_zip):
+    mnt = tmp_path / "mnt"
+    with mounted(big_zip, mnt):
+        (mnt / "lib" / "f00.bin").write_bytes(_blob(200))
+        api.sync(str(mnt))
+        assert _dead(big_zip) > SIZE  # the replaced entry is dead space now
+        ino = os.stat(big_zip).st_ino
+        proc = subprocess.run(
+            [*ZIPFUSE_CMD, "compact", str(mnt)], capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "compacted" in proc.stderr
+        assert os.stat(big_zip).st_ino != ino  # the atomic full rewrite
+        assert _dead(big_zip) < 200  # only local extras a bit longer than the central ones
+        assert (mnt / "lib" / "f00.bin").read_bytes()[-40:].endswith(b"file 200\n")
+        (mnt / "keep.txt").write_text("after compact\n")  # the mount goes on appending
+    got = names(big_zip)
+    assert got["keep.txt"] == b"after compact\n" and got["lib/f00.bin"][-40:].endswith(b"200\n")
+    assert _dead(big_zip) > 0
+    proc = subprocess.run(
+        [*ZIPFUSE_CMD, "compact", str(big_zip)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and "compacted" in proc.stderr, proc.stderr
+    assert _dead(big_zip) < 200
+    assert names(big_zip) == got
+    _check_standard(big_zip)
+    with mounted(big_zip, tmp_path / "ro", read_only=True):
+        proc = subprocess.run(
+            [*ZIPFUSE_CMD, "compact", str(tmp_path / "ro")], capture_output=True, text=True
+        )
+        assert proc.returncode != 0 and "not a read-write zipfuse mount" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
