@@ -249,6 +249,7 @@ def _entry_span(e: ZipEntry) -> int:
 # ------------------------------------------------------------------ append in place
 _LFH_SIG = b"PK\x03\x04"
 DEAD_LIMIT = 0.25  # share of the file that may be dead space before a commit rewrites it
+APPEND_MIN = 1 << 20  # smaller archives are rewritten: that costs little, and is simplest
 
 
 def dead_space(cd: CentralDirectory) -> int:
@@ -260,13 +261,16 @@ def dead_space(cd: CentralDirectory) -> int:
 
 def append_cost(items: list[Item], cd: CentralDirectory | None, fd: int | None) -> int | None:
     """Bytes an append in place to the archive open as ``fd`` would write, or None when a full
-    rewrite is the right path: no archive or no entries yet, data before the first entry (a
-    self-extracting stub) or after the end records, offsets that need adjusting, more than
-    DEAD_LIMIT dead space afterwards, or an append that would not be smaller than a rewrite."""
+    rewrite is the right path: a small archive (under APPEND_MIN), no entries yet, data before
+    the first entry (a self-extracting stub) or after the end records, offsets that need
+    adjusting, more than DEAD_LIMIT dead space afterwards, or an append that would not be
+    smaller than a rewrite."""
     if cd is None or fd is None or not cd.entries or cd.concat:
         return None
     size = cd.archive_size
-    if cd.end_offset != size or os.fstat(fd).st_size != size or os.pread(fd, 4, 0) != _LFH_SIG:
+    if size < APPEND_MIN or cd.end_offset != size or os.fstat(fd).st_size != size:
+        return None
+    if os.pread(fd, 4, 0) != _LFH_SIG:
         return None
     kept = {i.entry.header_offset for i in items if i.kind == RAW}
     kept_bytes = sum(_entry_span(e) for e in cd.entries if e.header_offset in kept)

@@ -21,7 +21,7 @@ from zipfuse.zipformat import read_central_directory
 pytestmark = pytest.mark.usefixtures("fuse")
 
 FILES = 24
-SIZE = 20_000
+SIZE = 60_000
 
 
 def _blob(i: int) -> bytes:
@@ -30,8 +30,8 @@ def _blob(i: int) -> bytes:
 
 @pytest.fixture
 def big_zip(tmp_path):
-    """~480 KB of incompressible data in 24 files plus a directory: a one-file change is
-    small relative to it."""
+    """~1.4 MB of incompressible data in 24 files: a one-file change is small relative to it
+    (archives under commit.APPEND_MIN are always rewritten)."""
     path = tmp_path / "env.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("keep.txt", "original\n")
@@ -116,7 +116,7 @@ def test_dead_space_past_a_quarter_rewrites(tmp_path, big_zip):
     mnt = tmp_path / "mnt"
     inodes = []
     with mounted(big_zip, mnt):
-        for n in range(12):  # each round replaces one 20 KB file: dead space grows
+        for n in range(12):  # each round replaces one 60 KB file: dead space grows
             (mnt / "lib" / f"f{n:02d}.bin").write_bytes(_blob(100 + n))
             api.sync(str(mnt))
             inodes.append(os.stat(big_zip).st_ino)
@@ -295,3 +295,33 @@ def test_compact_mounted_and_unmounted(tmp_path, big_zip):
         )
         assert proc.returncode != 0 and "not a read-write zipfuse mount" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_append_crossing_zip64_limits_stays_standard(tmp_path, big_zip, monkeypatch):
+    """An append whose offsets and count pass the (lowered) zip64 limits writes zip64 records
+    for the kept entries and the end; independent readers accept it."""
+    from zipfuse.zipwrite import EntryMeta, ZipWriter
+
+    monkeypatch.setattr(ZipWriter, "_zip64_limit", 300_000)
+    monkeypatch.setattr(ZipWriter, "_zip64_count_limit", 10)
+    old = names(big_zip)
+    with open(big_zip, "rb") as f:
+        cd = read_central_directory(f.fileno())
+    size = os.path.getsize(big_zip)
+    fd = os.open(big_zip, os.O_RDWR)
+    try:
+        w = ZipWriter(fd, start=size)
+        w.keep_entries(cd.entries)
+        w.add_bytes(EntryMeta("added.txt", 0o100644, 0, 0, 10**18, 10**18), b"appended\n")
+        w.finish()
+    finally:
+        os.close(fd)
+    data = big_zip.read_bytes()
+    assert b"PK\x06\x06" in data[-200:] and b"PK\x06\x07" in data[-200:]
+    _check_standard(big_zip)
+    got = names(big_zip)
+    assert got == {**old, "added.txt": b"appended\n"}
+    with open(big_zip, "rb") as f:
+        cd2 = read_central_directory(f.fileno())
+    assert cd2.zip64 and cd2.cd_offset > size
+    assert [e.header_offset for e in cd2.entries[:-1]] == [e.header_offset for e in cd.entries]
