@@ -24,7 +24,13 @@ from collections.abc import Callable
 
 from .journal import fingerprint, fsync_dir
 from .namespace import Namespace, Node
-from .zipformat import CentralDirectory, ZipEntry, local_data_offset, read_central_directory
+from .zipformat import (
+    CentralDirectory,
+    ZipEntry,
+    local_data_offset,
+    read_appended_directory,
+    read_central_directory,
+)
 from .zipwrite import EntryMeta, ZipWriter
 
 RAW, RAW_META, FILE, SYMLINK, DIR, SPECIAL = range(6)
@@ -302,6 +308,7 @@ def append_archive(
     level: int = 6,
     comment: bytes = b"",
     progress: Callable[[int, int], None] | None = None,
+    source: CentralDirectory,
     before_write: Callable[[os.stat_result], None] | None = None,
     after_sync: Callable[[], None] | None = None,
 ) -> tuple[int, CentralDirectory]:
@@ -327,7 +334,9 @@ def append_archive(
         )
         src_fds: list[int] = []
         try:
-            writer.keep_entries([i.entry for i in items if i.kind == RAW])
+            kept = [i.entry for i in items if i.kind == RAW]
+            records = _central_records(src_fd, source, kept)
+            writer.keep_central(records, len(kept), sum(e.compressed_size for e in kept))
             for item in items:
                 if item.kind != RAW:
                     _add(writer, item, src_fd, src_fds)
@@ -351,13 +360,36 @@ def append_archive(
     finally:
         os.close(fd)
     try:
-        cd = read_central_directory(rfd)
+        cd = read_appended_directory(rfd, kept, len(records))
         if len(cd.entries) != len(items) or cd.cd_offset < st.st_size:
             raise OSError(errno.EIO, "the appended archive does not list every entry written")
     except BaseException:
         os.close(rfd)
         raise
     return rfd, cd
+
+
+def _central_records(fd: int, cd: CentralDirectory, kept: list[ZipEntry]) -> bytes:
+    """The central records of ``kept`` (entries of ``cd``, which lists them at their real
+    offsets: append_cost refuses a directory that needs adjusting), as stored: one read of the
+    old directory, no re-encoding of tens of thousands of records."""
+    buf = os.pread(fd, cd.cd_size, cd.cd_offset)
+    if len(buf) != cd.cd_size:
+        raise OSError(errno.EIO, "the archive's central directory could not be read again")
+    starts = {}
+    pos = 0
+    for e in cd.entries:
+        starts[e.header_offset] = pos
+        pos += 46 + len(e.raw_name) + len(e.extra) + len(e.comment)
+    view = memoryview(buf)
+    out = bytearray()
+    for e in kept:
+        at = starts[e.header_offset]
+        end = at + 46 + len(e.raw_name) + len(e.extra) + len(e.comment)
+        if view[at : at + 4] != b"PK\x01\x02" or end > len(buf):
+            raise OSError(errno.EIO, "the archive's central directory changed under the commit")
+        out += view[at:end]
+    return bytes(out)
 
 
 def restore_appended(archive: str, size: int, mtime_ns: int, atime_ns: int, ino: int) -> bool:

@@ -464,6 +464,7 @@ class Overlay:
                             level=self.level,
                             comment=self.cd.comment,
                             progress=progress,
+                            source=self.cd,
                             before_write=self._before_append,
                             after_sync=self._after_append,
                         )

@@ -276,6 +276,43 @@ def _read_directory(
     )
 
 
+def read_appended_directory(fd: int, kept: list[ZipEntry], kept_size: int) -> CentralDirectory:
+    """The directory of an archive that was just appended to in place, whose central directory
+    starts with ``kept_size`` bytes of records for the ``kept`` entries (already parsed):
+    only the end records and the records after those are read and parsed."""
+    size = os.fstat(fd).st_size
+    eocd_pos, eocd, comment = next(iter(_find_eocd(fd, size)))
+    _, disk, cd_disk, _, count, cd_size, cd_offset, _ = eocd
+    cd_end = eocd_pos
+    found64 = _find_eocd64(fd, eocd_pos)
+    if found64 is not None:
+        cd_end, rec = found64
+        count, cd_size, cd_offset = rec[7], rec[8], rec[9]
+    if cd_size > cd_end or cd_end - cd_size != cd_offset or kept_size > cd_size:
+        raise ZipFormatError("the appended end records do not describe the appended directory")
+    at = cd_offset + kept_size
+    buf = _pread_exact(fd, cd_size - kept_size, at, "central directory")
+    new = _parse_entries(buf, 0, at, count - len(kept))
+    if len(kept) + len(new) != count:
+        raise ZipFormatError(
+            f"central directory holds {len(kept) + len(new)} entries but the end record says "
+            f"{count}"
+        )
+    for i, e in enumerate(new):
+        e.index = len(kept) + i
+    _check_layout(new, cd_offset)
+    return CentralDirectory(
+        entries=kept + new,
+        comment=comment,
+        cd_offset=cd_offset,
+        cd_size=cd_size,
+        prefix_size=min((e.header_offset for e in kept + new), default=cd_offset),
+        archive_size=size,
+        zip64=found64 is not None,
+        end_offset=eocd_pos + _EOCD.size + len(comment),
+    )
+
+
 def _parse_entries(buf: bytes, concat: int, cd_offset: int, count: int) -> list[ZipEntry]:
     """Decode consecutive central-directory records from ``buf``.
 

@@ -912,6 +912,14 @@ class ZipWriter:
         recs = [(e.header_offset, _original_rec(e, e.flags)) for e in entries]
         self._submit(_Job(recs[0][1], "keep", _JOB_COST, raw=recs))
 
+    def keep_central(self, records: bytes, count: int, nbytes: int) -> None:
+        """Like ``keep_entries`` for ``count`` entries whose central records are already encoded
+        (``records``, copied from the directory that lists them at these same offsets);
+        ``nbytes``: their compressed bytes, for progress."""
+        self._check()
+        if count:
+            self._submit(_Job(None, "keep", _JOB_COST, raw=(records, count, nbytes)))
+
     def finish(self, comment: bytes = b"", before_end: Callable[[], None] | None = None) -> int:
         """Wait for all pending work, write the central directory and end records.
 
@@ -1092,10 +1100,16 @@ class ZipWriter:
         elif job.kind == "blocks":
             self._write_blocks(job, offset)
         elif job.kind == "keep":
-            for at, kept in job.raw:
-                self._add_central(kept, at)
-                self._bytes_done += kept.csize
-            self._count += len(job.raw) - 1  # the caller counts one
+            if isinstance(job.raw, tuple):  # encoded records (keep_central)
+                records, count, nbytes = job.raw
+                self._central += records
+                self._bytes_done += nbytes
+                self._count += count - 1  # the caller counts one
+            else:
+                for at, kept in job.raw:
+                    self._add_central(kept, at)
+                    self._bytes_done += kept.csize
+                self._count += len(job.raw) - 1
             self._release(job.cost)
             return
         elif job.kind == "run":
