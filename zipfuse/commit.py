@@ -418,9 +418,10 @@ class CommitConflict(Exception):
 def _test_pause(stage: str) -> None:
     """Tests stop a commit at a named stage: ZIPFUSE_TEST_PAUSE=stage:marker-file. The commit
     writes the marker and waits (crash tests kill it there); deleting the marker lets it go on,
-    and later commits of the process no longer pause."""
+    and later commits of the process no longer pause. ``a,b:marker`` pauses at the first of
+    several stages reached (e.g. the same point of a rewrite and of an append in place)."""
     spec = os.environ.get("ZIPFUSE_TEST_PAUSE")
-    if spec and spec.split(":", 1)[0] == stage:
+    if spec and stage in spec.split(":", 1)[0].split(","):
         marker = spec.split(":", 1)[1]
         with open(marker, "w") as f:
             f.write(str(os.getpid()))
