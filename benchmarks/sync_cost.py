@@ -6,7 +6,8 @@ one-line change to a file of a large archive (issue 14, O(change) commit).
 SRC is the checkout whose ``zipfuse`` package runs (compare two checkouts: the rewrite and the
 append in place). The archive is copied into WORKDIR, mounted read-write, and three rounds of
 "append one line to FILE, zipfuse sync" are measured with /proc/PID/io write_bytes of the
-daemon before and after each sync. Standalone: not part of ``python -m benchmarks``.
+daemon before and after each sync. Standalone: not part of ``python -m benchmarks``. Run it
+from a directory outside both checkouts (``python -m`` puts the current directory first).
 """
 
 from __future__ import annotations
