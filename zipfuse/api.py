@@ -217,6 +217,37 @@ def sync(mountpoint: str, *, progress: ProgressFn | None = None) -> dict:
     return result
 
 
+def compact(mountpoint_or_archive: str, *, spill_dir: str | None = None) -> str:
+    """Rewrite the archive without the dead space appends in place leave: through its
+    read-write mount's daemon if it has one, else directly under the archive's lock."""
+    from .compact import compact as _compact
+    from .lock import ArchiveLock
+
+    path = os.path.realpath(mountpoint_or_archive)
+    recs = [r for r in registry.records() if path in (r["mountpoint"], r["archive"])]
+    live = [r for r in recs if not r["dead"] and not r["read_only"]]
+    if live:
+        result: dict = {}
+        try:
+            for reply in control.request(live[0]["socket"], {"op": "compact"}, timeout=None):
+                result = reply
+        except OSError as exc:
+            raise ZipfuseError(f"lost contact with the daemon of {path}: {exc}") from None
+        if not result.get("ok"):
+            raise ZipfuseError(result.get("error", "compact failed"))
+        return f"compacted {live[0]['archive']}: {result.get('archive_size')} bytes"
+    if any(r["mountpoint"] == path for r in recs) or path in registry.fuse_mounts():
+        raise ZipfuseError(f"{path} is not a read-write zipfuse mount: give the archive's path")
+    if not os.path.isfile(path):
+        raise ZipfuseError(f"{path} is neither a read-write zipfuse mount nor an archive")
+    lock = ArchiveLock(path)
+    lock.acquire()
+    try:
+        return _compact(path, spill_dir)
+    finally:
+        lock.release()
+
+
 def _live_record(mountpoint: str) -> dict:
     mp = os.path.realpath(mountpoint)
     rec = _record_for(mp)

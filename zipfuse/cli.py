@@ -1,4 +1,4 @@
-"""The ``zipfuse`` command: mount, unmount, sync, status.
+"""The ``zipfuse`` command: mount, unmount, sync, status, recover, compact.
 
 User errors are one line on stderr and a non-zero exit code, never a traceback.
 """
@@ -87,6 +87,14 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sync", help="commit changes into the archive now and stay mounted")
     s.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+    c = sub.add_parser(
+        "compact",
+        help="rewrite the archive without the dead space that small commits leave "
+        "(MOUNTPOINT of a read-write mount, or an ARCHIVE that is not mounted read-write)",
+    )
+    c.add_argument("target", metavar="MOUNTPOINT|ARCHIVE")
+    c.add_argument("--spill-dir", metavar="DIR", help="the spill directory of its sessions")
 
     st = sub.add_parser("status", aliases=["list"], help="show this user's live mounts")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -212,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             return _mount(args)
         if args.command in ("unmount", "umount", "sync"):
             return _commit_cmd(args)
+        if args.command == "compact":
+            print(f"zipfuse: {api.compact(args.target, spill_dir=args.spill_dir)}", file=sys.stderr)
+            return 0
         if args.command == "recover":
             note = api.recover(args.archive, spill_dir=args.spill_dir)
             print(f"zipfuse: {note or 'nothing to recover for ' + args.archive}", file=sys.stderr)

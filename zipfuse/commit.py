@@ -5,10 +5,16 @@ thread: unchanged entries are copied as raw compressed bytes, entries with only 
 get new headers around the same bytes, dirty files are compressed by the writer's thread pool.
 The result goes to a temp file beside the archive, which is fsync'd, renamed over the archive,
 and the directory fsync'd: until the rename the old archive is untouched.
+
+When the change is small (``append_cost``), ``append_archive`` instead appends the new and
+changed entries, a new directory and end records after the archive's current end, in place:
+the commit then costs the change, not the archive, and the inode stays (readers on other NFS
+clients keep their file). Dead space is reclaimed by the full rewrite past ``DEAD_LIMIT``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -18,7 +24,12 @@ from collections.abc import Callable
 
 from .journal import fingerprint, fsync_dir
 from .namespace import Namespace, Node
-from .zipformat import CentralDirectory, ZipEntry, local_data_offset, read_central_directory
+from .zipformat import (
+    CentralDirectory,
+    ZipEntry,
+    local_data_offset,
+    read_central_directory,
+)
 from .zipwrite import EntryMeta, ZipWriter
 
 RAW, RAW_META, FILE, SYMLINK, DIR, SPECIAL = range(6)
@@ -148,6 +159,7 @@ def write_archive(
                     and items[j].kind == RAW
                     and _stored(items[j]).header_offset
                     == ends.get(_stored(items[j - 1]).header_offset)
+                    and _stored(items[j]).header_offset in ends
                 ):
                     j += 1
                 start = _stored(item).header_offset
@@ -222,14 +234,190 @@ def _add(writer: ZipWriter, item: Item, src_fd: int | None, src_fds: list[int]) 
 
 
 def _entry_ends(source: CentralDirectory | None) -> dict[int, int]:
-    """Local header offset -> where that entry's bytes end (the next entry or the directory)."""
+    """Local header offset -> where that entry's bytes end (the next entry or the directory).
+
+    An entry followed by more bytes than its local header and data descriptor can explain is
+    left out: after appends in place, dead space (an old directory, replaced entries) follows
+    it, which a compacting rewrite must not copy. Such an entry is copied on its own.
+    """
     if source is None:
         return {}
-    offsets = sorted(set(source.header_offsets()))
-    ends = dict(zip(offsets, offsets[1:], strict=False))
+    by_offset = {e.header_offset: e for e in source.entries}
+    offsets = sorted(by_offset)
+    nexts = dict(zip(offsets, offsets[1:], strict=False))
     if offsets and offsets[-1] < source.cd_offset:
-        ends[offsets[-1]] = source.cd_offset
+        nexts[offsets[-1]] = source.cd_offset
+    ends = {}
+    for start, end in nexts.items():
+        if end - start <= _entry_span(by_offset[start]) + _SLACK:
+            ends[start] = end
     return ends
+
+
+_SLACK = 40  # local extras a little longer than the central ones, a data descriptor
+
+
+def _entry_span(e: ZipEntry) -> int:
+    """Bytes the entry takes if its local extras equal its central ones (the usual case)."""
+    return (
+        30
+        + len(e.raw_name or e.name.encode("utf-8", "surrogateescape"))
+        + len(e.extra)
+        + (e.compressed_size)
+    )
+
+
+# ------------------------------------------------------------------ append in place
+_LFH_SIG = b"PK\x03\x04"
+DEAD_LIMIT = 0.25  # share of the file that may be dead space before a commit rewrites it
+APPEND_MIN = 1 << 20  # smaller archives are rewritten: that costs little, and is simplest
+
+
+def dead_space(cd: CentralDirectory) -> int:
+    """Bytes of the archive that no entry uses (old directories and replaced entries left by
+    appends in place); an estimate good to a few bytes per entry."""
+    used = sum(_entry_span(e) for e in cd.entries)
+    return max(0, cd.cd_offset - used)
+
+
+def append_cost(items: list[Item], cd: CentralDirectory | None, fd: int | None) -> int | None:
+    """Bytes an append in place to the archive open as ``fd`` would write, or None when a full
+    rewrite is the right path: a small archive (under APPEND_MIN), no entries yet, data before
+    the first entry (a self-extracting stub) or after the end records, offsets that need
+    adjusting, more than DEAD_LIMIT dead space afterwards, or an append that would not be
+    smaller than a rewrite."""
+    if cd is None or fd is None or not cd.entries or cd.concat:
+        return None
+    size = cd.archive_size
+    if size < APPEND_MIN or cd.end_offset != size or os.fstat(fd).st_size != size:
+        return None
+    if os.pread(fd, 4, 0) != _LFH_SIG:
+        return None
+    kept = {_stored(i).header_offset for i in items if i.kind == RAW}
+    kept_bytes = sum(_entry_span(e) for e in cd.entries if e.header_offset in kept)
+    dropped = sum(_entry_span(e) for e in cd.entries if e.header_offset not in kept)
+    new = 0
+    for i in items:
+        if i.kind == FILE:
+            new += i.size
+        elif i.kind == RAW_META:
+            new += _stored(i).compressed_size
+        elif i.kind == SYMLINK:
+            new += len(i.target or b"")
+        if i.kind != RAW:
+            new += 2 * (len(i.meta.name) + 100)  # local header and central record
+    directory = cd.cd_size * len(items) // max(len(cd.entries), 1) + 200
+    append = new + directory
+    rewrite = kept_bytes + new + directory
+    dead = dead_space(cd) + (size - cd.cd_offset) + dropped
+    if append >= rewrite or dead > DEAD_LIMIT * (size + append):
+        return None
+    return append
+
+
+def append_archive(
+    items: list[Item],
+    src_fd: int,
+    archive: str,
+    *,
+    level: int = 6,
+    comment: bytes = b"",
+    progress: Callable[[int, int], None] | None = None,
+    source: CentralDirectory,
+    before_write: Callable[[os.stat_result], None] | None = None,
+    after_sync: Callable[[], None] | None = None,
+) -> tuple[int, CentralDirectory]:
+    """Append the new and changed entries, a new directory and end records to the archive
+    IN PLACE (same inode); return a new read-only fd and the new directory.
+
+    Nothing before the old end of the file is written: the old directory and end record stay
+    as dead space, so the old version is complete (and its readers read on) until the new end
+    records are there. ``before_write(stat)`` runs before the file is touched: it must make
+    durable the old length and times (recovery truncates back to them). ``after_sync`` runs
+    once the new end is durable. On an error the file is cut back to its old length and times.
+    """
+    fd = os.open(archive, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if st.st_ino != os.fstat(src_fd).st_ino or st.st_dev != os.fstat(src_fd).st_dev:
+            raise OSError(errno.ESTALE, "the archive was replaced since it was opened")
+        if before_write is not None:
+            before_write(st)
+        _test_pause("append-before-write")
+        writer = ZipWriter(
+            fd, level=level, progress=progress, max_inflight=COMMIT_INFLIGHT, start=st.st_size
+        )
+        src_fds: list[int] = []
+        try:
+            kept = [_stored(i) for i in items if i.kind == RAW]
+            records = _central_records(src_fd, source, kept)
+            writer.keep_central(records, len(kept), sum(e.compressed_size for e in kept))
+            for item in items:
+                if item.kind != RAW:
+                    _add(writer, item, src_fd, src_fds)
+            writer.finish(comment, before_end=lambda: _test_pause("append-entries-written"))
+            _test_pause("append-before-fsync")
+            os.fsync(fd)
+        except BaseException:
+            writer.abort()
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, st.st_size)  # the old end records are the end again
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.fsync(fd)
+            raise
+        finally:
+            for sfd in src_fds:
+                os.close(sfd)
+        if after_sync is not None:
+            after_sync()
+        _test_pause("append-done")
+        rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(fd)
+    try:
+        cd = read_central_directory(rfd)
+        if len(cd) != len(items) or cd.cd_offset < st.st_size:
+            raise OSError(errno.EIO, "the appended archive does not list every entry written")
+    except BaseException:
+        os.close(rfd)
+        raise
+    return rfd, cd
+
+
+def _central_records(fd: int, cd: CentralDirectory, kept: list[ZipEntry]) -> bytes:
+    """The central records of ``kept`` (entries of ``cd``, which lists them at their real
+    offsets: append_cost refuses a directory that needs adjusting), as stored: one read of the
+    old directory, no re-encoding of tens of thousands of records."""
+    buf = os.pread(fd, cd.cd_size, cd.cd_offset)
+    if len(buf) != cd.cd_size:
+        raise OSError(errno.EIO, "the archive's central directory could not be read again")
+    view = memoryview(buf)
+    out = bytearray()
+    for e in kept:
+        at, end = cd.record_span(e.index)
+        if view[at : at + 4] != b"PK\x01\x02" or end > len(buf):
+            raise OSError(errno.EIO, "the archive's central directory changed under the commit")
+        out += view[at:end]
+    return bytes(out)
+
+
+def restore_appended(archive: str, size: int, mtime_ns: int, atime_ns: int, ino: int) -> bool:
+    """Cut an interrupted append in place back to the archive it started from (its old
+    length and times, hence its old fingerprint); True if something was cut."""
+    try:
+        fd = os.open(archive, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if st.st_ino != ino or st.st_size <= size:
+            return False
+        os.ftruncate(fd, size)
+        os.utime(fd, ns=(atime_ns, mtime_ns))
+        os.fsync(fd)
+        return True
+    finally:
+        os.close(fd)
 
 
 class CommitConflict(Exception):
@@ -239,9 +427,10 @@ class CommitConflict(Exception):
 def _test_pause(stage: str) -> None:
     """Tests stop a commit at a named stage: ZIPFUSE_TEST_PAUSE=stage:marker-file. The commit
     writes the marker and waits (crash tests kill it there); deleting the marker lets it go on,
-    and later commits of the process no longer pause."""
+    and later commits of the process no longer pause. ``a,b:marker`` pauses at the first of
+    several stages reached (e.g. the same point of a rewrite and of an append in place)."""
     spec = os.environ.get("ZIPFUSE_TEST_PAUSE")
-    if spec and spec.split(":", 1)[0] == stage:
+    if spec and stage in spec.split(":", 1)[0].split(","):
         marker = spec.split(":", 1)[1]
         with open(marker, "w") as f:
             f.write(str(os.getpid()))

@@ -420,6 +420,11 @@ class Daemon:
             if self.state != "mounted":
                 return {"ok": False, "error": f"cannot sync: mount is {self.state}"}
             return await self.commit(send, flush=True)
+        if op == "compact":  # a full rewrite, even with nothing to commit
+            if self.state != "mounted":
+                return {"ok": False, "error": f"cannot compact: mount is {self.state}"}
+            self.overlay.force_rewrite = True
+            return await self.commit(send, flush=True)
         if op == "watch":
             if request.get("discard"):
                 self.discard = True
@@ -546,6 +551,7 @@ class Daemon:
                 "entries": done.entries,
                 "archive_size": done.archive_size,
                 "seconds": done.seconds,
+                "how": done.how,
             }
         except commit.CommitConflict as exc:
             log.error("commit conflict: %s", exc)

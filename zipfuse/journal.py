@@ -9,7 +9,9 @@ durable within a few seconds. ``state.json`` binds the spill area to one version
 
 Replaying the journal onto the tree built from that archive version gives back the overlay.
 A commit resets the journal once the new archive is durable: ``pending`` names the archive
-being installed, so a crash between the rename and the reset is recognised on recovery.
+being installed, so a crash between the rename and the reset is recognised on recovery. An
+append in place first records ``append`` (the file's old length, times and inode): recovery
+cuts an interrupted append back to exactly that version, whose fingerprint is then ``base``.
 """
 
 from __future__ import annotations

@@ -110,6 +110,7 @@ class Committed:
     entries: int
     archive_size: int
     seconds: float
+    how: str = "rewrite"  # or "append" (in place)
 
 
 class Overlay:
@@ -148,6 +149,7 @@ class Overlay:
         self.committed_changes = 0
         self.failed: str | None = None  # why the mount went failsafe read-only
         self.test_hook: Callable[[str], None] | None = None  # tests pause a commit here
+        self.force_rewrite = False  # the next commit rewrites the whole archive (compact)
         self._flush_lock = trio.Lock()
 
     # ------------------------------------------------------------------ background work
@@ -437,7 +439,7 @@ class Overlay:
 
         await self.gate.close()
         try:
-            if not self.needs_commit():
+            if not self.needs_commit() and not (self.force_rewrite and not self.read_only):
                 return None
             changes = self.ns.changes
             items = commit.plan(self.ns)
@@ -445,10 +447,36 @@ class Overlay:
             started = time.monotonic()
             source_fd = self.data.archive_fd
 
+            append = None
+            source_cd = self.cd
+            if not self.force_rewrite and source_fd is not None and source_cd is not None:
+                append = commit.append_cost(items, source_cd, source_fd)
+            self.force_rewrite = False
+            how = "rewrite"
+
             def write() -> tuple[int, CentralDirectory] | BaseException:
+                nonlocal how
                 try:
                     if self.test_hook is not None:
                         self.test_hook("writing")
+                    if (
+                        append is not None
+                        and source_fd is not None
+                        and source_cd is not None
+                        and journal.fingerprint(self.archive) == self.base
+                    ):
+                        how = "append"
+                        return commit.append_archive(
+                            items,
+                            source_fd,
+                            self.archive,
+                            level=self.level,
+                            comment=source_cd.comment,
+                            progress=progress,
+                            source=source_cd,
+                            before_write=self._before_append,
+                            after_sync=self._after_append,
+                        )
                     return commit.write_archive(
                         items,
                         source_fd,
@@ -473,7 +501,8 @@ class Overlay:
             if self.journal is not None:
                 self._restart_journal()
             size = os.fstat(fd).st_size
-            return Committed(len(items), size, time.monotonic() - started)
+            log.info("commit (%s): %d entries, archive %d bytes", how, len(items), size)
+            return Committed(len(items), size, time.monotonic() - started, how)
         finally:
             self.gate.open()
 
@@ -499,6 +528,24 @@ class Overlay:
         """Runs on the commit thread: name the archive about to be installed, for recovery."""
         state = journal.read_state(self.spill.path) or {}
         state["pending"] = journal.fingerprint(tmp)
+        journal.write_state(self.spill.path, state)
+
+    def _before_append(self, st: os.stat_result) -> None:
+        """Runs on the commit thread before an append in place touches the archive: what
+        recovery needs to cut the file back to this version (length, times, inode)."""
+        state = journal.read_state(self.spill.path) or {}
+        state["append"] = {
+            "size": st.st_size,
+            "mtime": st.st_mtime_ns,
+            "atime": st.st_atime_ns,
+            "ino": st.st_ino,
+        }
+        journal.write_state(self.spill.path, state)
+
+    def _after_append(self) -> None:
+        """The appended end is durable: name the new version, like ``_before_replace``."""
+        state = journal.read_state(self.spill.path) or {}
+        state["pending"] = journal.fingerprint(self.archive)
         journal.write_state(self.spill.path, state)
 
     def _adopt(self, fd: int, cd: CentralDirectory, items: list[Item]) -> None:

@@ -63,6 +63,15 @@ def recover(archive: str, spill_root: str | None, *, level: int = 6) -> str | No
     current = journal.fingerprint(archive)
     who = f"pid {state.get('pid')} on {state.get('host')}"
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(state.get("started", 0)))
+    cut = False
+    appended = state.get("append")
+    if appended and state.get("pending") != current:
+        # an append in place was interrupted: the file gets back its old length and times
+        cut = commit.restore_appended(
+            archive, appended["size"], appended["mtime"], appended["atime"], appended["ino"]
+        )
+        if cut:
+            current = journal.fingerprint(archive)
     if state.get("pending") == current:
         spill.destroy()
         return f"the commit of an interrupted session ({who}, {when}) had completed"
@@ -75,7 +84,7 @@ def recover(archive: str, spill_root: str | None, *, level: int = 6) -> str | No
         )
     if not records:
         spill.destroy()
-        return None
+        return "cut back an interrupted append in place" if cut else None
     fd = None
     cd = None
     if current != "none":

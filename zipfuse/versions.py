@@ -1,6 +1,7 @@
 """Open versions of the archive, reference counted.
 
-A commit installs a new archive file; readers that were decoding an entry of the old one (or a
+A commit installs a new archive file (or appends a new version to the same file, whose old
+bytes stay where they are); readers that were decoding an entry of the old one (or a
 file deleted before the commit, which exists only there) keep reading it. The old version's
 descriptor closes when the last of them goes, so replaced versions do not keep their disk space
 until unmount. Used only on the trio thread.

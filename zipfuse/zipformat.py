@@ -40,7 +40,7 @@ import stat
 import struct
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from . import zipspec
 
@@ -144,7 +144,7 @@ class CentralDirectory:
 
     __slots__ = (
         "comment", "cd_offset", "cd_size", "prefix_size", "archive_size", "zip64",
-        "_buf", "_fd", "_offs", "_hdr", "_concat", "_entries", "_names",
+        "end_offset", "_buf", "_fd", "_offs", "_hdr", "_concat", "_entries", "_names",
     )  # fmt: skip
 
     def __init__(
@@ -161,6 +161,7 @@ class CentralDirectory:
         prefix_size: int,
         archive_size: int,
         zip64: bool,
+        end_offset: int = -1,
     ) -> None:
         self.comment = comment  # archive comment
         self.cd_offset = cd_offset  # absolute offset of the central directory in the file
@@ -168,6 +169,7 @@ class CentralDirectory:
         self.prefix_size = prefix_size  # bytes before the first entry (self-extracting stub)
         self.archive_size = archive_size
         self.zip64 = zip64
+        self.end_offset = end_offset  # where the end records stop (bytes after it: trailing data)
         self._buf: bytes | None = buf  # the directory's bytes, until ``detach``
         self._fd: int | None = None  # where to re-read records from once detached
         self._offs = offs  # record i spans [offs[i], offs[i + 1]) of the directory
@@ -178,6 +180,15 @@ class CentralDirectory:
 
     def __len__(self) -> int:
         return len(self._hdr)
+
+    def record_span(self, index: int) -> tuple[int, int]:
+        """Where record ``index`` starts and ends, relative to the directory's start."""
+        return self._offs[index], self._offs[index + 1]
+
+    @property
+    def concat(self) -> int:
+        """Bytes prepended without adjusting the offsets (``cat stub.exe x.zip``)."""
+        return self._concat
 
     @property
     def entries(self) -> list[ZipEntry]:
@@ -262,32 +273,38 @@ def _pread_exact(fd: int, size: int, offset: int, what: str) -> bytes:
     return data
 
 
-def _find_eocd(fd: int, size: int) -> tuple[int, tuple[int, ...], bytes]:
-    """Locate the end record: position, unpacked fields and the archive comment."""
+def _find_eocd(fd: int, size: int) -> Iterator[tuple[int, tuple[int, ...], bytes]]:
+    """End record candidates, best first: (position, unpacked fields, archive comment).
+
+    Records whose comment ends exactly at the end of the file come first (latest first), then
+    those followed by other bytes (trailing junk, or the half-written tail of an append in
+    place). The caller takes the first whose central directory parses; the scan is only done
+    when the fast path's candidate does not.
+    """
     if size < _EOCD.size:
         raise ZipFormatError("not a zip archive (no end-of-central-directory record)")
-    # Fast path: no archive comment, the record is the last 22 bytes.
-    tail = _pread_exact(fd, _EOCD.size, size - _EOCD.size, "end record")
-    if tail[:4] == _EOCD_SIG and tail[-2:] == b"\0\0":
-        return size - _EOCD.size, _EOCD.unpack(tail), b""
-    # Otherwise scan backwards over the largest possible comment.
+    fast = size - _EOCD.size
+    tail = _pread_exact(fd, _EOCD.size, fast, "end record")
+    tried = tail[:4] == _EOCD_SIG and tail[-2:] == b"\0\0"
+    if tried:  # no archive comment: the record is the last 22 bytes
+        yield fast, _EOCD.unpack(tail), b""
     start = max(0, size - _EOCD.size - _MAX_COMMENT)
     buf = _pread_exact(fd, size - start, start, "end of archive")
-    fallback: int | None = None
+    junk: list[tuple[int, tuple[int, ...], bytes]] = []
     pos = buf.rfind(_EOCD_SIG, 0, len(buf) - _EOCD.size + 4)
     while pos >= 0:
         fields = _EOCD.unpack_from(buf, pos)
         end = pos + _EOCD.size + fields[7]
-        if end == len(buf):  # comment runs exactly to the end of the file: best candidate
-            return start + pos, fields, buf[pos + _EOCD.size : end]
-        if end < len(buf) and fallback is None:  # trailing junk after the comment
-            fallback = pos
+        if end == len(buf):  # comment runs exactly to the end of the file: best candidates
+            if not (tried and start + pos == fast):
+                tried = True
+                yield start + pos, fields, buf[pos + _EOCD.size : end]
+        elif end < len(buf):  # trailing junk, or the torn tail of an interrupted append
+            junk.append((start + pos, fields, buf[pos + _EOCD.size : end]))
         pos = buf.rfind(_EOCD_SIG, 0, pos)
-    if fallback is None:
+    yield from junk
+    if not tried and not junk:
         raise ZipFormatError("not a zip archive (no end-of-central-directory record)")
-    fields = _EOCD.unpack_from(buf, fallback)
-    comment = buf[fallback + _EOCD.size : fallback + _EOCD.size + fields[7]]
-    return start + fallback, fields, comment
 
 
 def _find_eocd64(fd: int, eocd_pos: int) -> tuple[int, tuple[int, ...]] | None:
@@ -318,10 +335,33 @@ def read_central_directory(
     ``keep_names``: also collect every record's name key for ``take_names`` in the same pass
     (what a mount builds its tree from). ``max_depth``: refuse an entry nested deeper (a mount
     passes MAX_DEPTH; a commit re-reading what it wrote does not refuse its own archive).
+
+    Each end record candidate is validated by parsing the directory it points to; a candidate
+    that does not parse (garbage, or the torn tail of an interrupted append) is skipped for the
+    previous one. When none parses, the error of the best candidate is raised.
     """
     if size is None:
         size = os.fstat(fd).st_size
-    eocd_pos, eocd, comment = _find_eocd(fd, size)
+    first_error: ZipFormatError | None = None
+    for eocd_pos, eocd, comment in _find_eocd(fd, size):
+        try:
+            return _read_directory(fd, size, eocd_pos, eocd, comment, keep_names, max_depth)
+        except ZipFormatError as exc:
+            if first_error is None:
+                first_error = exc
+    assert first_error is not None
+    raise first_error
+
+
+def _read_directory(
+    fd: int,
+    size: int,
+    eocd_pos: int,
+    eocd: tuple[int, ...],
+    comment: bytes,
+    keep_names: bool,
+    max_depth: int | None,
+) -> CentralDirectory:
     _, disk, cd_disk, _, count, cd_size, cd_offset, _ = eocd
     cd_end = eocd_pos  # the central directory ends where the end records begin
     zip64 = False
@@ -359,6 +399,7 @@ def read_central_directory(
         prefix_size=min(hdr) if n else real_cd_offset,
         archive_size=size,
         zip64=zip64,
+        end_offset=eocd_pos + _EOCD.size + len(comment),
     )
     _check_layout(cd, csize)
     return cd

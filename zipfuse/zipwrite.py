@@ -638,7 +638,9 @@ class ZipWriter:
         threads: int | None = None,
         progress: Callable[[int, int], None] | None = None,
         max_inflight: int = 64 << 20,
+        start: int = 0,
     ) -> None:
+        """``start``: where the first entry goes (an append after an archive's current end)."""
         if not 0 <= level <= 9:
             raise ValueError(f"compression level must be 0..9, not {level}")
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:
@@ -658,7 +660,7 @@ class ZipWriter:
         self._aborted = False
         self._closed = False
         # Writer-thread state.
-        self._pos = 0
+        self._pos = start
         self._out: list[bytes | memoryview] = []
         self._out_len = 0
         self._central = bytearray()
@@ -893,11 +895,30 @@ class ZipWriter:
         job = _Job(recs[0][1], "run", _JOB_COST, raw=(src_fd, start, end, recs))
         self._submit(job)
 
-    def finish(self, comment: bytes = b"") -> int:
+    def keep_entries(self, entries: list[ZipEntry]) -> None:
+        """List ``entries`` with their original central records at their CURRENT offsets,
+        without writing their bytes: an append in place leaves them where they are."""
+        self._check()
+        if not entries:
+            return
+        recs = [(e.header_offset, _original_rec(e, e.flags)) for e in entries]
+        self._submit(_Job(recs[0][1], "keep", _JOB_COST, raw=recs))
+
+    def keep_central(self, records: bytes, count: int, nbytes: int) -> None:
+        """Like ``keep_entries`` for ``count`` entries whose central records are already encoded
+        (``records``, copied from the directory that lists them at these same offsets);
+        ``nbytes``: their compressed bytes, for progress."""
+        self._check()
+        if count:
+            keep = _Job(None, "keep", _JOB_COST, raw=(records, count, nbytes))  # type: ignore[arg-type]
+            self._submit(keep)  # (a keep job has no record of its own: rec is never read)
+
+    def finish(self, comment: bytes = b"", before_end: Callable[[], None] | None = None) -> int:
         """Wait for all pending work, write the central directory and end records.
 
         Returns the archive size. Raises the first error of a worker or of the writer.
-        Does not fsync.
+        Does not fsync. ``before_end`` runs once every entry is written, before the directory
+        (crash tests stop an append there).
         """
         if len(comment) > _U16:
             raise ValueError("archive comment longer than 65535 bytes")
@@ -907,6 +928,8 @@ class ZipWriter:
             self._writer.join()
             if self._error is not None:
                 raise self._error
+            if before_end is not None:
+                before_end()
             size = self._write_end(bytes(comment))
         except BaseException as exc:
             if self._error is None:
@@ -1071,6 +1094,19 @@ class ZipWriter:
             self._bytes_done += rec.usize
         elif job.kind == "blocks":
             self._write_blocks(job, offset)
+        elif job.kind == "keep":
+            if isinstance(job.raw, tuple):  # encoded records (keep_central)
+                records, count, nbytes = job.raw
+                self._central += records
+                self._bytes_done += nbytes
+                self._count += count - 1  # the caller counts one
+            else:
+                for at, kept in job.raw:
+                    self._add_central(kept, at)
+                    self._bytes_done += kept.csize
+                self._count += len(job.raw) - 1
+            self._release(job.cost)
+            return
         elif job.kind == "run":
             src_fd, start, end, recs = job.raw
             self._flush()

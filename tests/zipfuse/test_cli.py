@@ -12,6 +12,7 @@ import zipfile
 import pytest
 
 from tests.conftest import ZIPFUSE_CMD, force_cleanup, mounted
+from tests.zipfuse.writehelp import PAUSE_WRITTEN
 from zipfuse import api, registry
 
 pytestmark = pytest.mark.usefixtures("fuse")
@@ -153,7 +154,7 @@ def test_ctrl_c_on_unmount_says_the_commit_goes_on(tmp_path, small_zip, monkeypa
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     marker = tmp_path / "paused"
-    monkeypatch.setenv("ZIPFUSE_TEST_PAUSE", f"before-rename:{marker}")  # the daemon inherits it
+    monkeypatch.setenv("ZIPFUSE_TEST_PAUSE", f"{PAUSE_WRITTEN}:{marker}")  # daemon inherits it
     api.mount(str(small_zip), str(mnt))
     monkeypatch.delenv("ZIPFUSE_TEST_PAUSE")
     unmounter = None

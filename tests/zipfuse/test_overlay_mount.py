@@ -12,7 +12,7 @@ import zipfile
 import pytest
 
 from tests.conftest import ZIPFUSE_CMD, mounted
-from tests.zipfuse.writehelp import base_archive, check_archive, status_of
+from tests.zipfuse.writehelp import PAUSE_WRITTEN, base_archive, check_archive, status_of
 from zipfuse import spill
 from zipfuse.namespace import Namespace
 from zipfuse.zipformat import read_central_directory
@@ -32,7 +32,7 @@ def test_chmod_and_utime_during_a_sync_are_committed(tmp_path, monkeypatch):
     _, archive = base_archive(tmp_path)
     mnt = tmp_path / "mnt"
     marker = tmp_path / "paused"
-    monkeypatch.setenv("ZIPFUSE_TEST_PAUSE", f"before-rename:{marker}")  # the daemon inherits it
+    monkeypatch.setenv("ZIPFUSE_TEST_PAUSE", f"{PAUSE_WRITTEN}:{marker}")  # daemon inherits it
     with mounted(archive, mnt):
         monkeypatch.delenv("ZIPFUSE_TEST_PAUSE")
         (mnt / "dirty.bin").write_bytes(os.urandom(4 << 20))

@@ -27,6 +27,11 @@ AT_FDCWD = -100
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
+# the commit's new archive is written but not installed: a rewrite's temp file before the rename,
+# an append in place before its fsync
+PAUSE_WRITTEN = "before-rename,append-before-fsync"
+
+
 def renameat2(old, new, flags: int) -> None:
     """rename(2) with flags, through libc (Python has no wrapper)."""
     res = _libc.renameat2(
