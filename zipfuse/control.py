@@ -8,6 +8,7 @@ the progress and result of the final commit that follows an unmount).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -19,6 +20,25 @@ Send = Callable[[dict], Awaitable[None]]
 Handler = Callable[[dict, Send], Awaitable[dict]]
 
 
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
+
+
+@contextlib.contextmanager
+def _addressable(path: str) -> Iterator[str]:
+    """A name for ``path`` that fits in a socket address. A long runtime directory (a deep
+    $XDG_RUNTIME_DIR or ZIPFUSE_RUNTIME_DIR) is reached through /proc/self/fd/N/NAME, with N an
+    open descriptor of the directory, which Linux resolves like the full path."""
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        yield path
+        return
+    head, name = os.path.split(path)
+    dfd = os.open(head, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{dfd}/{name}"
+    finally:
+        os.close(dfd)
+
+
 async def serve(path: str, handler: Handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Listen on ``path`` until cancelled; one task per connection."""
     try:
@@ -26,7 +46,8 @@ async def serve(path: str, handler: Handler, *, task_status=trio.TASK_STATUS_IGN
     except FileNotFoundError:
         pass
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await sock.bind(path)
+    with _addressable(path) as address:
+        await sock.bind(address)
     os.chmod(path, 0o600)
     sock.listen(16)
     listener = trio.SocketListener(sock)
@@ -63,7 +84,8 @@ def _send(path: str, msg: dict, timeout: float | None) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        sock.connect(path)
+        with _addressable(path) as address:
+            sock.connect(address)
         sock.sendall(json.dumps(msg).encode() + b"\n")
     except BaseException:
         sock.close()

@@ -102,6 +102,22 @@ def test_status_json_and_sync(tmp_path, small_zip):
         assert z.testzip() is None
 
 
+def test_a_deep_runtime_directory_still_reaches_the_daemon(tmp_path, small_zip, monkeypatch):
+    """A control socket path past the 107 bytes a Unix socket address holds (a deep
+    ZIPFUSE_RUNTIME_DIR or XDG_RUNTIME_DIR) must not kill the daemon or lose the commit."""
+    runtime = tmp_path / ("r" * 60) / ("u" * 60)
+    monkeypatch.setenv("ZIPFUSE_RUNTIME_DIR", str(runtime))
+    mnt = tmp_path / "mnt"
+    with mounted(small_zip, mnt) as info:
+        assert len(registry.socket_path(info.pid)) > 108
+        (mnt / "deep.txt").write_text("reached\n")
+        proc = run("sync", str(mnt))
+        assert proc.returncode == 0, proc.stderr
+        assert api.find_mount(str(mnt)).state == "mounted"
+    with zipfile.ZipFile(small_zip) as z:
+        assert z.read("deep.txt") == b"reached\n"
+
+
 def test_sigterm_is_a_clean_unmount(tmp_path, small_zip):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
