@@ -22,6 +22,7 @@ import stat
 import time
 from collections.abc import Callable
 
+from . import zipspec
 from .journal import fingerprint, fsync_dir
 from .namespace import Namespace, Node
 from .zipformat import (
@@ -268,7 +269,6 @@ def _entry_span(e: ZipEntry) -> int:
 
 
 # ------------------------------------------------------------------ append in place
-_LFH_SIG = b"PK\x03\x04"
 DEAD_LIMIT = 0.25  # share of the file that may be dead space before a commit rewrites it
 APPEND_MIN = 1 << 20  # smaller archives are rewritten: that costs little, and is simplest
 
@@ -291,7 +291,7 @@ def append_cost(items: list[Item], cd: CentralDirectory | None, fd: int | None) 
     size = cd.archive_size
     if size < APPEND_MIN or cd.end_offset != size or os.fstat(fd).st_size != size:
         return None
-    if os.pread(fd, 4, 0) != _LFH_SIG:
+    if os.pread(fd, 4, 0) != zipspec.LOCAL_SIG:
         return None
     kept = {_stored(i).header_offset for i in items if i.kind == RAW}
     kept_bytes = sum(_entry_span(e) for e in cd.entries if e.header_offset in kept)
@@ -395,7 +395,7 @@ def _central_records(fd: int, cd: CentralDirectory, kept: list[ZipEntry]) -> byt
     out = bytearray()
     for e in kept:
         at, end = cd.record_span(e.index)
-        if view[at : at + 4] != b"PK\x01\x02" or end > len(buf):
+        if view[at : at + 4] != zipspec.CENTRAL_SIG or end > len(buf):
             raise OSError(errno.EIO, "the archive's central directory changed under the commit")
         out += view[at:end]
     return bytes(out)

@@ -46,7 +46,6 @@ class FileData:
         self.version = version
         self.pinned: dict[int, ArchiveVersion] = {}  # ino -> older version its entry lives in
         self.spill = spill
-        self.space_path = spill.path
         self.spawn = spawn or _spawn_system_task
         self.limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self.fds: dict[int, int] = {}  # ino -> open spill fd

@@ -245,10 +245,11 @@ class ZipOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------------ namespace
     @_guard
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
-        node = await self.overlay.create(parent_inode, name, mode, ctx.uid, ctx.gid)
         if self.kernel_cache:  # no RELEASE follows: the handle is the inode, nothing is held
-            await self.overlay.release(node)
+            mode = stat.S_IFREG | stat.S_IMODE(mode)
+            node = await self.overlay.make(parent_inode, name, mode, ctx.uid, ctx.gid)
             return pyfuse3.FileInfo(fh=node.ino, keep_cache=True), self._entry(node)
+        node = await self.overlay.create(parent_inode, name, mode, ctx.uid, ctx.gid)
         info = pyfuse3.FileInfo(fh=self._new_fh(self.handles, node), keep_cache=True)
         return info, self._entry(node)
 

@@ -56,32 +56,14 @@ FLAG_ENCRYPTED = 0x1
 FLAG_DATA_DESCRIPTOR = 0x8
 FLAG_UTF8 = 0x800
 
-# On-disk records and extra-field ids (zipspec.py, shared with the writer)
-_EOCD, _EOCD_SIG = zipspec.EOCD, zipspec.EOCD_SIG
-_LOC64, _LOC64_SIG = zipspec.LOCATOR64, zipspec.LOCATOR64_SIG
-_EOCD64, _EOCD64_SIG = zipspec.EOCD64, zipspec.EOCD64_SIG
-_CDH, _CDH_SIG = zipspec.CENTRAL_HEADER, zipspec.CENTRAL_SIG
-_LFH, _LFH_SIG = zipspec.LOCAL_HEADER, zipspec.LOCAL_SIG
-
-_EXTRA_HDR = zipspec.EXTRA_HEADER
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<L")
 _I32 = struct.Struct("<l")
 _U64 = struct.Struct("<Q")
 
-_EXTRA_ZIP64 = zipspec.EXTRA_ZIP64
-_EXTRA_NTFS = zipspec.EXTRA_NTFS
-_EXTRA_PKWARE_UNIX = zipspec.EXTRA_PKWARE_UNIX
-_EXTRA_UT = zipspec.EXTRA_UT
-_EXTRA_UX_OLD = zipspec.EXTRA_UX_OLD
-_EXTRA_UX_NEW = zipspec.EXTRA_UX_NEW
-_EXTRA_UX3 = zipspec.EXTRA_UX3
-_EXTRA_UPATH = zipspec.EXTRA_UPATH
-
 _MAX_COMMENT = 0xFFFF
 _MAX_SIZE = 2**63 - 1  # st_size and off_t are signed 64-bit
 _PATH_MAX = 4096  # a symlink target must be shorter
-_NTFS_EPOCH_DELTA = zipspec.NTFS_EPOCH_DELTA
 _DOS_DIR = 0x10
 _DOS_READONLY = 0x01
 
@@ -281,27 +263,27 @@ def _find_eocd(fd: int, size: int) -> Iterator[tuple[int, tuple[int, ...], bytes
     place). The caller takes the first whose central directory parses; the scan is only done
     when the fast path's candidate does not.
     """
-    if size < _EOCD.size:
+    if size < zipspec.EOCD.size:
         raise ZipFormatError("not a zip archive (no end-of-central-directory record)")
-    fast = size - _EOCD.size
-    tail = _pread_exact(fd, _EOCD.size, fast, "end record")
-    tried = tail[:4] == _EOCD_SIG and tail[-2:] == b"\0\0"
+    fast = size - zipspec.EOCD.size
+    tail = _pread_exact(fd, zipspec.EOCD.size, fast, "end record")
+    tried = tail[:4] == zipspec.EOCD_SIG and tail[-2:] == b"\0\0"
     if tried:  # no archive comment: the record is the last 22 bytes
-        yield fast, _EOCD.unpack(tail), b""
-    start = max(0, size - _EOCD.size - _MAX_COMMENT)
+        yield fast, zipspec.EOCD.unpack(tail), b""
+    start = max(0, size - zipspec.EOCD.size - _MAX_COMMENT)
     buf = _pread_exact(fd, size - start, start, "end of archive")
     junk: list[tuple[int, tuple[int, ...], bytes]] = []
-    pos = buf.rfind(_EOCD_SIG, 0, len(buf) - _EOCD.size + 4)
+    pos = buf.rfind(zipspec.EOCD_SIG, 0, len(buf) - zipspec.EOCD.size + 4)
     while pos >= 0:
-        fields = _EOCD.unpack_from(buf, pos)
-        end = pos + _EOCD.size + fields[7]
+        fields = zipspec.EOCD.unpack_from(buf, pos)
+        end = pos + zipspec.EOCD.size + fields[7]
         if end == len(buf):  # comment runs exactly to the end of the file: best candidates
             if not (tried and start + pos == fast):
                 tried = True
-                yield start + pos, fields, buf[pos + _EOCD.size : end]
+                yield start + pos, fields, buf[pos + zipspec.EOCD.size : end]
         elif end < len(buf):  # trailing junk, or the torn tail of an interrupted append
-            junk.append((start + pos, fields, buf[pos + _EOCD.size : end]))
-        pos = buf.rfind(_EOCD_SIG, 0, pos)
+            junk.append((start + pos, fields, buf[pos + zipspec.EOCD.size : end]))
+        pos = buf.rfind(zipspec.EOCD_SIG, 0, pos)
     yield from junk
     if not tried and not junk:
         raise ZipFormatError("not a zip archive (no end-of-central-directory record)")
@@ -309,20 +291,24 @@ def _find_eocd(fd: int, size: int) -> Iterator[tuple[int, tuple[int, ...], bytes
 
 def _find_eocd64(fd: int, eocd_pos: int) -> tuple[int, tuple[int, ...]] | None:
     """Return (position, fields) of the zip64 end record if a locator precedes the end record."""
-    loc_pos = eocd_pos - _LOC64.size
+    loc_pos = eocd_pos - zipspec.LOCATOR64.size
     if loc_pos < 0:
         return None
-    loc = _LOC64.unpack(_pread_exact(fd, _LOC64.size, loc_pos, "zip64 locator"))
-    if loc[0] != _LOC64_SIG:
+    loc = zipspec.LOCATOR64.unpack(
+        _pread_exact(fd, zipspec.LOCATOR64.size, loc_pos, "zip64 locator")
+    )
+    if loc[0] != zipspec.LOCATOR64_SIG:
         return None
     if loc[3] > 1:
         raise ZipFormatError("multi-disk zip archives are not supported")
     # Usually the record sits right before the locator; with prepended data the recorded
     # offset is off by the prefix length, so try the adjacent position first.
-    for pos in (loc_pos - _EOCD64.size, loc[2]):
-        if pos >= 0 and pos + _EOCD64.size <= loc_pos:
-            rec = _EOCD64.unpack(_pread_exact(fd, _EOCD64.size, pos, "zip64 end record"))
-            if rec[0] == _EOCD64_SIG:
+    for pos in (loc_pos - zipspec.EOCD64.size, loc[2]):
+        if pos >= 0 and pos + zipspec.EOCD64.size <= loc_pos:
+            rec = zipspec.EOCD64.unpack(
+                _pread_exact(fd, zipspec.EOCD64.size, pos, "zip64 end record")
+            )
+            if rec[0] == zipspec.EOCD64_SIG:
                 return pos, rec
     raise ZipFormatError("zip64 end-of-central-directory record not found")
 
@@ -374,7 +360,7 @@ def _read_directory(
         raise ZipFormatError("multi-disk zip archives are not supported")
     if cd_size > cd_end:
         raise ZipFormatError(f"central directory size {cd_size} exceeds the archive")
-    if count * _CDH.size > cd_size:
+    if count * zipspec.CENTRAL_HEADER.size > cd_size:
         raise ZipFormatError(f"entry count {count} does not fit in a {cd_size}-byte directory")
     real_cd_offset = cd_end - cd_size
     concat = real_cd_offset - cd_offset
@@ -399,7 +385,7 @@ def _read_directory(
         prefix_size=min(hdr) if n else real_cd_offset,
         archive_size=size,
         zip64=zip64,
-        end_offset=eocd_pos + _EOCD.size + len(comment),
+        end_offset=eocd_pos + zipspec.EOCD.size + len(comment),
     )
     _check_layout(cd, csize)
     return cd
@@ -431,14 +417,14 @@ def _scan_records(
     pos = 0
     index = 0
     while pos < size:
-        if not buf.startswith(_CDH_SIG, pos):
+        if not buf.startswith(zipspec.CENTRAL_SIG, pos):
             if index >= count:
                 break
             raise ZipFormatError(f"bad central directory signature at offset {cd_offset + pos}")
-        if pos + _CDH.size > size:
+        if pos + zipspec.CENTRAL_HEADER.size > size:
             raise ZipFormatError(f"truncated central directory record #{index}")
         system, csize, usize, nlen, elen, clen, disk, external, offset = fields(buf, pos + 5)
-        start = pos + _CDH.size
+        start = pos + zipspec.CENTRAL_HEADER.size
         end = start + nlen + elen + clen
         if end > size:
             raise ZipFormatError(f"central directory record #{index} overruns the directory")
@@ -500,11 +486,11 @@ def _check_depth(buf: bytes, pos: int, index: int, concat: int, max_depth: int) 
 
 def _decode_record(buf: bytes, pos: int, index: int, concat: int) -> ZipEntry:
     """Decode the record at ``pos`` of ``buf`` (already checked to lie within it)."""
-    if not buf.startswith(_CDH_SIG, pos):
+    if not buf.startswith(zipspec.CENTRAL_SIG, pos):
         raise ZipFormatError(f"central directory record #{index} changed on disk")
-    fields = _CDH.unpack_from(buf, pos)
+    fields = zipspec.CENTRAL_HEADER.unpack_from(buf, pos)
     nlen, elen, clen = fields[11], fields[12], fields[13]
-    start = pos + _CDH.size
+    start = pos + zipspec.CENTRAL_HEADER.size
     raw_name = buf[start : start + nlen]
     extra = buf[start + nlen : start + nlen + elen]
     comment = buf[start + nlen + elen : start + nlen + elen + clen]
@@ -526,8 +512,14 @@ def _check_layout(cd: CentralDirectory, csize: array.array) -> None:
     ends = array.array("Q", map(operator.add, hdr, csize))
     if all(map(operator.le, hdr, itertools.islice(hdr, 1, None))):  # the usual order
         starts = itertools.islice(hdr, 1, None)
-        if not all(map(operator.le, map(operator.add, ends, itertools.repeat(_LFH.size)), starts)):
-            bad = next(i for i in range(n - 1) if ends[i] + _LFH.size > hdr[i + 1])
+        if not all(
+            map(
+                operator.le,
+                map(operator.add, ends, itertools.repeat(zipspec.LOCAL_HEADER.size)),
+                starts,
+            )
+        ):
+            bad = next(i for i in range(n - 1) if ends[i] + zipspec.LOCAL_HEADER.size > hdr[i + 1])
             _overlap(cd, bad, bad + 1)
         last = n - 1
     else:
@@ -535,8 +527,8 @@ def _check_layout(cd: CentralDirectory, csize: array.array) -> None:
         for i in sorted(range(n), key=hdr.__getitem__):
             if hdr[i] < last_end:
                 _overlap(cd, last, i)
-            last, last_end = i, ends[i] + _LFH.size
-    if ends[last] + _LFH.size > cd.cd_offset:
+            last, last_end = i, ends[i] + zipspec.LOCAL_HEADER.size
+    if ends[last] + zipspec.LOCAL_HEADER.size > cd.cd_offset:
         name = cd.entry(last).name
         raise ZipFormatError(f"data of entry #{last} ({name!r}) overlaps the central directory")
 
@@ -555,7 +547,7 @@ def _split_extra(extra: bytes, index: int) -> dict[int, bytes]:
     for hid, start, end in zipspec.extra_fields(extra):
         fields.setdefault(hid, extra[start:end])
     if len(extra) - end >= 4:  # fewer trailing bytes are tolerated: some writers pad
-        hid = _EXTRA_HDR.unpack_from(extra, end)[0]
+        hid = zipspec.EXTRA_HEADER.unpack_from(extra, end)[0]
         raise ZipFormatError(f"entry #{index}: extra field 0x{hid:04x} has a bad length")
     return fields
 
@@ -587,9 +579,9 @@ def _make_entry(
         ex = _split_extra(extra, index)
         if 0xFFFFFFFF in (csize, usize, header_offset) or disk_start == 0xFFFF:
             usize, csize, header_offset = _apply_zip64(
-                ex.get(_EXTRA_ZIP64), index, usize, csize, header_offset, disk_start
+                ex.get(zipspec.EXTRA_ZIP64), index, usize, csize, header_offset, disk_start
             )
-        upath = ex.get(_EXTRA_UPATH)
+        upath = ex.get(zipspec.EXTRA_UPATH)
         name = _decode_name(raw_name, flags, upath, create_system)
         if upath is None and raw_name.isascii():  # encodes back to the same bytes
             raw_name = b""
@@ -610,15 +602,14 @@ def _make_entry(
 _DEVICES = (stat.S_IFCHR, stat.S_IFBLK)
 # PKWARE Unix extra (APPNOTE 4.5.7): atime, mtime (4 bytes), uid, gid (2 bytes), then variable
 # data, which for a device entry is the major and the minor number, 4 bytes each.
-_PKWARE_UNIX_DEVICE = zipspec.PKWARE_UNIX_DEVICE
 
 
 def _device(extra: bytes, index: int) -> int:
     """st_rdev of a device entry from its PKWARE Unix extra field; 0 if absent or malformed."""
-    data = _split_extra(extra, index).get(_EXTRA_PKWARE_UNIX)
-    if data is None or len(data) < _PKWARE_UNIX_DEVICE.size:
+    data = _split_extra(extra, index).get(zipspec.EXTRA_PKWARE_UNIX)
+    if data is None or len(data) < zipspec.PKWARE_UNIX_DEVICE.size:
         return 0
-    major, minor = _PKWARE_UNIX_DEVICE.unpack_from(data)[4:]
+    major, minor = zipspec.PKWARE_UNIX_DEVICE.unpack_from(data)[4:]
     try:
         return os.makedev(major, minor)
     except (OverflowError, ValueError):
@@ -638,7 +629,7 @@ def _infozip_extra(buf: bytes, pos: int, size: int) -> tuple[int, int, int] | No
         _INFOZIP_CENTRAL.unpack_from(buf, pos)
     )
     if (
-        ut_id == _EXTRA_UT and ut_len == 5 and ut_flags & 1 and ux_id == _EXTRA_UX3
+        ut_id == zipspec.EXTRA_UT and ut_len == 5 and ut_flags & 1 and ux_id == zipspec.EXTRA_UX3
         and ux_len == 11 and ver == 1 and usz == 4 and gsz == 4
     ):  # fmt: skip
         return uid, gid, mtime * 1_000_000_000
@@ -706,7 +697,7 @@ def _entry_mode(name: str, create_system: int, external_attr: int) -> int:
 
 def _owner(ex: dict[int, bytes]) -> tuple[int | None, int | None]:
     """uid/gid from the Info-ZIP Unix extra fields; malformed fields are ignored."""
-    ux = ex.get(_EXTRA_UX3)
+    ux = ex.get(zipspec.EXTRA_UX3)
     if ux is not None and len(ux) >= 2 and ux[0] == 1:
         usz = ux[1]
         if len(ux) >= 3 + usz:
@@ -716,10 +707,10 @@ def _owner(ex: dict[int, bytes]) -> tuple[int | None, int | None]:
                 gid = int.from_bytes(ux[3 + usz : 3 + usz + gsz], "little")
                 if uid < 2**32 and gid < 2**32:  # anything wider is not a real id
                     return uid, gid
-    new = ex.get(_EXTRA_UX_NEW)
+    new = ex.get(zipspec.EXTRA_UX_NEW)
     if new is not None and len(new) >= 4:
         return _U16.unpack_from(new, 0)[0], _U16.unpack_from(new, 2)[0]
-    old = ex.get(_EXTRA_UX_OLD)
+    old = ex.get(zipspec.EXTRA_UX_OLD)
     if old is not None and len(old) >= 12:
         return _U16.unpack_from(old, 8)[0], _U16.unpack_from(old, 10)[0]
     return None, None
@@ -727,15 +718,15 @@ def _owner(ex: dict[int, bytes]) -> tuple[int | None, int | None]:
 
 def _times(ex: dict[int, bytes], dos_date: int, dos_time: int) -> tuple[int, int | None]:
     """(mtime_ns, atime_ns): NTFS, then extended timestamp, then old Info-ZIP Unix, then DOS."""
-    ntfs = _ntfs_times(ex.get(_EXTRA_NTFS))
+    ntfs = _ntfs_times(ex.get(zipspec.EXTRA_NTFS))
     if ntfs is not None:
         return ntfs
-    ut = ex.get(_EXTRA_UT)
+    ut = ex.get(zipspec.EXTRA_UT)
     if ut is not None and len(ut) >= 5 and ut[0] & 1:
         mtime = _I32.unpack_from(ut, 1)[0] * 10**9
         atime = _I32.unpack_from(ut, 5)[0] * 10**9 if ut[0] & 2 and len(ut) >= 9 else None
         return mtime, atime
-    old = ex.get(_EXTRA_UX_OLD)
+    old = ex.get(zipspec.EXTRA_UX_OLD)
     if old is not None and len(old) >= 8:
         return _I32.unpack_from(old, 4)[0] * 10**9, _I32.unpack_from(old, 0)[0] * 10**9
     return dos_to_ns(dos_date, dos_time), None
@@ -747,14 +738,14 @@ def _ntfs_times(data: bytes | None) -> tuple[int, int | None] | None:
         return None
     pos = 4  # reserved
     while pos + 4 <= len(data):
-        tag, size = _EXTRA_HDR.unpack_from(data, pos)
+        tag, size = zipspec.EXTRA_HEADER.unpack_from(data, pos)
         pos += 4
         if tag == 1 and size >= 16 and pos + 16 <= len(data):
             mtime, atime = struct.unpack_from("<QQ", data, pos)
             if mtime == 0:  # zero means "not recorded" (7-Zip writes zero atime/ctime)
                 return None
-            atime_ns = _clamp_ns((atime - _NTFS_EPOCH_DELTA) * 100) if atime else None
-            return _clamp_ns((mtime - _NTFS_EPOCH_DELTA) * 100), atime_ns
+            atime_ns = _clamp_ns((atime - zipspec.NTFS_EPOCH_DELTA) * 100) if atime else None
+            return _clamp_ns((mtime - zipspec.NTFS_EPOCH_DELTA) * 100), atime_ns
         pos += size
     return None
 
@@ -785,11 +776,11 @@ def local_data_offset(fd: int, entry: ZipEntry) -> int:
     only locally), so the central record cannot tell where the data begins.
     """
     what = f"local header of {entry.name!r}"
-    hdr = _pread_exact(fd, _LFH.size, entry.header_offset, what)
-    fields = _LFH.unpack(hdr)
-    if fields[0] != _LFH_SIG:
+    hdr = _pread_exact(fd, zipspec.LOCAL_HEADER.size, entry.header_offset, what)
+    fields = zipspec.LOCAL_HEADER.unpack(hdr)
+    if fields[0] != zipspec.LOCAL_SIG:
         raise ZipFormatError(f"bad local header signature for {entry.name!r}")
-    data_offset = entry.header_offset + _LFH.size + fields[9] + fields[10]
+    data_offset = entry.header_offset + zipspec.LOCAL_HEADER.size + fields[9] + fields[10]
     size = os.fstat(fd).st_size
     if data_offset + entry.compressed_size > size:
         raise ZipFormatError(f"truncated archive: data of {entry.name!r} runs past the end")

@@ -75,40 +75,23 @@ from zipfuse.zipformat import (
 
 __all__ = ["EntryMeta", "ZipWriter", "crc32_combine"]
 
-# --- On-disk records and extra-field ids (zipspec.py, shared with the reader) ---
+# --- On-disk records and extra-field ids: zipspec.py, shared with the reader ---
 
-_LOCAL, _LOCAL_SIG = zipspec.LOCAL_HEADER, zipspec.LOCAL_SIG
-_CENTRAL, _CENTRAL_SIG = zipspec.CENTRAL_HEADER, zipspec.CENTRAL_SIG
-_EOCD, _EOCD_SIG = zipspec.EOCD, zipspec.EOCD_SIG
-_EOCD64, _EOCD64_SIG = zipspec.EOCD64, zipspec.EOCD64_SIG
-_LOCATOR64, _LOCATOR64_SIG = zipspec.LOCATOR64, zipspec.LOCATOR64_SIG
-_DESCRIPTOR, _DESCRIPTOR64 = zipspec.DESCRIPTOR, zipspec.DESCRIPTOR64
-_DESCRIPTOR_SIG = zipspec.DESCRIPTOR_SIG
-
-_EXTRA_HDR = zipspec.EXTRA_HEADER
-_EXTRA_ZIP64 = zipspec.EXTRA_ZIP64
-_EXTRA_NTFS = zipspec.EXTRA_NTFS
-_EXTRA_PKWARE_UNIX = zipspec.EXTRA_PKWARE_UNIX
-_EXTRA_EXT_TIME = zipspec.EXTRA_UT
-_EXTRA_UNIX_OLD = zipspec.EXTRA_UX_OLD
-_EXTRA_UNIX_N = zipspec.EXTRA_UX_NEW
-_EXTRA_UNIX_UX = zipspec.EXTRA_UX3
-_EXTRA_UNICODE_PATH = zipspec.EXTRA_UPATH
 # Extras that describe what EntryMeta replaces; dropped when copy_raw gets new metadata.
 _META_EXTRAS = frozenset(
     {
-        _EXTRA_ZIP64,
-        _EXTRA_NTFS,
-        _EXTRA_PKWARE_UNIX,
-        _EXTRA_EXT_TIME,
-        _EXTRA_UNIX_OLD,
-        _EXTRA_UNIX_N,
-        _EXTRA_UNIX_UX,
-        _EXTRA_UNICODE_PATH,
+        zipspec.EXTRA_ZIP64,
+        zipspec.EXTRA_NTFS,
+        zipspec.EXTRA_PKWARE_UNIX,
+        zipspec.EXTRA_UT,
+        zipspec.EXTRA_UX_OLD,
+        zipspec.EXTRA_UX_NEW,
+        zipspec.EXTRA_UX3,
+        zipspec.EXTRA_UPATH,
     }
 )
 
-_ZIP64_ONLY = frozenset({_EXTRA_ZIP64})
+_ZIP64_ONLY = frozenset({zipspec.EXTRA_ZIP64})
 
 _CREATE_UNIX = 3
 _VERSION_DEFAULT = 10  # 1.0: stored file
@@ -117,7 +100,6 @@ _VERSION_ZIP64 = 45  # 4.5
 _U32 = 0xFFFFFFFF
 _U16 = 0xFFFF
 
-_NTFS_EPOCH_OFFSET = zipspec.NTFS_EPOCH_DELTA
 _DOS_MIN = (1980, 1, 1, 0, 0, 0)
 _DOS_MAX = (2107, 12, 31, 23, 59, 58)
 
@@ -253,7 +235,7 @@ def _u32_time(secs: int) -> bytes | None:
 
 
 def _filetime(ns: int) -> int:
-    ticks = ns // 100 + _NTFS_EPOCH_OFFSET
+    ticks = ns // 100 + zipspec.NTFS_EPOCH_DELTA
     return min(max(ticks, 0), (1 << 64) - 1)
 
 
@@ -270,23 +252,23 @@ def _meta_extras(meta: EntryMeta) -> tuple[bytes, bytes]:
     mtime_ns = meta.mtime_ns
     mt = _filetime(mtime_ns)
     tail = _EXTRA_OWNER_NTFS.pack(
-        _EXTRA_UNIX_UX, 11, 1, 4, meta.uid & _U32, 4, meta.gid & _U32,
-        _EXTRA_NTFS, 32, 0, 1, 24, mt, _filetime(meta.atime_ns), mt,
+        zipspec.EXTRA_UX3, 11, 1, 4, meta.uid & _U32, 4, meta.gid & _U32,
+        zipspec.EXTRA_NTFS, 32, 0, 1, 24, mt, _filetime(meta.atime_ns), mt,
     )  # fmt: skip
     msecs = mtime_ns // 1_000_000_000
     asecs = meta.atime_ns // 1_000_000_000
     if _I32_MIN <= msecs <= _I32_MAX and _I32_MIN <= asecs <= _I32_MAX:  # the common case
         return (
-            _EXTRA_UT_LOCAL.pack(_EXTRA_EXT_TIME, 9, 3, msecs, asecs) + tail,
-            _EXTRA_UT_CENTRAL.pack(_EXTRA_EXT_TIME, 5, 3, msecs) + tail,
+            _EXTRA_UT_LOCAL.pack(zipspec.EXTRA_UT, 9, 3, msecs, asecs) + tail,
+            _EXTRA_UT_CENTRAL.pack(zipspec.EXTRA_UT, 5, 3, msecs) + tail,
         )
     mtime = _u32_time(msecs)
     atime = _u32_time(asecs)
     if mtime is not None and atime is not None:
-        local = _EXTRA_HDR.pack(_EXTRA_EXT_TIME, 9) + b"\x03" + mtime + atime
-        central = _EXTRA_HDR.pack(_EXTRA_EXT_TIME, 5) + b"\x03" + mtime
+        local = zipspec.EXTRA_HEADER.pack(zipspec.EXTRA_UT, 9) + b"\x03" + mtime + atime
+        central = zipspec.EXTRA_HEADER.pack(zipspec.EXTRA_UT, 5) + b"\x03" + mtime
     elif mtime is not None:
-        local = central = _EXTRA_HDR.pack(_EXTRA_EXT_TIME, 5) + b"\x01" + mtime
+        local = central = zipspec.EXTRA_HEADER.pack(zipspec.EXTRA_UT, 5) + b"\x01" + mtime
     else:
         local = central = b""
     return local + tail, central + tail
@@ -300,7 +282,7 @@ _EXTRA_DEVICE = struct.Struct("<HH" + zipspec.PKWARE_UNIX_DEVICE.format[1:])
 def _device_extra(meta: EntryMeta) -> bytes:
     """The PKWARE Unix extra field of a device entry: the only one that carries st_rdev."""
     return _EXTRA_DEVICE.pack(
-        _EXTRA_PKWARE_UNIX, _EXTRA_DEVICE.size - 4,
+        zipspec.EXTRA_PKWARE_UNIX, _EXTRA_DEVICE.size - 4,
         min(max(meta.atime_ns // 1_000_000_000, 0), _U32),
         min(max(meta.mtime_ns // 1_000_000_000, 0), _U32),
         min(meta.uid, _U16), min(meta.gid, _U16),
@@ -320,7 +302,7 @@ def _split_extra(extra: bytes) -> list[tuple[int, bytes]] | None:
 def _without_zip64(extra: bytes) -> bytes:
     """``extra`` minus its zip64 field; walks the field headers only (hot path of copy_raw)."""
     for hid, _, _ in zipspec.extra_fields(extra):
-        if hid == _EXTRA_ZIP64:
+        if hid == zipspec.EXTRA_ZIP64:
             return _filter_extra(extra, _ZIP64_ONLY)
     return extra
 
@@ -380,14 +362,18 @@ class _Rec:
             crc = csize = usize = 0
         needed = self.needed
         if self.zip64_local:
-            extra = _EXTRA_HDR.pack(_EXTRA_ZIP64, 16) + struct.pack("<QQ", usize, csize) + extra
+            extra = (
+                zipspec.EXTRA_HEADER.pack(zipspec.EXTRA_ZIP64, 16)
+                + struct.pack("<QQ", usize, csize)
+                + extra
+            )
             csize = usize = _U32
             needed = max(needed, _VERSION_ZIP64)
         if len(extra) > _U16:
             raise ValueError(f"extra field too long for {self.name!r}")
         return (
-            _LOCAL.pack(
-                _LOCAL_SIG,
+            zipspec.LOCAL_HEADER.pack(
+                zipspec.LOCAL_SIG,
                 needed,
                 self.flags,
                 self.method,
@@ -420,7 +406,7 @@ class _Rec:
         made_by = self.made_by
         if z64:
             extra = (
-                _EXTRA_HDR.pack(_EXTRA_ZIP64, 8 * len(z64))
+                zipspec.EXTRA_HEADER.pack(zipspec.EXTRA_ZIP64, 8 * len(z64))
                 + struct.pack(f"<{len(z64)}Q", *z64)
                 + extra
             )
@@ -429,8 +415,8 @@ class _Rec:
         if len(extra) > _U16:
             raise ValueError(f"extra field too long for {self.name!r}")
         return (
-            _CENTRAL.pack(
-                _CENTRAL_SIG,
+            zipspec.CENTRAL_HEADER.pack(
+                zipspec.CENTRAL_SIG,
                 made_by & 0xFF,
                 made_by >> 8,
                 needed,
@@ -471,8 +457,8 @@ class _Job:
     raw: Any = None
 
 
-_MIN_LOCAL = _LOCAL.size
-_MAX_LOCAL = _LOCAL.size + 2 * _U16
+_MIN_LOCAL = zipspec.LOCAL_HEADER.size
+_MAX_LOCAL = zipspec.LOCAL_HEADER.size + 2 * _U16
 
 
 def _original_rec(entry: ZipEntry, flags: int) -> _Rec:
@@ -1204,9 +1190,13 @@ class ZipWriter:
             self._copy_range(src_fd, data_offset, length)
         if rec.descriptor:
             if rec.zip64_local:
-                desc = _DESCRIPTOR64.pack(_DESCRIPTOR_SIG, rec.crc, rec.csize, rec.usize)
+                desc = zipspec.DESCRIPTOR64.pack(
+                    zipspec.DESCRIPTOR_SIG, rec.crc, rec.csize, rec.usize
+                )
             else:
-                desc = _DESCRIPTOR.pack(_DESCRIPTOR_SIG, rec.crc, rec.csize, rec.usize)
+                desc = zipspec.DESCRIPTOR.pack(
+                    zipspec.DESCRIPTOR_SIG, rec.crc, rec.csize, rec.usize
+                )
             self._emit(desc)
         self._bytes_done += rec.csize  # a copy costs its compressed bytes
 
@@ -1219,14 +1209,14 @@ class ZipWriter:
         (whose name that field's CRC vouches for) can.
         """
         if len(head) >= 30:
-            fields = _LOCAL.unpack_from(head)
-            if fields[0] == _LOCAL_SIG and 30 + fields[9] + fields[10] == len(head):
+            fields = zipspec.LOCAL_HEADER.unpack_from(head)
+            if fields[0] == zipspec.LOCAL_SIG and 30 + fields[9] + fields[10] == len(head):
                 local_name = head[30 : 30 + fields[9]]
                 rec.local_extra = _without_zip64(head[30 + fields[9] :])
                 if local_name != rec.name:
                     for hid, field in _split_extra(entry.extra) or ():
                         if (
-                            hid == _EXTRA_UNICODE_PATH
+                            hid == zipspec.EXTRA_UPATH
                             and len(field) >= 9
                             and struct.unpack_from("<I", field, 5)[0] == zlib.crc32(local_name)
                         ):
@@ -1289,9 +1279,9 @@ class ZipWriter:
         tail = b""
         if count >= self._zip64_count_limit or cd_offset >= limit or cd_size >= limit:
             made = (_CREATE_UNIX << 8) | _VERSION_ZIP64
-            tail = _EOCD64.pack(
-                _EOCD64_SIG, 44, made, _VERSION_ZIP64, 0, 0, count, count, cd_size, cd_offset
-            ) + _LOCATOR64.pack(_LOCATOR64_SIG, 0, end, 1)
+            tail = zipspec.EOCD64.pack(
+                zipspec.EOCD64_SIG, 44, made, _VERSION_ZIP64, 0, 0, count, count, cd_size, cd_offset
+            ) + zipspec.LOCATOR64.pack(zipspec.LOCATOR64_SIG, 0, end, 1)
             if count >= self._zip64_count_limit:
                 count = _U16
             if cd_size >= limit:
@@ -1299,7 +1289,10 @@ class ZipWriter:
             if cd_offset >= limit:
                 cd_offset = _U32
         tail += (
-            _EOCD.pack(_EOCD_SIG, 0, 0, count, count, cd_size, cd_offset, len(comment)) + comment
+            zipspec.EOCD.pack(
+                zipspec.EOCD_SIG, 0, 0, count, count, cd_size, cd_offset, len(comment)
+            )
+            + comment
         )
         self._pwrite_all(tail, end)
         self._pos = end + len(tail)
