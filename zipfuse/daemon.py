@@ -291,9 +291,11 @@ class Daemon:
         records: list[dict] = []
         if not cfg.read_only:
             state = journal.read_state(spill.path)
+            name = journal.JOURNAL
             if cfg.restore and state is not None and state.get("base") == base:
-                records = journal.read_records(spill.path)
-            self.journal = Journal(spill.path, cfg.archive)
+                name = journal.current_name(spill.path, state)
+                records = journal.read_records(spill.path, name)
+            self.journal = Journal(spill.path, cfg.archive, name)
             self.journal.start(base, fresh=not records)
         with _no_gc():
             self.ns = Namespace.from_archive(prepared.cd, os.getuid(), os.getgid(), now)

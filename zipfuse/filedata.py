@@ -4,6 +4,10 @@ A clean file is copied to the spill area only when it is first written (copy-up)
 open for reading, and not at all when it is truncated to zero. Decompression of larger entries
 and copy-up run on worker threads behind a limiter, so readers of different files progress in
 parallel while the trio thread keeps answering metadata requests.
+
+While a commit reads the spill files of its snapshot, they are frozen: the first write to
+such a file after the snapshot copies it to a new spill file first (copy-on-write), and a
+frozen file is deleted only once the commit is over (``freeze``/``thaw``).
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class FileData:
         self._trash: list[str] = []  # spill files to delete, on a worker thread
         self._emptying = False
         self.write_failures = 0  # writes that could not store all their bytes (disk full)
+        self.frozen: set[str] = set()  # spill files a running commit reads
+        self._deferred: list[str] = []  # frozen files to delete once the commit is over
 
     @property
     def archive_fd(self) -> int | None:
@@ -144,15 +150,36 @@ class FileData:
         return data
 
     # ------------------------------------------------------------------ writing
+    def freeze(self, paths: list[str]) -> None:
+        """A commit's snapshot: these spill files must not change until ``thaw``."""
+        self.frozen.update(paths)
+
+    def thaw(self) -> None:
+        """The commit is over: frozen files no node uses any more are deleted."""
+        self.frozen.clear()
+        deferred, self._deferred = self._deferred, []
+        used = {n.spill for n in self.dirty.values()}
+        for path in deferred:
+            if path not in used:
+                self._discard(path)
+
     async def _make_dirty(self, node: Node) -> None:
-        """Copy a clean file's bytes into a new spill file (once, under a per-inode lock)."""
-        if node.spill is not None:
+        """Copy a clean file's bytes into a new spill file (once, under a per-inode lock);
+        copy a frozen spill file before its first change since the snapshot."""
+        if node.spill is not None and node.spill not in self.frozen:
             return
         lock = self.locks.setdefault(node.ino, trio.Lock())
         async with lock:
-            if node.spill is not None:
+            if node.spill is not None and node.spill not in self.frozen:
                 return
-            if node.entry is None or node.size == 0:
+            if node.spill is not None:
+                path = self.spill.new_path()
+                await trio.to_thread.run_sync(_copy_file, node.spill, path, limiter=self.limiter)
+                fd = self.fds.pop(node.ino, None)
+                if fd is not None:
+                    os.close(fd)
+                self._discard(node.spill)  # deleted once the commit is over
+            elif node.entry is None or node.size == 0:
                 path, self.fds[node.ino] = self._take_empty()
             else:
                 path = self.spill.new_path()
@@ -189,7 +216,12 @@ class FileData:
 
     def truncate_to_empty(self, node: Node) -> None:
         """O_TRUNC: the old bytes are never needed, so nothing is copied."""
-        if node.spill is None:
+        if node.spill is None or node.spill in self.frozen:
+            fd = self.fds.pop(node.ino, None)
+            if fd is not None:
+                os.close(fd)
+            if node.spill is not None:
+                self._discard(node.spill)  # frozen: deleted once the commit is over
             path, self.fds[node.ino] = self._take_empty()
             node.spill = path
             self.dirty[node.ino] = node
@@ -218,6 +250,9 @@ class FileData:
 
     def _discard(self, path: str) -> None:
         """Delete a spill file soon, off the trio thread (unlink is slow on a busy disk)."""
+        if path in self.frozen:
+            self._deferred.append(path)
+            return
         self._trash.append(path)
         if not self._emptying:
             self._emptying = True
@@ -318,6 +353,37 @@ def _fsync_path(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _copy_file(src: str, path: str) -> None:
+    """Copy-on-write of a frozen spill file (in the kernel where it can)."""
+    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fd = create_file(path)
+        try:
+            size = os.fstat(sfd).st_size
+            off = 0
+            while off < size:
+                try:
+                    n = os.copy_file_range(sfd, fd, min(COPY_CHUNK * 64, size - off), off, off)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    n = 0
+                if n <= 0:  # no copy_file_range here: plain reads and writes
+                    chunk = os.pread(sfd, min(COPY_CHUNK, size - off), off)
+                    if not chunk:
+                        raise OSError(errno.EIO, "spill file ended early during a copy")
+                    write_all(fd, chunk, off)
+                    n = len(chunk)
+                off += n
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+    finally:
+        os.close(sfd)
 
 
 def _copy_entry(reader: EntryReader, path: str, size: int) -> None:

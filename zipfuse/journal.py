@@ -8,9 +8,13 @@ durable within a few seconds. ``state.json`` binds the spill area to one version
 (its fingerprint), so a journal is never replayed onto a different or since-changed archive.
 
 Replaying the journal onto the tree built from that archive version gives back the overlay.
-A commit resets the journal once the new archive is durable: ``pending`` names the archive
-being installed, so a crash between the rename and the reset is recognised on recovery. An
-append in place first records ``append`` (the file's old length, times and inode): recovery
+A commit does not stop writers: it snapshots the tree (``Journal.capture`` marks where the
+journal stood), writes the archive while changes go on, then ``Journal.switch`` starts a new
+journal file for the new archive holding the records made since the mark, and ``state.json``
+names it (``journal``) in the same atomic replace that names the new ``base``. ``pending``
+names the archive being installed and ``tail`` where its snapshot's records end, so a crash
+between the install and the switch is recovered by replaying only the records after the mark.
+An append in place first records ``append`` (the file's old length, times and inode): recovery
 cuts an interrupted append back to exactly that version, whose fingerprint is then ``base``.
 """
 
@@ -64,10 +68,27 @@ def write_state(spill_path: str, state: dict) -> None:
     fsync_dir(spill_path)
 
 
-def read_records(spill_path: str) -> list[dict]:
-    """All complete records; a torn last line (crash mid-append) is ignored."""
+def current_name(spill_path: str, state: dict | None = None) -> str:
+    """The journal file the area's state names (``journal`` before any switch)."""
+    if state is None:
+        state = read_state(spill_path)
+    name = (state or {}).get("journal") or JOURNAL
+    if not is_journal_file(name) or "/" in name:
+        raise ZipfuseError(f"{spill_path}: state.json names an invalid journal {name!r}")
+    return name
+
+
+def is_journal_file(name: str) -> bool:
+    return name == JOURNAL or (name.startswith(JOURNAL + ".") and name[8:].isdigit())
+
+
+def read_records(spill_path: str, name: str | None = None, offset: int = 0) -> list[dict]:
+    """The complete records of the area's journal (from byte ``offset``); a torn last line
+    (crash mid-append) is ignored."""
     try:
-        with os.fdopen(open_nofollow(os.path.join(spill_path, JOURNAL)), "rb") as f:
+        fd = open_nofollow(os.path.join(spill_path, name or current_name(spill_path)))
+        with os.fdopen(fd, "rb") as f:
+            f.seek(offset)
             data = f.read()
     except FileNotFoundError:
         return []
@@ -89,16 +110,19 @@ class Journal:
     appended when it started, so a record appended during an fsync is never taken as synced.
     """
 
-    def __init__(self, spill_path: str, archive: str) -> None:
+    def __init__(self, spill_path: str, archive: str, name: str = JOURNAL) -> None:
         self.dir = spill_path
         self.archive = archive
+        self.name = name
         self.fd = os.open(
-            os.path.join(spill_path, JOURNAL),
+            os.path.join(spill_path, name),
             os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
             0o600,
         )
+        self.size = os.fstat(self.fd).st_size  # bytes in the file: marks are offsets
         self.appended = 0  # records appended so far
         self.synced = 0  # of those, known durable
+        self.tail: list[bytes] | None = None  # records since the mark of a running commit
 
     @property
     def unsynced(self) -> bool:
@@ -108,27 +132,79 @@ class Journal:
         """Bind the area to archive version ``base``; ``fresh`` drops earlier records."""
         if fresh:
             os.ftruncate(self.fd, 0)
-        write_state(
-            self.dir,
-            {
-                "archive": self.archive,
-                "base": base,
-                "pending": None,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "started": time.time(),
-            },
-        )
+            self.size = 0
+            for other in os.listdir(self.dir):  # journals of an older session
+                if is_journal_file(other) and other != self.name:
+                    os.unlink(os.path.join(self.dir, other))
+        write_state(self.dir, self._state(base))
         os.fsync(self.fd)
 
+    def _state(self, base: str) -> dict:
+        return {
+            "archive": self.archive,
+            "base": base,
+            "journal": self.name,
+            "pending": None,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.time(),
+        }
+
+    def capture(self) -> int:
+        """A commit snapshots the tree now: keep the records that follow (they become the
+        next journal) and return where they start in this file."""
+        self.tail = []
+        return self.size
+
+    def switch(self, base: str, head: list[dict]) -> None:
+        """The archive ``base`` holds the snapshot: continue in a new journal file holding
+        ``head`` and the records made since the mark; the state names both in one atomic
+        replace, and only then is the old journal removed."""
+        assert self.tail is not None, "switch without capture"
+        number = int(self.name[8:] or 0) + 1 if self.name != JOURNAL else 1
+        name = f"{JOURNAL}.{number}"
+        lines = [_line(r) for r in head] + self.tail
+        path = os.path.join(self.dir, name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a leftover of a switch that crashed before naming it
+        fd = os.open(
+            path,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            data = b"".join(lines)
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "the new journal was cut short", self.dir)
+            os.fsync(fd)
+            old = self.name
+            self.name = name
+            write_state(self.dir, self._state(base))  # fsyncs the directory too
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        os.close(self.fd)
+        os.unlink(os.path.join(self.dir, old))
+        self.fd, self.size, self.tail = fd, len(data), None
+        self.appended = self.synced = len(lines)
+
+    def release(self) -> None:
+        """The commit failed: this journal goes on as before."""
+        self.tail = None
+
     def append(self, record: dict) -> None:
-        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        line = _line(record)
         done = os.write(self.fd, line)
         if done != len(line):  # disk full: drop the torn line, say so
             with contextlib.suppress(OSError):
-                os.ftruncate(self.fd, os.fstat(self.fd).st_size - done)
+                os.ftruncate(self.fd, self.size)
             raise OSError(errno.ENOSPC, "journal write was cut short", self.dir)
+        self.size += done
         self.appended += 1
+        if self.tail is not None:
+            self.tail.append(line)
 
     def sync(self) -> None:
         upto = self.appended
@@ -146,7 +222,7 @@ class Journal:
         self.append(rec)
 
     def link(self, src: str, dst: str) -> None:
-        self.append({"op": "link", "src": src, "dst": dst})
+        self.append(link_record(src, dst))
 
     def remove(self, path: str) -> None:
         self.append({"op": "remove", "path": path})
@@ -162,6 +238,14 @@ class Journal:
             {"op": "data", "path": path, "spill": os.path.basename(node.spill or ""),
              "size": node.size, "mtime": node.mtime_ns}
         )  # fmt: skip
+
+
+def _line(record: dict) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+def link_record(src: str, dst: str) -> dict:
+    return {"op": "link", "src": src, "dst": dst}
 
 
 def _meta(node: Node) -> dict:
@@ -284,6 +368,6 @@ def fsync_dir(path: str) -> None:
 
 def leftover(spill_path: str) -> bool:
     """True when the area holds a journal with records (an unfinished session)."""
-    with contextlib.suppress(FileNotFoundError):
-        return os.path.getsize(os.path.join(spill_path, JOURNAL)) > 0
+    with contextlib.suppress(FileNotFoundError, ZipfuseError):
+        return os.path.getsize(os.path.join(spill_path, current_name(spill_path))) > 0
     return False

@@ -106,6 +106,14 @@ class AttrChange:
 
 
 @dataclasses.dataclass
+class _Snapshot:
+    items: list[Item]
+    links: list[dict]  # the snapshot's hard links, as journal records
+    changes: int  # ns.changes at the snapshot
+    append: bool  # small enough to append in place
+
+
+@dataclasses.dataclass
 class Committed:
     entries: int
     archive_size: int
@@ -151,6 +159,8 @@ class Overlay:
         self.test_hook: Callable[[str], None] | None = None  # tests pause a commit here
         self.force_rewrite = False  # the next commit rewrites the whole archive (compact)
         self._flush_lock = trio.Lock()
+        self._commit_lock = trio.Lock()  # one commit at a time
+        self._tail: dict | None = None  # the running commit's journal mark, for recovery
 
     # ------------------------------------------------------------------ background work
     def spawn(self, what: str, fn: Callable[[], Awaitable[None]]) -> None:
@@ -432,102 +442,130 @@ class Overlay:
     ) -> Committed | None:
         """Write the new archive and adopt it; None when there was nothing to commit.
 
-        ``begin(entries, bytes)`` is told the totals once planned; ``progress`` runs on the
-        commit thread. Mutations wait at the gate meanwhile; reads go on.
+        Writers wait only for the two short steps under the closed gate: the snapshot (plan,
+        freeze the spill files it names, mark the journal) and the adoption (point nodes at
+        the new archive, switch the journal). While the archive is written, mutations go on:
+        a write to a frozen spill file copies it first, and their journal records become the
+        next journal. ``begin(entries, bytes)`` is told the totals once planned; ``progress``
+        runs on the commit thread.
         """
+        async with self._commit_lock:
+            await self.gate.close()
+            try:
+                if not self.needs_commit() and not (self.force_rewrite and not self.read_only):
+                    return None
+                snap = self._snapshot()
+            finally:
+                self.gate.open()
+            try:
+                return await self._write_and_adopt(snap, begin, progress)
+            finally:
+                self._tail = None
+                if self.journal is not None and self.journal.tail is not None:
+                    self.journal.release()
+                    # the old journal goes on and names frozen files: durable before they go
+                    await self.flush()
+                self.data.thaw()
+
+    def _snapshot(self) -> _Snapshot:
+        """Under the closed gate: the entries of the new archive, as the tree is now."""
         from . import commit  # the write path: a read-only mount never imports it
 
-        await self.gate.close()
-        try:
-            if not self.needs_commit() and not (self.force_rewrite and not self.read_only):
-                return None
-            changes = self.ns.changes
-            items = commit.plan(self.ns)
-            begin(len(items), commit.bytes_total(items))
-            started = time.monotonic()
-            source_fd = self.data.archive_fd
-
-            append = None
-            source_cd = self.cd
-            if not self.force_rewrite and source_fd is not None and source_cd is not None:
-                append = commit.append_cost(items, source_cd, source_fd)
-            self.force_rewrite = False
-            how = "rewrite"
-
-            def write() -> tuple[int, CentralDirectory] | BaseException:
-                nonlocal how
-                try:
-                    if self.test_hook is not None:
-                        self.test_hook("writing")
-                    if (
-                        append is not None
-                        and source_fd is not None
-                        and source_cd is not None
-                        and journal.fingerprint(self.archive) == self.base
-                    ):
-                        how = "append"
-                        return commit.append_archive(
-                            items,
-                            source_fd,
-                            self.archive,
-                            level=self.level,
-                            comment=source_cd.comment,
-                            progress=progress,
-                            source=source_cd,
-                            before_write=self._before_append,
-                            after_sync=self._after_append,
-                        )
-                    return commit.write_archive(
-                        items,
-                        source_fd,
-                        self.archive,
-                        level=self.level,
-                        comment=self.cd.comment if self.cd else b"",
-                        progress=progress,
-                        source=self.cd,
-                        expect=self.base,
-                        before_replace=self._before_replace,
-                    )
-                except Exception as exc:  # re-raised on the trio thread
-                    return exc
-
-            outcome = await trio.to_thread.run_sync(write)
-            if isinstance(outcome, BaseException):
-                raise outcome
-            fd, cd = outcome
-            self._adopt(fd, cd, items)
-            self.committed_changes = changes
-            self.base = journal.fingerprint(self.archive)
-            if self.journal is not None:
-                self._restart_journal()
-            size = os.fstat(fd).st_size
-            log.info("commit (%s): %d entries, archive %d bytes", how, len(items), size)
-            return Committed(len(items), size, time.monotonic() - started, how)
-        finally:
-            self.gate.open()
-
-    def _restart_journal(self) -> None:
-        """A fresh journal for the new archive version. The archive stores each name of a hard
-        link as its own entry, so the links the mount still has are journaled again (a replay
-        would otherwise give each name its own file); files still open keep their spill copy,
-        which the new journal must name again."""
-        jr = self.journal
-        assert jr is not None
-        jr.start(self.base, fresh=True)
-        self.named.clear()
-        for node in self.ns.nodes.values():
+        items = commit.plan(self.ns)
+        links = []
+        for node in self.ns.nodes.values():  # the archive stores each name as its own entry
             if node.links and node.parent is not None:
                 src = self.ns.path(node)
                 for parent, name in node.links:
                     dst = self._child_path(parent, name)
                     if src is not None and dst is not None:
-                        jr.link(src, dst)
-        self.unlogged.update(self.data.dirty)
+                        links.append(journal.link_record(src, dst))
+        self.data.freeze([i.spill for i in items if i.spill is not None])
+        mark = self.journal.capture() if self.journal is not None else 0
+        self._tail = {"offset": mark, "links": links}
+        self.named.clear()  # the next write of a file names its (copied) spill file again
+        append = None
+        if not self.force_rewrite and self.data.archive_fd is not None and self.cd is not None:
+            append = commit.append_cost(items, self.cd, self.data.archive_fd)
+        self.force_rewrite = False
+        return _Snapshot(items, links, self.ns.changes, append is not None)
+
+    async def _write_and_adopt(
+        self,
+        snap: _Snapshot,
+        begin: Callable[[int, int], None],
+        progress: Callable[[int, int], None],
+    ) -> Committed:
+        from . import commit
+
+        items = snap.items
+        begin(len(items), commit.bytes_total(items))
+        started = time.monotonic()
+        source_fd = self.data.archive_fd
+        source_cd = self.cd
+        how = "rewrite"
+
+        def write() -> tuple[int, CentralDirectory] | BaseException:
+            nonlocal how
+            try:
+                if self.test_hook is not None:
+                    self.test_hook("writing")
+                if (
+                    snap.append
+                    and source_fd is not None
+                    and source_cd is not None
+                    and journal.fingerprint(self.archive) == self.base
+                ):
+                    how = "append"
+                    return commit.append_archive(
+                        items,
+                        source_fd,
+                        self.archive,
+                        level=self.level,
+                        comment=source_cd.comment,
+                        progress=progress,
+                        source=source_cd,
+                        before_write=self._before_append,
+                        after_sync=self._after_append,
+                    )
+                return commit.write_archive(
+                    items,
+                    source_fd,
+                    self.archive,
+                    level=self.level,
+                    comment=source_cd.comment if source_cd else b"",
+                    progress=progress,
+                    source=source_cd,
+                    expect=self.base,
+                    before_replace=self._before_replace,
+                )
+            except Exception as exc:  # re-raised on the trio thread
+                return exc
+
+        outcome = await trio.to_thread.run_sync(write)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        fd, cd = outcome
+        await self.gate.close()
+        try:
+            self._adopt(fd, cd, items)
+            self.committed_changes = snap.changes
+            self.base = journal.fingerprint(self.archive)
+            if self.journal is not None:
+                async with self._flush_lock:  # no background fsync of the journal left behind
+                    self.journal.switch(self.base, snap.links)
+                self.unlogged.update(self.data.dirty)  # files still dirty: named again
+        finally:
+            self.gate.open()
+        size = os.fstat(fd).st_size
+        log.info("commit (%s): %d entries, archive %d bytes", how, len(items), size)
+        return Committed(len(items), size, time.monotonic() - started, how)
 
     def _before_replace(self, tmp: str) -> None:
         """Runs on the commit thread: name the archive about to be installed, for recovery."""
         state = journal.read_state(self.spill.path) or {}
         state["pending"] = journal.fingerprint(tmp)
+        state["tail"] = self._tail
         journal.write_state(self.spill.path, state)
 
     def _before_append(self, st: os.stat_result) -> None:
@@ -546,10 +584,13 @@ class Overlay:
         """The appended end is durable: name the new version, like ``_before_replace``."""
         state = journal.read_state(self.spill.path) or {}
         state["pending"] = journal.fingerprint(self.archive)
+        state["tail"] = self._tail
         journal.write_state(self.spill.path, state)
 
     def _adopt(self, fd: int, cd: CentralDirectory, items: list[Item]) -> None:
-        """Point clean nodes at the new archive and drop spill copies that are now stored."""
+        """Point the snapshot's nodes at the new archive; what changed since the snapshot
+        stays dirty (a spill file other than the frozen one, metadata other than the entry's),
+        the rest is clean and its spill copy goes."""
         from .commit import FILE
 
         self.cd = cd
@@ -561,9 +602,13 @@ class Overlay:
             seen.add(node.ino)
             node.entry = entry
             node.entry_path = item.meta.name.rstrip("/")
-            node.meta_dirty = False
+            meta = item.meta
+            if (node.mode, node.uid, node.gid, node.mtime_ns, node.atime_ns, node.rdev) == (
+                meta.mode, meta.uid, meta.gid, meta.mtime_ns, meta.atime_ns, meta.rdev
+            ):  # fmt: skip
+                node.meta_dirty = False
             self.data.unpin(node)
-            if item.kind == FILE:
+            if item.kind == FILE and node.spill == item.spill:
                 self.data.mark_clean(node)
         # nodes left out of the new archive (deleted but still open) keep reading the old one
         stay = [n for n in self.ns.nodes.values() if n.entry is not None and n.ino not in seen]

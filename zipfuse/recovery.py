@@ -73,9 +73,23 @@ def recover(archive: str, spill_root: str | None, *, level: int = 6) -> str | No
         if cut:
             current = journal.fingerprint(archive)
     if state.get("pending") == current:
-        spill.destroy()
-        return f"the commit of an interrupted session ({who}, {when}) had completed"
-    records = journal.read_records(path)
+        # the snapshot is in the archive; what was changed while it was written follows the
+        # mark in the old journal (with the snapshot's hard links, which the archive split)
+        tail = state.get("tail") or {}
+        records = (
+            journal.read_records(path, journal.current_name(path, state), tail["offset"])
+            if tail
+            else []
+        )
+        if not records:
+            spill.destroy()
+            return f"the commit of an interrupted session ({who}, {when}) had completed"
+        applied = _apply_and_commit(archive, current, tail["links"] + records, spill, path, level)
+        return (
+            f"the commit of an interrupted session ({who}, {when}) had completed; recovered "
+            f"{applied} later change(s) into {archive}"
+        )
+    records = journal.read_records(path, journal.current_name(path, state))
     if state.get("base") != current:
         kept = spill.move_aside("orphaned")
         raise ZipfuseError(
@@ -85,6 +99,17 @@ def recover(archive: str, spill_root: str | None, *, level: int = 6) -> str | No
     if not records:
         spill.destroy()
         return "cut back an interrupted append in place" if cut else None
+    applied = _apply_and_commit(archive, current, records, spill, path, level)
+    return (
+        f"recovered {applied} change(s) from an interrupted session ({who}, {when}) into {archive}"
+    )
+
+
+def _apply_and_commit(
+    archive: str, current: str, records: list[dict], spill: SpillArea, path: str, level: int
+) -> int:
+    """Replay ``records`` onto the archive version ``current`` and commit the result; the
+    spill area goes once the archive holds it. Returns how many records changed something."""
     fd = None
     cd = None
     if current != "none":
@@ -115,6 +140,4 @@ def recover(archive: str, spill_root: str | None, *, level: int = 6) -> str | No
         if fd is not None:
             os.close(fd)
     spill.destroy()
-    return (
-        f"recovered {applied} change(s) from an interrupted session ({who}, {when}) into {archive}"
-    )
+    return applied

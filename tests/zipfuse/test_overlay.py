@@ -107,7 +107,7 @@ async def check_invariants(ov: Overlay) -> None:
     on_disk = {
         os.path.join(ov.spill.path, f)
         for f in os.listdir(ov.spill.path)
-        if f not in (journal.JOURNAL, journal.STATE)
+        if not journal.is_journal_file(f) and f != journal.STATE
     }
     known = {n.spill for n in data.dirty.values()} | {p for p, _ in data._pool}
     assert on_disk == known | (on_disk & set(data._trash))
@@ -130,7 +130,7 @@ def no_op(*_args) -> None:
     pass
 
 
-async def random_step(ov: Overlay, rng: random.Random, step: int) -> None:
+async def random_step(ov: Overlay, rng: random.Random, step: int, *, commits: bool = True) -> None:
     """One random mutation; an OSError is the answer a program would get and is fine."""
     entries = list(ov.ns.walk())
     dirs = [ov.ns.root] + [n for _, n in entries if n.is_dir]
@@ -139,7 +139,8 @@ async def random_step(ov: Overlay, rng: random.Random, step: int) -> None:
     name = rng.choice([b"a", b"b", b"c", b"d%d" % step])
     op = rng.choice(
         ["file", "file", "mkdir", "symlink", "fifo", "write", "write", "truncate", "chmod",
-         "utime", "link", "unlink", "rmdir", "rename", "rename", "otrunc", "commit"]
+         "utime", "link", "unlink", "rmdir", "rename", "rename", "otrunc"]
+        + (["commit"] if commits else [])
     )  # fmt: skip
     try:
         if op == "file":
@@ -214,9 +215,61 @@ def test_random_mutations_keep_invariants_and_commit_what_the_tree_shows(tmp_pat
     check_archive(archive)
 
 
-def test_paused_commit_holds_every_mutation_until_adopted_and_keeps_them_all(tmp_path):
-    """Regression for the chmod/utime lost during a sync: each mutation kind waits at the gate
-    while the commit writes, and the next commit stores all of them."""
+@pytest.mark.parametrize("seed", range(int(os.environ.get("ZIPFUSE_OVERLAY_SEEDS", "6"))))
+def test_random_mutations_during_commits_are_all_kept(tmp_path, seed):
+    """Commits paused while random mutations run (copy-on-write of frozen spill files, records
+    that become the next journal): after each commit the invariants hold and the journal
+    replays onto the new archive to the live tree; the last archive is the live tree."""
+    _, archive = base_archive(tmp_path)
+    reached, resume = threading.Event(), threading.Event()
+
+    def pause(stage: str) -> None:
+        reached.set()
+        assert resume.wait(60)
+
+    async def main() -> tuple[dict, dict]:
+        ov = open_overlay(archive, tmp_path / "spill")
+        rng = random.Random(1000 + seed)
+        step = 0
+        try:
+            for _round in range(4):
+                for _ in range(25):
+                    step += 1
+                    await random_step(ov, rng, step, commits=False)
+                reached.clear()
+                resume.clear()
+                ov.test_hook = pause
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(ov.commit, no_op, no_op)
+                    assert await trio.to_thread.run_sync(reached.wait, 60)
+                    for _ in range(25):
+                        step += 1
+                        await random_step(ov, rng, step, commits=False)
+                    resume.set()
+                ov.test_hook = None
+                await ov.flush()
+                await check_invariants(ov)
+            seen = await contents(ov)
+            await ov.commit(no_op, no_op)
+            await check_invariants(ov)
+        finally:
+            resume.set()
+            await ov.close(destroy_spill=False)
+        again = open_overlay(archive, tmp_path / "spill2")
+        try:
+            return seen, await contents(again)
+        finally:
+            await again.close(destroy_spill=True)
+
+    seen, reloaded = trio.run(main)
+    assert seen == reloaded
+    check_archive(archive)
+
+
+def test_mutations_go_on_during_a_paused_commit_and_the_next_commit_keeps_them_all(tmp_path):
+    """Each mutation kind completes while the commit writes (writers wait only for the
+    snapshot and the adoption); the commit stores the snapshot, nothing of what came later
+    (the chmod/utime lost during a sync, before the gate), and the next commit stores all."""
     _, archive = base_archive(tmp_path)
     reached, resume = threading.Event(), threading.Event()
     t_new = 1_000_000_000 * 10**9
@@ -229,6 +282,8 @@ def test_paused_commit_holds_every_mutation_until_adopted_and_keeps_them_all(tmp
         ov = open_overlay(archive, tmp_path / "spill")
         ns = ov.ns
         await new_file(ov, ns.root, b"before.txt", b"made before the commit\n")
+        await new_file(ov, ns.root, b"gone.txt", b"deleted while the commit runs\n")
+        await new_file(ov, ns.root, b"emptied.txt", b"emptied while the commit runs\n")
         ov.test_hook = pause
         done: list[str] = []
         root = ns.root.ino
@@ -245,7 +300,21 @@ def test_paused_commit_holds_every_mutation_until_adopted_and_keeps_them_all(tmp
             await ov.open(node, os.O_WRONLY | os.O_TRUNC)
             await ov.release(node)
 
+        async def rewrite_before() -> None:  # dirty at the snapshot: copied, then written
+            node = ns.resolve("before.txt")
+            await ov.open(node, os.O_RDWR)
+            await ov.write(node, 0, b"MADE")
+            await ov.release(node)
+
+        async def empty_frozen() -> None:
+            node = ns.resolve("emptied.txt")
+            await ov.open(node, os.O_WRONLY | os.O_TRUNC)
+            await ov.release(node)
+
         mutations = {
+            "rewrite frozen": rewrite_before,
+            "unlink frozen": lambda: ov.unlink(root, b"gone.txt"),
+            "O_TRUNC frozen": empty_frozen,
             "create": lambda: new_file(ov, ns.root, b"new.txt", b"new\n"),
             "mkdir": lambda: ov.make(root, b"newdir", stat.S_IFDIR | 0o750, UID, GID),
             "fifo": lambda: ov.make(root, b"fifo", stat.S_IFIFO | 0o600, UID, GID),
@@ -274,12 +343,24 @@ def test_paused_commit_holds_every_mutation_until_adopted_and_keeps_them_all(tmp
                 assert await trio.to_thread.run_sync(reached.wait, 60)
                 for name in mutations:
                     nursery.start_soon(run, name)
-                await trio.sleep(0.3)
-                assert done == [], "a mutation ran while the commit was writing"
+                with trio.fail_after(30):
+                    while len(done) < len(mutations):
+                        await trio.sleep(0.01)
+                assert not resume.is_set(), "the commit went on before the mutations ended"
                 resume.set()
             assert sorted(done) == sorted(mutations)
             ov.test_hook = None
             await check_invariants(ov)
+            with zipfile.ZipFile(archive) as z:  # the snapshot: before.txt, nothing later
+                names = set(z.namelist())
+                assert {"link", "emptydir/", "text.txt"} <= names
+                assert z.read("before.txt") == b"made before the commit\n"
+                assert z.read("gone.txt") == b"deleted while the commit runs\n"
+                assert z.read("emptied.txt") == b"emptied while the commit runs\n"
+                assert not {"new.txt", "newdir/", "fifo", "sym", "b-link"} & names
+                assert z.read("big.bin")[:3] != b"XYZ" and z.read("dir/a.txt") != b""
+                assert stat.S_IMODE(z.getinfo("hello.txt").external_attr >> 16) != 0o600
+            assert ov.needs_commit()
             assert await ov.commit(no_op, no_op) is not None
             await check_invariants(ov)
         finally:
@@ -291,7 +372,9 @@ def test_paused_commit_holds_every_mutation_until_adopted_and_keeps_them_all(tmp
     with zipfile.ZipFile(archive) as z:
         names = set(z.namelist())
         assert {"before.txt", "new.txt", "newdir/", "fifo", "sym", "b-link"} <= names
-        assert not {"link", "emptydir/", "text.txt"} & names
+        assert not {"link", "emptydir/", "text.txt", "gone.txt"} & names
+        assert z.read("before.txt") == b"MADE before the commit\n"
+        assert z.read("emptied.txt") == b""
         assert z.read("dir/text2.txt").startswith(b"line 0 of")
         assert z.read("b-link") == z.read("dir/sub/b.txt") == b"bbbb\nbbbb\n"
         assert z.read("big.bin")[:3] == b"XYZ" and z.getinfo("big.bin").file_size == 1 << 20
