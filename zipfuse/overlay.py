@@ -15,8 +15,12 @@ Concurrency rules
   limiter), fsync of spill files and of the journal (``Journal.sync`` is safe against appends
   made meanwhile), deleting spill files, and the archive rewrite of a commit. A worker never
   touches the tree.
-- The gate: mutations hold it while they run; a commit closes it, waits until no mutation is in
-  flight, and keeps new ones waiting until the new archive is adopted. Reads never take it.
+- The gate: mutations hold it while they run; a commit closes it twice, briefly: to snapshot
+  the tree (plan, freeze the spill files it names, mark the journal) and to adopt the new
+  archive (clean what did not change since, switch the journal). Between the two the archive
+  is written on a worker while mutations go on: the first write to a frozen spill file copies
+  it (``FileData``), and the records made meanwhile become the next journal. Reads never take
+  the gate.
 - ``_flush_lock`` serialises the background flush (syncfs + journal fsync on a worker) with
   closing the journal.
 - Background work (spill file pool, deletions, periodic flush) runs through ``spawn``: any

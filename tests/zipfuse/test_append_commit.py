@@ -324,3 +324,59 @@ def test_append_crossing_zip64_limits_stays_standard(tmp_path, big_zip, monkeypa
         cd2 = read_central_directory(f.fileno())
     assert cd2.zip64 and cd2.cd_offset > size
     assert [e.header_offset for e in cd2.entries[:-1]] == [e.header_offset for e in cd.entries]
+
+
+@pytest.mark.parametrize(
+    "stage", ["before-rename", "after-rename", "append-entries-written", "append-done"]
+)
+def test_kill9_during_a_commit_keeps_what_was_changed_while_it_ran(
+    tmp_path, big_zip, monkeypatch, stage
+):
+    """Writers go on while a commit writes; kill -9 at each step (before and after the new
+    archive is durable, rewrite and append in place): recover brings back the snapshot and
+    every fsync'ed change made during the commit (the records after the journal's mark)."""
+    archive = big_zip
+    if not stage.startswith("append"):  # a small archive is always rewritten
+        archive = tmp_path / "small.zip"
+        with zipfile.ZipFile(archive, "w") as z:
+            z.writestr("keep.txt", "original\n")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    marker = tmp_path / "paused"
+    monkeypatch.setenv("ZIPFUSE_TEST_PAUSE", f"{stage}:{marker}")  # inherited by the daemon
+    info = api.mount(str(archive), str(mnt))
+    monkeypatch.delenv("ZIPFUSE_TEST_PAUSE")
+    syncer = None
+    payload = b"commit me\n" * 3000
+    try:
+        (mnt / "payload.bin").write_bytes(payload)
+        syncer = subprocess.Popen([*ZIPFUSE_CMD, "sync", str(mnt)], stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the commit never reached the pause point"
+        with open(mnt / "payload.bin", "r+b") as f:  # the commit is storing it: copied first
+            f.write(b"CHANGED")
+            os.fsync(f.fileno())
+        os.chmod(mnt / "keep.txt", 0o600)
+        os.rename(mnt / "keep.txt", mnt / "kept.txt")
+        with open(mnt / "during.txt", "wb") as f:
+            f.write(b"made during the commit\n")
+            os.fsync(f.fileno())  # the journal up to here is durable
+        kill9(info)
+        syncer.wait(60)
+    finally:
+        if syncer is not None and syncer.poll() is None:
+            syncer.kill()
+            syncer.wait()
+        force_cleanup(str(mnt))
+    note = api.recover(str(archive))
+    assert note is not None and "recovered" in note, note
+    got = names(archive)
+    assert got["payload.bin"] == b"CHANGED" + payload[7:]
+    assert got["during.txt"] == b"made during the commit\n"
+    assert got["kept.txt"] == b"original\n" and "keep.txt" not in got
+    with zipfile.ZipFile(archive) as z:
+        assert (z.getinfo("kept.txt").external_attr >> 16) & 0o777 == 0o600
+    assert api.recover(str(archive)) is None  # nothing left behind
+    _check_standard(archive)

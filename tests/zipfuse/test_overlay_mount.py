@@ -28,14 +28,20 @@ def stored_node(archive, path: str):
         os.close(fd)
 
 
-def test_chmod_and_utime_during_a_sync_are_committed(tmp_path, monkeypatch):
+def test_writers_keep_going_during_a_paused_sync_and_every_change_is_committed(
+    tmp_path, monkeypatch
+):
+    """While a sync writes the archive (paused there), chmod, utime, a write to a file the
+    sync is storing (copied on write) and a new file all complete; the sync stores the
+    snapshot, the unmount everything after it (chmod/utime were once lost during a sync)."""
     _, archive = base_archive(tmp_path)
     mnt = tmp_path / "mnt"
     marker = tmp_path / "paused"
+    dirty = os.urandom(4 << 20)
     monkeypatch.setenv("ZIPFUSE_TEST_PAUSE", f"{PAUSE_WRITTEN}:{marker}")  # daemon inherits it
     with mounted(archive, mnt):
         monkeypatch.delenv("ZIPFUSE_TEST_PAUSE")
-        (mnt / "dirty.bin").write_bytes(os.urandom(4 << 20))
+        (mnt / "dirty.bin").write_bytes(dirty)
         syncer = subprocess.Popen([*ZIPFUSE_CMD, "sync", str(mnt)], stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 60
@@ -47,14 +53,18 @@ def test_chmod_and_utime_during_a_sync_are_committed(tmp_path, monkeypatch):
             def change() -> None:
                 os.chmod(mnt / "hello.txt", 0o600)
                 os.utime(mnt / "hello.txt", (1_000_000_000, 1_000_000_000))
+                with open(mnt / "dirty.bin", "r+b") as f:
+                    f.write(b"CHANGED")
+                    os.fsync(f.fileno())
+                (mnt / "during.txt").write_text("made during the sync\n")
 
             worker = threading.Thread(target=change)
             worker.start()
-            worker.join(0.5)
-            assert worker.is_alive(), "chmod ran while the commit was writing"
-            marker.unlink()  # let the commit finish
             worker.join(60)
-            assert not worker.is_alive()
+            assert not worker.is_alive(), "a writer waited for the commit"
+            assert marker.exists(), "the commit went on before the writer ended"
+            assert (mnt / "dirty.bin").read_bytes()[:7] == b"CHANGED"
+            marker.unlink()  # let the commit finish
             assert syncer.wait(60) == 0, syncer.stderr.read()
         finally:
             if marker.exists():
@@ -62,11 +72,18 @@ def test_chmod_and_utime_during_a_sync_are_committed(tmp_path, monkeypatch):
             if syncer.poll() is None:
                 syncer.kill()
                 syncer.wait()
+        check_archive(archive)
+        with zipfile.ZipFile(archive) as z:  # the sync stored its snapshot, no later change
+            assert z.read("dirty.bin") == dirty and "during.txt" not in z.namelist()
+            assert stat.S_IMODE(z.getinfo("hello.txt").external_attr >> 16) != 0o600
         st = os.stat(mnt / "hello.txt")
         assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_mtime == 1_000_000_000
+        assert status_of(mnt).dirty_bytes >= 4 << 20  # dirty.bin (copied) and during.txt
     check_archive(archive)
     with zipfile.ZipFile(archive) as z:
         assert stat.S_IMODE(z.getinfo("hello.txt").external_attr >> 16) == 0o600
+        assert z.read("dirty.bin") == b"CHANGED" + dirty[7:]
+        assert z.read("during.txt") == b"made during the sync\n"
     node = stored_node(archive, "hello.txt")
     assert node.mtime_ns == 1_000_000_000 * 10**9 and stat.S_IMODE(node.mode) == 0o600
 
