@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import stat
+import threading
 import time
 
 from .errors import ZipfuseError
@@ -123,6 +124,9 @@ class Journal:
         self.appended = 0  # records appended so far
         self.synced = 0  # of those, known durable
         self.tail: list[bytes] | None = None  # records since the mark of a running commit
+        # held around an fsync (worker threads) and the swap of files in ``switch``: a sync
+        # never runs on a closed descriptor or counts the old file's records for the new one
+        self._fd_lock = threading.Lock()
 
     @property
     def unsynced(self) -> bool:
@@ -185,10 +189,11 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.unlink(path)
             raise
-        os.close(self.fd)
+        with self._fd_lock:
+            os.close(self.fd)
+            self.fd, self.size, self.tail = fd, len(data), None
+            self.appended = self.synced = len(lines)
         os.unlink(os.path.join(self.dir, old))
-        self.fd, self.size, self.tail = fd, len(data), None
-        self.appended = self.synced = len(lines)
 
     def release(self) -> None:
         """The commit failed: this journal goes on as before."""
@@ -207,12 +212,14 @@ class Journal:
             self.tail.append(line)
 
     def sync(self) -> None:
-        upto = self.appended
-        os.fsync(self.fd)
-        self.synced = max(self.synced, upto)
+        with self._fd_lock:
+            upto = self.appended
+            os.fsync(self.fd)
+            self.synced = max(self.synced, upto)
 
     def close(self) -> None:
-        os.close(self.fd)
+        with self._fd_lock:
+            os.close(self.fd)
 
     # ----------------------------------------------------------------- records
     def make(self, path: str, node: Node) -> None:

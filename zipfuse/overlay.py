@@ -556,8 +556,7 @@ class Overlay:
             self.committed_changes = snap.changes
             self.base = journal.fingerprint(self.archive)
             if self.journal is not None:
-                async with self._flush_lock:  # no background fsync of the journal left behind
-                    self.journal.switch(self.base, snap.links)
+                self.journal.switch(self.base, snap.links)
                 self.unlogged.update(self.data.dirty)  # files still dirty: named again
         finally:
             self.gate.open()
