@@ -14,6 +14,7 @@ clients keep their file). Dead space is reclaimed by the full rewrite past ``DEA
 
 from __future__ import annotations
 
+import array
 import contextlib
 import dataclasses
 import errno
@@ -45,7 +46,7 @@ class Item:
 
     kind: int
     node: Node
-    meta: EntryMeta
+    meta: EntryMeta | None  # None for RAW: the entry is copied with its own metadata
     entry: ZipEntry | None = None
     spill: str | None = None
     size: int = 0
@@ -63,11 +64,6 @@ def plan(ns: Namespace) -> list[Item]:
     for path, node in ns.walk():
         if node.entry is None and not node.meta_dirty and node.is_dir and node.children:
             continue
-        name = path + "/" if node.is_dir else path
-        # positional: one EntryMeta per entry of the archive, keyword passing costs more here
-        meta = EntryMeta(
-            name, node.mode, node.uid, node.gid, node.mtime_ns, node.atime_ns, node.rdev
-        )
         entry = node.entry
         unchanged = (
             entry is not None
@@ -75,12 +71,20 @@ def plan(ns: Namespace) -> list[Item]:
             and node.entry_path == path
             and entry.name.rstrip("/") == path
         )
+        if unchanged and (node.is_dir or node.spill is None):
+            items.append(Item(RAW, node, None, entry))  # copied as stored: no new metadata
+            continue
+        name = path + "/" if node.is_dir else path
+        # positional: one EntryMeta per entry of the archive, keyword passing costs more here
+        meta = EntryMeta(
+            name, node.mode, node.uid, node.gid, node.mtime_ns, node.atime_ns, node.rdev
+        )
         if node.is_dir:
-            kind = RAW if unchanged else DIR
+            kind = DIR
         elif node.spill is not None:
             kind = FILE
         elif entry is not None:
-            kind = RAW if unchanged else RAW_META
+            kind = RAW_META
         elif stat.S_ISLNK(node.mode):
             kind = SYMLINK
         elif stat.S_ISREG(node.mode):
@@ -206,7 +210,7 @@ def write_archive(
             os.close(sfd)
     fsync_dir(os.path.dirname(archive) or ".")
     cd = read_central_directory(fd)
-    if len(cd.entries) != len(items):
+    if len(cd) != len(items):
         raise OSError(errno.EIO, "the new archive does not list every entry written")
     return fd, cd
 
@@ -216,8 +220,10 @@ def _add(writer: ZipWriter, item: Item, src_fd: int | None, src_fds: list[int]) 
     if kind in (RAW, RAW_META):
         assert src_fd is not None and item.entry is not None
         offset = local_data_offset(src_fd, item.entry)
-        writer.copy_raw(src_fd, item.entry, offset, None if kind == RAW else item.meta)
-    elif kind == DIR:
+        writer.copy_raw(src_fd, item.entry, offset, item.meta)
+        return
+    assert item.meta is not None
+    if kind == DIR:
         writer.add_directory(item.meta)
     elif kind == SYMLINK:
         writer.add_symlink(item.meta, item.target or b"")
@@ -280,10 +286,10 @@ DEAD_LIMIT = 0.25  # share of the file that may be dead space before a commit re
 APPEND_MIN = 1 << 20  # smaller archives are rewritten: that costs little, and is simplest
 
 
-def dead_space(cd: CentralDirectory) -> int:
+def dead_space(cd: CentralDirectory, spans: array.array | None = None) -> int:
     """Bytes of the archive that no entry uses (old directories and replaced entries left by
     appends in place); an estimate good to a few bytes per entry."""
-    used = sum(_entry_span(e) for e in cd.entries)
+    used = sum(cd.spans() if spans is None else spans)
     return max(0, cd.cd_offset - used)
 
 
@@ -293,16 +299,16 @@ def append_cost(items: list[Item], cd: CentralDirectory | None, fd: int | None) 
     the first entry (a self-extracting stub) or after the end records, offsets that need
     adjusting, more than DEAD_LIMIT dead space afterwards, or an append that would not be
     smaller than a rewrite."""
-    if cd is None or fd is None or not cd.entries or cd.concat:
+    if cd is None or fd is None or not len(cd) or cd.concat:
         return None
     size = cd.archive_size
     if size < APPEND_MIN or cd.end_offset != size or os.fstat(fd).st_size != size:
         return None
     if os.pread(fd, 4, 0) != zipspec.LOCAL_SIG:
         return None
-    kept = {_stored(i).header_offset for i in items if i.kind == RAW}
-    kept_bytes = sum(_entry_span(e) for e in cd.entries if e.header_offset in kept)
-    dropped = sum(_entry_span(e) for e in cd.entries if e.header_offset not in kept)
+    spans = cd.spans()
+    kept_bytes = sum(spans[_stored(i).index] for i in items if i.kind == RAW)
+    dropped = sum(spans) - kept_bytes
     new = 0
     for i in items:
         if i.kind == FILE:
@@ -311,12 +317,12 @@ def append_cost(items: list[Item], cd: CentralDirectory | None, fd: int | None) 
             new += _stored(i).compressed_size
         elif i.kind == SYMLINK:
             new += len(i.target or b"")
-        if i.kind != RAW:
+        if i.meta is not None:
             new += 2 * (len(i.meta.name) + 100)  # local header and central record
-    directory = cd.cd_size * len(items) // max(len(cd.entries), 1) + 200
+    directory = cd.cd_size * len(items) // max(len(cd), 1) + 200
     append = new + directory
     rewrite = kept_bytes + new + directory
-    dead = dead_space(cd) + (size - cd.cd_offset) + dropped
+    dead = dead_space(cd, spans) + (size - cd.cd_offset) + dropped
     if append >= rewrite or dead > DEAD_LIMIT * (size + append):
         return None
     return append

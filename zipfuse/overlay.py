@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
 import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -48,7 +49,7 @@ from .namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, Namespace, Node
 from .osutil import now_ns
 from .spill import SpillArea
 from .versions import ArchiveVersion
-from .zipformat import CentralDirectory
+from .zipformat import CentralDirectory, ZipEntry
 
 if TYPE_CHECKING:
     from .commit import Item
@@ -552,7 +553,7 @@ class Overlay:
         fd, cd = outcome
         await self.gate.close()
         try:
-            self._adopt(fd, cd, items)
+            self._adopt(fd, cd, items, how == "append")
             self.committed_changes = snap.changes
             self.base = journal.fingerprint(self.archive)
             if self.journal is not None:
@@ -590,27 +591,46 @@ class Overlay:
         state["tail"] = self._tail
         journal.write_state(self.spill.path, state)
 
-    def _adopt(self, fd: int, cd: CentralDirectory, items: list[Item]) -> None:
+    def _adopt(self, fd: int, cd: CentralDirectory, items: list[Item], appended: bool) -> None:
         """Point the snapshot's nodes at the new archive; what changed since the snapshot
         stays dirty (a spill file other than the frozen one, metadata other than the entry's),
-        the rest is clean and its spill copy goes."""
-        from .commit import FILE
+        the rest is clean and its spill copy goes.
 
+        After an append in place the unchanged entries lead the new directory at their old
+        offsets: their entries are kept with the new index, and only the rest is decoded (the
+        adoption is a pause for writers; decoding 60k records would make it a long one).
+        """
+        from .commit import FILE, RAW
+
+        entries: Iterable[ZipEntry]
+        if appended:
+            kept = 0
+            while kept < len(items) and items[kept].kind == RAW:
+                entry = items[kept].entry
+                assert entry is not None
+                entry.index = kept  # same record, same offset: only its position moved
+                kept += 1
+            rest = cd.entries_at(range(kept, len(cd)))
+            entries = itertools.chain((i.entry for i in items[:kept]), rest)  # type: ignore[misc]
+        else:
+            entries = cd.entries
         self.cd = cd
         seen: set[int] = set()
-        for item, entry in zip(items, cd.entries, strict=True):
+        for item, entry in zip(items, entries, strict=True):
             node = item.node
             if node.ino in seen:  # a hard link's second name: keep the first entry
                 continue
             seen.add(node.ino)
             node.entry = entry
-            node.entry_path = item.meta.name.rstrip("/")
+            self.data.unpin(node)
             meta = item.meta
+            if meta is None:  # RAW: unchanged at the snapshot; a change since set meta_dirty
+                continue
+            node.entry_path = meta.name.rstrip("/")
             if (node.mode, node.uid, node.gid, node.mtime_ns, node.atime_ns, node.rdev) == (
                 meta.mode, meta.uid, meta.gid, meta.mtime_ns, meta.atime_ns, meta.rdev
             ):  # fmt: skip
                 node.meta_dirty = False
-            self.data.unpin(node)
             if item.kind == FILE and node.spill == item.spill:
                 self.data.mark_clean(node)
         # nodes left out of the new archive (deleted but still open) keep reading the old one
