@@ -25,13 +25,17 @@ get ESTALE or EIO (NFS has no cross-client "silly rename"). The protocol:
 3. Hidden versions are collected (``collect``) when no lock is held on them: the writer does it
    after each commit, every mount at start and at unmount, and ``zipfuse compact``. A hidden
    version with any lock held on it (tested with F_OFD_GETLK for an exclusive lock, which sees
-   the locks of every process and client, our own descriptors included) stays. Test-then-
-   unlink is safe without holding the lock: nobody takes a new lock on a hidden name (readers
-   lock the archive's main name and check it afterwards), so "unlocked" cannot change under us.
+   the locks of every process and client, our own descriptors included) stays. A hidden name
+   of the CURRENT archive stays too: a writer made it and is about to rename (or crashed
+   there); it becomes an old version with the next rewrite. Test-then-unlink is safe without
+   holding the lock: a version that is no longer current gets no new reader (a reader that
+   locked it after our test finds, on its check, that the archive's name points elsewhere:
+   our test came after the rename, its check after our test), so "unlocked" cannot change
+   under us.
 
 Crashes: every step is a link, a rename or an unlink of a name in the archive's directory. A
-crash after ``keep`` and before the rename leaves a hidden second name of the CURRENT archive;
-removing it (the next ``collect``) removes a name, never data. A crash after the rename leaves
+crash after ``keep`` and before the rename leaves a hidden second name of the CURRENT archive,
+which costs no space and is collected after the next rewrite. A crash after the rename leaves
 the old version hidden, collected once unlocked. So the worst case is a hidden file that the
 next collection removes; the archive itself is only ever replaced by the atomic rename.
 
@@ -108,11 +112,15 @@ def open_current(archive: str) -> int:
         fd = os.open(archive, os.O_RDONLY | os.O_CLOEXEC)
         if not share(fd):
             return fd  # no locks here: nothing to protect us, and nothing to re-check against
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(archive)):
-                return fd
+        try:  # an open, not a stat: on NFS an open asks the server, a stat may be cached
+            again = os.open(archive, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            pass
+            again = -1
+        if again >= 0:  # closing it keeps the lock: it belongs to ``fd``'s open file
+            same = os.path.samestat(os.fstat(fd), os.fstat(again))
+            os.close(again)
+            if same:
+                return fd
         os.close(fd)
     return os.open(archive, os.O_RDONLY | os.O_CLOEXEC)  # keeps changing: the latest one
 
@@ -155,6 +163,10 @@ def collect(archive: str) -> tuple[int, int]:
         names = [n for n in os.listdir(head or ".") if n.startswith(start)]
     except OSError:
         return 0, 0
+    try:
+        current: os.stat_result | None = os.stat(archive)
+    except OSError:
+        current = None
     removed = kept = 0
     for name in names:
         path = os.path.join(head, name)
@@ -164,6 +176,8 @@ def collect(archive: str) -> tuple[int, int]:
             continue
         if not stat.S_ISREG(st.st_mode):
             continue  # not something we made: leave it alone
+        if current is not None and os.path.samestat(st, current):
+            continue  # a writer about to rename (or one that crashed there): not old yet
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
