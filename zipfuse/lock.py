@@ -160,7 +160,7 @@ class ArchiveLock:
             fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             st = os.lstat(self.path)
             if not os.path.samestat(st, os.fstat(self.fd)):
-                return f"{self.path} was replaced; now held {_by(_holder_at(self.path))}"
+                return f"its lock file was replaced, now held {_by(_holder_at(self.path))}"
             if os.pread(self.fd, 300, 0) != self.text:
                 return f"now held {_by(_holder(self.fd))}"
         except FileNotFoundError:
