@@ -67,9 +67,10 @@ def hidden_prefix(archive: str) -> str:
     return os.path.join(head, f".{tail}.zipfuse-old-")
 
 
-def share(fd: int) -> bool:
+def share(fd: int, *, quiet: bool = False) -> bool:
     """Hold a shared lock on the whole file open as ``fd`` until it is closed; False when the
-    filesystem has no locks (logged once) or someone holds an exclusive one."""
+    filesystem has no locks (logged once, unless ``quiet``: before the daemon's log exists)
+    or someone holds an exclusive one."""
     global _warned
     try:
         if _OFD:
@@ -78,7 +79,7 @@ def share(fd: int) -> bool:
             fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return True
     except OSError as exc:
-        if not _warned:
+        if not _warned and not quiet:
             _warned = True
             log.warning(
                 "cannot hold a shared lock on the archive (%s): a compaction by another "
@@ -110,7 +111,7 @@ def open_current(archive: str) -> int:
     fd = -1
     for _ in range(20):
         fd = os.open(archive, os.O_RDONLY | os.O_CLOEXEC)
-        if not share(fd):
+        if not share(fd, quiet=True):
             return fd  # no locks here: nothing to protect us, and nothing to re-check against
         try:  # an open, not a stat: on NFS an open asks the server, a stat may be cached
             again = os.open(archive, os.O_RDONLY | os.O_CLOEXEC)
@@ -127,8 +128,8 @@ def open_current(archive: str) -> int:
 
 def keep(archive: str) -> str | None:
     """Give the archive about to be replaced a hidden name of its own; return it (None when
-    there is no archive yet). Called by the writer, under the write lock, right before the
-    rename; raises OSError if the name cannot be made (the commit then fails, nothing lost)."""
+    there is no archive yet, or no link can be made: logged, the rename goes on as it always
+    did). Called by the writer, under the write lock, right before the rename."""
     try:
         st = os.lstat(archive)
     except FileNotFoundError:
@@ -140,18 +141,21 @@ def keep(archive: str) -> str | None:
         path = base if k == 0 else f"{base}.{k}"
         try:
             os.link(archive, path, follow_symlinks=False)
-        except FileExistsError:
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                # no hard links here (vfat, some FUSE filesystems), or another user's archive
+                # under fs.protected_hardlinks: replace it as before, readers elsewhere unkept
+                log.warning("cannot keep the old version of %s for its readers: %s", archive, exc)
+                return None
             try:
                 if os.path.samestat(os.lstat(path), st):
                     return path  # made by an earlier attempt that was interrupted
             except FileNotFoundError:
                 pass
             continue  # someone else's file (or an inode number used again): next name
-        if os.path.samestat(os.lstat(path), st):
-            return path
-        _unlink_if(path, os.lstat(path))  # the archive changed between lstat and link
-        raise OSError(errno.EAGAIN, "the archive changed while its old version was linked")
-    raise OSError(errno.EEXIST, f"no free name for the old version of {archive}")
+        return path
+    log.warning("no free name to keep the old version of %s for its readers", archive)
+    return None
 
 
 def collect(archive: str) -> tuple[int, int]:
