@@ -40,8 +40,9 @@ the old version hidden, collected once unlocked. So the worst case is a hidden f
 next collection removes; the archive itself is only ever replaced by the atomic rename.
 
 Filesystems without locks (Lustre mounted without ``flock``, some FUSE ones): ``share`` logs
-once and the mount works as before; ``collect`` cannot tell whether a hidden version is read
-and keeps it (its space is reclaimed by a later collection where locks work, or by hand).
+once and the mount works as before, and ``keep`` makes no hidden name (nothing could ever tell
+when to collect it): the rewrite replaces the archive as it always did. A hidden version whose
+locks cannot be tested is kept by ``collect``.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def keep(archive: str) -> str | None:
         st = os.lstat(archive)
     except FileNotFoundError:
         return None
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode) or not _locks_work(archive):
         return None
     base = f"{hidden_prefix(archive)}{st.st_ino}"
     for k in range(100):
@@ -156,6 +157,22 @@ def keep(archive: str) -> str | None:
         return path
     log.warning("no free name to keep the old version of %s for its readers", archive)
     return None
+
+
+def _locks_work(archive: str) -> bool:
+    """Whether locks can be tested on the archive: without them no hidden version could ever
+    be collected, so none is made (each rewrite would otherwise keep a full copy)."""
+    try:
+        fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        works = _locked(fd) is not None
+    finally:
+        os.close(fd)
+    if not works:
+        log.warning("no file locks on %s: its old version is not kept for readers", archive)
+    return works
 
 
 def collect(archive: str) -> tuple[int, int]:
