@@ -41,7 +41,7 @@ def _one_line(stderr: str) -> str:
 
 
 @pytest.mark.parametrize("how", ["rewrite", "replace"])
-def test_lock_lost_and_regained(tmp_path, how):
+def test_lock_lost_is_detected(tmp_path, how):
     archive = tmp_path / "a.zip"
     lock = ArchiveLock(str(archive))
     lock.acquire()
