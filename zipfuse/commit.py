@@ -4,7 +4,10 @@
 thread: unchanged entries are copied as raw compressed bytes, entries with only metadata changes
 get new headers around the same bytes, dirty files are compressed by the writer's thread pool.
 The result goes to a temp file beside the archive, which is fsync'd, renamed over the archive,
-and the directory fsync'd: until the rename the old archive is untouched.
+and the directory fsync'd: until the rename the old archive is untouched. Right before, the
+old archive gets a hidden name that keeps it for its readers (see oldversions), and the write
+lock is checked to still be ours (see lock.check): both paths refuse to touch an archive
+whose lock was lost.
 
 When the change is small (``append_cost``), ``append_archive`` instead appends the new and
 changed entries, a new directory and end records after the archive's current end, in place:
@@ -23,7 +26,7 @@ import stat
 import time
 from collections.abc import Callable
 
-from . import zipspec
+from . import lock, oldversions, zipspec
 from .journal import fingerprint, fsync_dir
 from .namespace import Namespace, Node
 from .zipformat import (
@@ -180,12 +183,13 @@ def write_archive(
                 writer.copy_run(src_fd, start, end, [_stored(it) for it in items[i:j]])
                 i = j
                 continue
-            _add(writer, item, src_fd, src_fds)
+            _add(writer, item, src_fd, src_fds, source)
             i += 1
         writer.finish(comment)
         os.fchmod(fd, mode)
         os.fsync(fd)
         _test_pause("before-rename")
+        lock.check(archive)  # still the writer? (an NFS lease can run out unnoticed)
         if expect is not None and fingerprint(archive) != expect:
             conflict = f"{archive}.conflict-{time.strftime('%Y%m%d-%H%M%S')}"
             os.rename(tmp, conflict)
@@ -195,6 +199,8 @@ def write_archive(
             )
         if before_replace is not None:
             before_replace(tmp)
+        oldversions.keep(archive)  # its readers (other NFS clients too) keep their inode
+        _test_pause("old-kept")
         os.replace(tmp, archive)
         _test_pause("after-rename")
     except BaseException:
@@ -215,11 +221,18 @@ def write_archive(
     return fd, cd
 
 
-def _add(writer: ZipWriter, item: Item, src_fd: int | None, src_fds: list[int]) -> None:
+def _add(
+    writer: ZipWriter,
+    item: Item,
+    src_fd: int | None,
+    src_fds: list[int],
+    source: CentralDirectory | None = None,
+) -> None:
     kind = item.kind
     if kind in (RAW, RAW_META):
         assert src_fd is not None and item.entry is not None
-        offset = local_data_offset(src_fd, item.entry)
+        size = None if source is None else source.archive_size  # no fstat per entry
+        offset = local_data_offset(src_fd, item.entry, size)
         writer.copy_raw(src_fd, item.entry, offset, item.meta)
         return
     assert item.meta is not None
@@ -354,6 +367,7 @@ def append_archive(
         st = os.fstat(fd)
         if st.st_ino != os.fstat(src_fd).st_ino or st.st_dev != os.fstat(src_fd).st_dev:
             raise OSError(errno.ESTALE, "the archive was replaced since it was opened")
+        lock.check(archive)  # still the writer? (an NFS lease can run out unnoticed)
         if before_write is not None:
             before_write(st)
         _test_pause("append-before-write")
@@ -372,7 +386,7 @@ def append_archive(
             writer.keep_central(records, len(kept), sum(e.compressed_size for e in kept))
             for item in items:
                 if item.kind != RAW:
-                    _add(writer, item, src_fd, src_fds)
+                    _add(writer, item, src_fd, src_fds, source)
             writer.finish(comment, before_end=lambda: _test_pause("append-entries-written"))
             _test_pause("append-before-fsync")
             os.fsync(fd)

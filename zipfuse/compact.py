@@ -1,13 +1,15 @@
 """``zipfuse compact`` of an archive that is not mounted read-write: reclaim the dead space
 that appends in place leave (old directories, replaced entries) with the full rewrite, the
-atomic temp file + rename of every commit. The caller holds the archive's write lock."""
+atomic temp file + rename of every commit. The caller holds the archive's write lock. The
+replaced version stays under a hidden name while mounts (here or on other NFS clients) read
+it, and old versions nobody reads any more are removed (see oldversions)."""
 
 from __future__ import annotations
 
 import os
 import time
 
-from . import commit, journal
+from . import commit, journal, oldversions
 from .errors import ZipfuseError
 from .namespace import Namespace
 from .recovery import pending
@@ -48,4 +50,6 @@ def compact(archive: str, spill_root: str | None = None, *, level: int = 6) -> s
         os.close(new_fd)
     finally:
         os.close(fd)
-    return f"compacted {archive}: {before} -> {after} bytes"
+    removed, kept = oldversions.collect(archive)
+    note = f"; {kept} old version(s) kept while mounts read them" if kept else ""
+    return f"compacted {archive}: {before} -> {after} bytes{note}"

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING
 import pyfuse3
 import trio
 
-from . import control, journal, osutil, pyfuse3_caps, registry
+from . import control, journal, oldversions, osutil, pyfuse3_caps, registry
 from .errors import ZipfuseError
 from .journal import Journal
+from .lock import LockLost
 from .namespace import Namespace
 from .ops import ZipOperations
 from .overlay import Committed, Overlay
@@ -106,9 +107,10 @@ def prepare(config: Config) -> Prepared:
         what = "a directory" if stat.S_ISDIR(kind) else "not a regular file"
         raise ZipfuseError(f"archive {config.archive} is {what}")
     try:
-        fd = os.open(config.archive, os.O_RDONLY | os.O_CLOEXEC)
+        fd = oldversions.open_current(config.archive)  # with the readers' shared lock
     except OSError as exc:
         raise ZipfuseError(f"cannot open {config.archive}: {exc.strerror}") from None
+    oldversions.collect(config.archive)
     try:
         with _no_gc():
             cd = read_central_directory(fd, keep_names=True, max_depth=MAX_DEPTH)
@@ -249,6 +251,7 @@ def _daemon_main(prepared: Prepared, status_fd: int | None) -> int:
         return daemon.run()
     finally:
         registry.unregister(pid)
+        oldversions.collect(config.archive)  # our versions are closed: theirs may go
         log.info("daemon exits; peak memory (VmHWM) %s", _peak_memory())
 
 
@@ -466,10 +469,11 @@ class Daemon:
         else:
             with contextlib.suppress(OSError):
                 await self.overlay.flush()
-            result["error"] += (
-                f"; your changes are kept in {self.spill.path}: "
-                f"run 'zipfuse recover {self.config.archive}' to retry"
-            )
+            if not result.get("lock_lost"):  # that message says what to do already
+                result["error"] += (
+                    f"; your changes are kept in {self.spill.path}: "
+                    f"run 'zipfuse recover {self.config.archive}' to retry"
+                )
         return result
 
     def _release_lock(self) -> None:
@@ -539,6 +543,7 @@ class Daemon:
                 raise done
             if done is None:
                 return {"ok": True, "committed": False, "message": "nothing to commit"}
+            await trio.to_thread.run_sync(oldversions.collect, self.config.archive)
             with contextlib.suppress(Exception):  # the last record: done == total
                 await send({"progress": self.progress})
             log.info(
@@ -558,6 +563,16 @@ class Daemon:
         except commit.CommitConflict as exc:
             log.error("commit conflict: %s", exc)
             return {"ok": False, "error": str(exc)}
+        except LockLost as exc:
+            log.error("commit refused: %s", exc)
+            return {
+                "ok": False,
+                "lock_lost": True,
+                "error": (
+                    f"commit refused: {exc}; your changes are kept in {self.spill.path}: unmount, "
+                    f"then run 'zipfuse recover {exc.archive}' once the other writer is gone"
+                ),
+            }
         except OSError as exc:
             log.error("commit failed: %s", exc)
             return {"ok": False, "error": f"commit failed, archive unchanged: {_oserror(exc)}"}

@@ -427,9 +427,14 @@ class _Stream:
 class EntryReader:
     """Thread-safe random-access reads of one entry's plaintext with bounded memory."""
 
-    def __init__(self, fd: int, entry: ZipEntry, cache_dir: str) -> None:
+    def __init__(
+        self, fd: int, entry: ZipEntry, cache_dir: str, archive_size: int | None = None
+    ) -> None:
+        """``archive_size``: the size of the archive version ``fd`` holds (bounds the entry's
+        data without an fstat per open; None: one fstat when the data is first located)."""
         self._fd = fd
         self._entry = entry
+        self._archive_size = archive_size
         self._cache_dir = cache_dir
         self._lock = threading.Lock()
         self._data_offset: int | None = None
@@ -588,7 +593,7 @@ class EntryReader:
     def _get_data_offset(self) -> int:
         if self._data_offset is None:
             try:
-                self._data_offset = local_data_offset(self._fd, self._entry)
+                self._data_offset = local_data_offset(self._fd, self._entry, self._archive_size)
             except ZipFormatError as exc:
                 self._error = EntryReadError(errno.EIO, f"{self._entry.name}: {exc}")
                 raise self._error from exc

@@ -93,7 +93,7 @@ class FileData:
         if held is None:
             version = self.pinned.get(node.ino, self.version)
             assert version is not None and node.entry is not None
-            reader = EntryReader(version.fd, node.entry, self.spill.path)
+            reader = EntryReader(version.fd, node.entry, self.spill.path, version.size)
             held = self.readers[node.ino] = _Held(reader, version.acquire(), node)
             if len(self.readers) > MAX_IDLE_READERS:
                 self._trim_readers()

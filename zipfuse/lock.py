@@ -4,6 +4,14 @@ The lock is a POSIX record lock on ``.NAME.zipfuse-lock`` in the archive's direc
 (or the NFS lock manager) drops it when the holder dies, so a stale lock file never blocks
 anyone; its text (host, pid, time) only serves the error message. Record locks belong to a
 process, so the daemon takes the lock itself after it has forked.
+
+A lock can be lost without notice: an NFSv4 client cut off from the server for longer than its
+lease (~90 s) loses its locks, and another node may then become the writer (taking the lock,
+rewriting or replacing the lock file). So the text also carries a random token, and right
+before a commit touches the archive (``check``, called by the commit itself) the holder makes
+sure that the lock file is still the file it locked, still holds its token, and that the lock
+can be asserted again; otherwise the commit is refused with ``LockLost`` and nothing is
+written. A lost lock's file is never removed at release (it may be the new writer's).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import errno
 import fcntl
 import os
 import re
+import secrets
 import socket
 import stat
 import time
@@ -26,11 +35,36 @@ def lock_path(archive: str) -> str:
     return os.path.join(head, f".{tail}.zipfuse-lock")
 
 
+class LockLost(ZipfuseError):
+    """The write lock is no longer ours; the archive was not touched."""
+
+    def __init__(self, archive: str, why: str) -> None:
+        self.archive = archive
+        self.why = why
+        super().__init__(
+            f"the write lock on {archive} was lost ({why}); the archive was not touched"
+        )
+
+
+_HELD: dict[str, ArchiveLock] = {}  # archive -> the lock this process holds on it
+
+
+def check(archive: str) -> None:
+    """Raise LockLost if this process took the archive's write lock and no longer has it.
+    Called right before a commit touches the archive; no-op when no lock was taken here."""
+    lock = _HELD.get(archive)
+    if lock is not None:
+        why = lock.lost()
+        if why is not None:
+            raise LockLost(archive, why)
+
+
 class ArchiveLock:
     def __init__(self, archive: str) -> None:
         self.archive = archive
         self.path = lock_path(archive)
         self.fd: int | None = None
+        self.text = b""
 
     def acquire(self) -> None:
         """Take the lock or raise ZipfuseError naming the current holder.
@@ -70,9 +104,12 @@ class ArchiveLock:
                 os.close(fd)
                 continue
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()} since "
-                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)  # fmt: skip
+            self.text = (f"host {socket.gethostname()} pid {os.getpid()} since "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')} "
+                         f"token {secrets.token_hex(8)}\n").encode()  # fmt: skip
+            os.pwrite(fd, self.text, 0)
             self.fd = fd
+            _HELD[self.archive] = self
             return
         raise ZipfuseError(f"cannot lock {self.archive}: the lock file keeps changing")
 
@@ -112,16 +149,57 @@ class ArchiveLock:
             f"{user_name(uid)} (a read-write mount of theirs, or left behind by one)"
         )
 
+    def lost(self) -> str | None:
+        """None while the lock is ours; else why not, naming the holder if known. Asserts the
+        lock again (non-blocking: on NFS the server refuses it if another client has it, and
+        a granted lock makes the client drop its cached pages), then checks that the lock
+        file is still the file we locked and still holds our token."""
+        if self.fd is None:
+            return "it was released"
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            st = os.lstat(self.path)
+            if not os.path.samestat(st, os.fstat(self.fd)):
+                return f"its lock file was replaced, now held {_by(_holder_at(self.path))}"
+            if os.pread(self.fd, 300, 0) != self.text:
+                return f"now held {_by(_holder(self.fd))}"
+        except FileNotFoundError:
+            return f"its lock file {self.path} was removed"
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                return f"now held {_by(_holder(self.fd))}"
+            return f"it cannot be asserted again: {exc.strerror or exc}"
+        return None
+
     def release(self) -> None:
         if self.fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if _HELD.get(self.archive) is self:
+            del _HELD[self.archive]
+        if self.lost() is None:  # a lost lock's file may be the new writer's now
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
         os.close(self.fd)
         self.fd = None
 
 
 _HOLDER = re.compile(r"host [A-Za-z0-9._-]{1,253} pid [0-9]{1,10}( since [0-9: -]{10,20})?")
+_TOKEN = re.compile(r" token [0-9a-f]{16}$")
+
+
+def _by(holder: str) -> str:
+    return holder if holder.startswith("by ") else f"by {holder}"
+
+
+def _holder_at(path: str) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return "by another process"
+    try:
+        return _holder(fd)
+    finally:
+        os.close(fd)
 
 
 def _holder(fd: int) -> str:
@@ -131,6 +209,7 @@ def _holder(fd: int) -> str:
         text = os.pread(fd, 300, 0).decode("ascii", errors="replace").strip()
     except OSError:
         return "by another process"
+    text = _TOKEN.sub("", text)  # the token only tells holders apart
     who = user_name(st.st_uid)
     if _HOLDER.fullmatch(text):
         return text if st.st_uid == os.getuid() else f"by {who}, {text}"

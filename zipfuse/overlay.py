@@ -150,7 +150,11 @@ class Overlay:
         self.journal = journal
         self.base = base  # fingerprint of the archive version the overlay applies to
         self.level = level
-        version = None if archive_fd is None else ArchiveVersion(archive_fd)
+        version = (
+            None
+            if archive_fd is None
+            else ArchiveVersion(archive_fd, cd.archive_size if cd else None)
+        )
         self.data = FileData(version, spill, spawn=self.spawn)
         for node in ns.nodes.values():
             if node.spill is not None:
@@ -635,4 +639,4 @@ class Overlay:
                 self.data.mark_clean(node)
         # nodes left out of the new archive (deleted but still open) keep reading the old one
         stay = [n for n in self.ns.nodes.values() if n.entry is not None and n.ino not in seen]
-        self.data.adopt(ArchiveVersion(fd), stay)
+        self.data.adopt(ArchiveVersion(fd, cd.archive_size), stay)

@@ -11,7 +11,8 @@ INTERFACE CONTRACT (other modules rely on exactly these names):
 - ``CentralDirectory``: the whole parsed directory plus archive-level facts.
 - ``read_central_directory(fd, size=None, *, keep_names=False, max_depth=None)
   -> CentralDirectory``
-- ``local_data_offset(fd, entry) -> int``: absolute offset of the entry's compressed bytes.
+- ``local_data_offset(fd, entry, archive_size=None) -> int``: absolute offset of the entry's
+  compressed bytes (``archive_size``: the size its directory was read with; else one fstat).
 
 Robustness rules: every length and count read from the file is checked against the bytes that
 are really there before it is used, so damaged input raises ``ZipFormatError`` (never
@@ -339,19 +340,70 @@ def read_central_directory(
 
     Each end record candidate is validated by parsing the directory it points to; a candidate
     that does not parse (garbage, or the torn tail of an interrupted append) is skipped for the
-    previous one. When none parses, the error of the best candidate is raised.
+    previous one. When none in the last 64 KiB parses, earlier end records are looked for
+    (``_earlier_eocds``: an append in flight may have written megabytes after the previous
+    end). When none parses, the error of the best candidate is raised.
     """
     if size is None:
         size = os.fstat(fd).st_size
     first_error: ZipFormatError | None = None
-    for eocd_pos, eocd, comment in _find_eocd(fd, size):
+    try:
+        for eocd_pos, eocd, comment in _find_eocd(fd, size):
+            try:
+                return _read_directory(fd, size, eocd_pos, eocd, comment, keep_names, max_depth)
+            except ZipFormatError as exc:
+                if first_error is None:
+                    first_error = exc
+    except ZipFormatError as exc:  # no end record at all near the end
+        if first_error is None:
+            first_error = exc
+    for eocd_pos, eocd, comment in _earlier_eocds(fd, size):
         try:
-            return _read_directory(fd, size, eocd_pos, eocd, comment, keep_names, max_depth)
-        except ZipFormatError as exc:
-            if first_error is None:
-                first_error = exc
+            cd = _read_directory(fd, size, eocd_pos, eocd, comment, keep_names, max_depth)
+        except ZipFormatError:
+            continue
+        if len(cd) and not cd.concat and not cd.prefix_size:
+            return cd
     assert first_error is not None
     raise first_error
+
+
+_SCAN_CHUNK = 1 << 20
+
+
+def _earlier_eocds(fd: int, size: int) -> Iterator[tuple[int, tuple[int, ...], bytes]]:
+    """End records before the last 64 KiB, latest first, for ``read_central_directory`` when
+    no candidate near the end is valid: the end of the previous version, followed by the torn
+    tail of an append in place (a new mount started while a writer appends, or after a crash
+    before recovery).
+
+    Paid only in that case, and only for files that start with a local header (as every
+    archive that is appended to does; a file that is no zip fails at once). The file is read
+    backwards in 1 MiB pieces, at most all of it: the torn tail is what the append wrote, so
+    reading it back costs the order of what tore it. Only records that could end an archive
+    appended in place are offered: its directory right before it (no prepended bytes).
+    """
+    end = size - zipspec.EOCD.size - _MAX_COMMENT  # later positions: _find_eocd looked there
+    if end <= 0:
+        return
+    try:
+        if os.pread(fd, 4, 0) != zipspec.LOCAL_SIG:
+            return
+    except OSError:
+        return
+    while end > 0:
+        lo = max(0, end - _SCAN_CHUNK)
+        buf = _pread_exact(fd, end + zipspec.EOCD.size - lo, lo, "archive")
+        pos = buf.rfind(zipspec.EOCD_SIG, 0, end - lo + 3)
+        while pos >= 0:
+            fields = zipspec.EOCD.unpack_from(buf, pos)
+            at, cd_size, cd_offset, clen = lo + pos, fields[5], fields[6], fields[7]
+            ends = (at, at - zipspec.EOCD64.size - zipspec.LOCATOR64.size)  # zip64 records
+            fits = at + zipspec.EOCD.size + clen <= size
+            if fits and (0xFFFFFFFF in (cd_size, cd_offset) or cd_offset + cd_size in ends):
+                yield at, fields, _pread_exact(fd, clen, at + zipspec.EOCD.size, "comment")
+            pos = buf.rfind(zipspec.EOCD_SIG, 0, pos + 3)
+        end = lo
 
 
 def _read_directory(
@@ -784,11 +836,14 @@ def dos_to_ns(dos_date: int, dos_time: int) -> int:
     return int(secs) * 10**9
 
 
-def local_data_offset(fd: int, entry: ZipEntry) -> int:
+def local_data_offset(fd: int, entry: ZipEntry, archive_size: int | None = None) -> int:
     """Read the local header of ``entry`` and return where its compressed bytes start.
 
     The local extra field may differ in length from the central one (e.g. 'Ux' carries uid/gid
-    only locally), so the central record cannot tell where the data begins.
+    only locally), so the central record cannot tell where the data begins. ``archive_size``
+    (``CentralDirectory.archive_size`` of the version the entry belongs to) bounds the data;
+    callers that know it pass it: an fstat per open is a round trip to the server on NFS, and
+    there the first call that failed once the archive was replaced under a reader.
     """
     what = f"local header of {entry.name!r}"
     hdr = _pread_exact(fd, zipspec.LOCAL_HEADER.size, entry.header_offset, what)
@@ -796,7 +851,7 @@ def local_data_offset(fd: int, entry: ZipEntry) -> int:
     if fields[0] != zipspec.LOCAL_SIG:
         raise ZipFormatError(f"bad local header signature for {entry.name!r}")
     data_offset = entry.header_offset + zipspec.LOCAL_HEADER.size + fields[9] + fields[10]
-    size = os.fstat(fd).st_size
+    size = os.fstat(fd).st_size if archive_size is None else archive_size
     if data_offset + entry.compressed_size > size:
         raise ZipFormatError(f"truncated archive: data of {entry.name!r} runs past the end")
     return data_offset

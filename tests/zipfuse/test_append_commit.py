@@ -380,3 +380,44 @@ def test_kill9_during_a_commit_keeps_what_was_changed_while_it_ran(
         assert (z.getinfo("kept.txt").external_attr >> 16) & 0o777 == 0o600
     assert api.recover(str(archive)) is None  # nothing left behind
     _check_standard(archive)
+
+
+def test_new_reader_while_a_large_append_is_in_flight(tmp_path, big_zip, monkeypatch):
+    """A read-only mount started while a writer's append has written megabytes of entries but
+    no end records yet mounts the previous version (found past the last 64 KiB), and reads
+    on after the append completes."""
+    old = names(big_zip)
+    size = os.path.getsize(big_zip)
+    rw, ro = tmp_path / "rw", tmp_path / "ro"
+    rw.mkdir()
+    marker = tmp_path / "paused"
+    monkeypatch.setenv("ZIPFUSE_TEST_PAUSE", f"append-entries-written:{marker}")
+    api.mount(str(big_zip), str(rw))
+    monkeypatch.delenv("ZIPFUSE_TEST_PAUSE")
+    payload = os.urandom(3 << 20)
+    syncer = None
+    try:
+        (rw / "payload.bin").write_bytes(payload)
+        syncer = subprocess.Popen([*ZIPFUSE_CMD, "sync", str(rw)], stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the append never reached the pause point"
+        assert os.path.getsize(big_zip) - size > 1 << 20, "a torn tail of more than 1 MB"
+        with mounted(big_zip, ro, read_only=True):
+            assert not (ro / "payload.bin").exists()
+            assert (ro / "keep.txt").read_text() == "original\n"
+            marker.unlink()  # the writer goes on
+            _, err = syncer.communicate(timeout=120)
+            assert syncer.returncode == 0, err
+            for name, data in old.items():
+                assert (ro / name).read_bytes() == data
+        api.unmount(str(rw))
+    finally:
+        if syncer is not None and syncer.poll() is None:
+            syncer.kill()
+            syncer.wait()
+        marker.unlink(missing_ok=True)
+        force_cleanup(str(rw))
+    assert names(big_zip)["payload.bin"] == payload
+    _check_standard(big_zip)

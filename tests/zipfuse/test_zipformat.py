@@ -525,3 +525,78 @@ def test_random_garbage_never_crashes(tmp_path: Path) -> None:
         path.write_bytes(body)
         outcomes.append(exercise(path, tmp_path))
     assert "format" in outcomes
+
+
+def test_data_bounded_by_the_given_archive_size(tmp_path: Path) -> None:
+    """local_data_offset and EntryReader take the version's size instead of an fstat per open
+    (a round trip on NFS); the bounds check applies to that size."""
+    path = tmp_path / "sized.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("a.txt", b"a" * 1000)
+        z.writestr("b.txt", b"b" * 10)
+    cd = parse(path)
+    entry = cd.entries[0]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        start = local_data_offset(fd, entry, cd.archive_size)
+        assert start == local_data_offset(fd, entry)  # the same answer as with an fstat
+        assert local_data_offset(fd, entry, start + 1000) == start
+        with pytest.raises(ZipFormatError, match="runs past the end"):
+            local_data_offset(fd, entry, start + 999)  # the given size is what bounds it
+        reader = EntryReader(fd, entry, str(tmp_path), start + 999)
+        with pytest.raises(EntryReadError) as exc:
+            reader.read(0, 10)
+        assert exc.value.errno == 5
+        reader = EntryReader(fd, entry, str(tmp_path), cd.archive_size)
+        assert reader.read(0, 2000) == b"a" * 1000
+    finally:
+        os.close(fd)
+
+
+def _torn(tmp_path: Path, tail: bytes) -> tuple[Path, bytes]:
+    """A zip, then what an append in place writes before its end records: local headers and
+    data (here one header and ``tail``), no directory yet."""
+    path = tmp_path / "torn.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(20):
+            z.writestr(f"f{i}.txt", f"file {i}\n" * 50)
+    complete = path.read_bytes()
+    header = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, len(tail), len(tail), 7, 0)
+    path.write_bytes(complete + header + b"new.bin" + tail)
+    return path, complete
+
+
+def test_torn_tail_past_a_megabyte_finds_the_previous_end(tmp_path: Path) -> None:
+    """A new mount while a writer appends megabytes: the end records of the version before
+    are found further back than the last 64 KiB; end-record look-alikes in the torn tail
+    (random data, or a whole zip stored inside it) are not taken."""
+    inner = tmp_path / "inner.zip"
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("inner.txt", "not the archive's\n")
+    for tail in (
+        os.urandom(3 << 20),
+        os.urandom(1 << 20) + inner.read_bytes() + os.urandom(200_000),
+        inner.read_bytes() + os.urandom(1 << 20),
+    ):
+        path, complete = _torn(tmp_path, tail)
+        cd = parse(path)
+        assert cd.end_offset == len(complete) and cd.archive_size == os.path.getsize(path)
+        assert sorted(e.name for e in cd.entries) == sorted(f"f{i}.txt" for i in range(20))
+        assert read_entry(path, "f7.txt", tmp_path) == b"file 7\n" * 50
+
+
+def test_no_valid_end_record_anywhere_still_fails(tmp_path: Path) -> None:
+    """The scan further back is for files that start like a zip; it never invents an archive,
+    and a file that is no zip fails without it."""
+    path = tmp_path / "noise.bin"
+    path.write_bytes(os.urandom(2 << 20))
+    with pytest.raises(ZipFormatError, match="not a zip"):
+        parse(path)
+    path.write_bytes(b"PK\x03\x04" + os.urandom(2 << 20))
+    with pytest.raises(ZipFormatError, match="not a zip"):
+        parse(path)
+    fake = b"PK\x05\x06" + bytes(4) + struct.pack("<HHLLH", 1, 1, 46, 1000, 0)
+    path.write_bytes(b"PK\x03\x04" + os.urandom(954) + b"PK\x01\x02" + os.urandom(42) + fake)
+    path.write_bytes(path.read_bytes() + os.urandom(1 << 20))  # a bad directory, far back
+    with pytest.raises(ZipFormatError, match="not a zip"):
+        parse(path)
