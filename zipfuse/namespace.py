@@ -312,13 +312,31 @@ class Namespace:
             raise OSError(errno.ENOENT, "directory was removed")
         self._check_depth(parent)
 
-    def _check_depth(self, parent: Node) -> None:
-        """A new name in ``parent`` must not be deeper than a mount accepts (MAX_DEPTH)."""
-        depth, node = 1, parent
+    def _check_depth(self, parent: Node, below: int = 0) -> None:
+        """A new name in ``parent`` (with ``below`` more levels under it) must not be deeper
+        than a mount accepts (MAX_DEPTH): the archive would no longer mount."""
+        if self._depth(parent) + 1 + below > MAX_DEPTH:
+            raise OSError(errno.ENAMETOOLONG, f"more than {MAX_DEPTH} levels deep")
+
+    def _depth(self, node: Node) -> int:
+        depth = 0
         while node is not self.root and node.parent is not None:
             depth, node = depth + 1, node.parent
-            if depth > MAX_DEPTH:
-                raise OSError(errno.ENAMETOOLONG, f"more than {MAX_DEPTH} levels deep")
+        return depth
+
+    def _check_move(self, node: Node, old_parent: Node, new_parent: Node) -> None:
+        """A directory moved deeper takes its whole subtree along: measure it only then (the
+        tree was within the limit where it was)."""
+        below = 0
+        if node.is_dir and self._depth(new_parent) > self._depth(old_parent):
+            stack = [(node, 0)]
+            while stack:
+                top, level = stack.pop()
+                for child in top.kids.values():
+                    below = max(below, level + 1)
+                    if child.is_dir:
+                        stack.append((child, level + 1))
+        self._check_depth(new_parent, below)
 
     def create(self, parent: Node, name: bytes, mode: int, uid: int, gid: int, now_ns: int) -> Node:
         """Make a new file, directory, symlink or special file under ``parent``."""
@@ -388,9 +406,11 @@ class Namespace:
             raise OSError(errno.ENOENT, "no such file")
         if len(new) > 255:
             raise OSError(errno.ENAMETOOLONG, "name too long")
-        if new_parent is not old_parent:
-            self._check_depth(new_parent)  # the moved node itself (not what it contains)
         target = new_parent.kids.get(new)
+        if new_parent is not old_parent:
+            self._check_move(node, old_parent, new_parent)
+            if flags & RENAME_EXCHANGE and target is not None:
+                self._check_move(target, new_parent, old_parent)
         if node.is_dir and self._is_ancestor(node, new_parent):
             raise OSError(errno.EINVAL, "cannot move a directory into itself")
         if target is node:  # the same inode under both names: rename(2) does nothing

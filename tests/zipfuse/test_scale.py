@@ -136,3 +136,24 @@ def test_rename_before_listing_then_commit(tmp_path: Path) -> None:
         assert "b/" in names and z.read("keep/k") == b"k"
     r = subprocess.run(["unzip", "-tq", str(archive)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_moving_a_deep_directory_deeper_is_refused(tmp_path: Path) -> None:
+    """A rename takes the whole subtree along: moving a directory whose tree is 3 levels deep
+    under level 998 would put files at level 1002, which no mount would accept again."""
+    archive = tmp_path / "deep.zip"
+    name = _deep_zip(archive, 997)
+    mnt = tmp_path / "mnt"
+    bottom = os.path.dirname(name)
+    with mounted(archive, mnt):
+        os.makedirs(mnt / "t" / "a" / "b")
+        (mnt / "t" / "a" / "b" / "f").write_bytes(b"3 levels below t\n")
+        with pytest.raises(OSError) as err:
+            os.rename(mnt / "t", mnt / bottom / "t")
+        assert err.value.errno == errno.ENAMETOOLONG
+        assert (mnt / "t" / "a" / "b" / "f").exists()
+        os.rename(mnt / "t" / "a" / "b", mnt / bottom / "b")  # b/f ends at level 999: fine
+    with zipfile.ZipFile(archive) as z:
+        assert z.read(bottom + "/b/f") == b"3 levels below t\n"
+    with mounted(archive, mnt, read_only=True):  # and it still mounts
+        assert (mnt / bottom / "b" / "f").read_bytes() == b"3 levels below t\n"
