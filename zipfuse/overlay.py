@@ -561,7 +561,12 @@ class Overlay:
             self.committed_changes = snap.changes
             self.base = journal.fingerprint(self.archive)
             if self.journal is not None:
-                self.journal.switch(self.base, snap.links)
+                try:
+                    self.journal.switch(self.base, snap.links)
+                except OSError as exc:  # the archive is committed: not a failed commit
+                    # state.json names this archive as pending with the mark, so the old
+                    # journal stays valid: a recovery replays what follows the mark
+                    log.warning("could not start a new journal (%s); the old one goes on", exc)
                 self.unlogged.update(self.data.dirty)  # files still dirty: named again
         finally:
             self.gate.open()

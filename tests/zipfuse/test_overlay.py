@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from tests.zipfuse.writehelp import BASE_MTIME, base_archive, check_archive
-from zipfuse import journal
+from zipfuse import journal, recovery
 from zipfuse.journal import Journal
 from zipfuse.namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, Namespace, Node
 from zipfuse.overlay import AttrChange, Overlay
@@ -483,3 +483,35 @@ def test_replaced_versions_close_when_their_last_reader_goes(tmp_path):
         assert archive_fds() == 0
 
     trio.run(main)
+
+
+def test_a_journal_switch_that_fails_keeps_the_commit_and_the_later_changes(tmp_path):
+    """The new archive is in place when the journal switch runs: if that fails (disk full in
+    the spill area), the commit still succeeded, the old journal goes on, and a crash later is
+    recovered from the records after the commit's mark."""
+    _, archive = base_archive(tmp_path)
+
+    def refuse(*_args) -> None:
+        raise OSError(errno.ENOSPC, "no space for a new journal")
+
+    async def main() -> None:
+        ov = open_overlay(archive, tmp_path / "spill")
+        await new_file(ov, ov.ns.root, b"first.txt", b"in the commit\n")
+        assert ov.journal is not None
+        switch, ov.journal.switch = ov.journal.switch, refuse  # type: ignore[method-assign]
+        done = await ov.commit(no_op, no_op)
+        assert done is not None
+        ov.journal.switch = switch  # type: ignore[method-assign]
+        await new_file(ov, ov.ns.root, b"later.txt", b"after the commit\n")
+        await ov.fsync(None)
+        await ov.close(destroy_spill=False)  # the daemon dies here
+
+    trio.run(main)
+    with zipfile.ZipFile(archive) as z:
+        assert z.read("first.txt") == b"in the commit\n" and "later.txt" not in z.namelist()
+    note = recovery.recover(str(archive), str(tmp_path / "spill"))
+    assert note is not None and "recovered" in note
+    with zipfile.ZipFile(archive) as z:
+        assert z.read("first.txt") == b"in the commit\n"
+        assert z.read("later.txt") == b"after the commit\n"
+    check_archive(archive)
