@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .entryreader import EntryReader
+from .entryreader import EntryReader, read_whole
 from .namespace import Node
 from .private import create_file, write_all
 from .spill import SpillArea
@@ -122,10 +122,22 @@ class FileData:
     async def read(self, node: Node, off: int, size: int) -> bytes:
         if node.spill is not None:
             return os.pread(self._spill_fd(node), size, off)
-        if node.entry is None:
+        entry = node.entry
+        if entry is None:
             return b""
+        if (
+            off == 0
+            and size >= entry.file_size
+            and entry.file_size <= INLINE_READ_LIMIT
+            and node.ino not in self.readers
+        ):  # the usual first (and only) READ of a small file: no reader state to keep
+            version = self.pinned.get(node.ino, self.version)
+            assert version is not None
+            data = read_whole(version.fd, entry)
+            if data is not None:
+                return data
         held = self._held(node)
-        if node.entry.file_size <= INLINE_READ_LIMIT:
+        if entry.file_size <= INLINE_READ_LIMIT:
             return held.reader.read(off, size)
         data = held.reader.read_ready(off, size)  # already decoded: no thread hop
         if data is not None:

@@ -203,7 +203,7 @@ class CentralDirectory:
                 return [self._read_entry(i) for i in indices]
         if buf is None:  # no indices
             return []
-        return [_decode_record(buf, offs[i] - base, i, concat) for i in indices]
+        return _decode_records(buf, [offs[i] - base for i in indices], indices, concat)
 
     def _read_entry(self, index: int) -> ZipEntry:
         start = self._offs[index]
@@ -495,6 +495,56 @@ def _decode_record(buf: bytes, pos: int, index: int, concat: int) -> ZipEntry:
     extra = buf[start + nlen : start + nlen + elen]
     comment = buf[start + nlen + elen : start + nlen + elen + clen]
     return _make_entry(index, fields, raw_name, extra, comment, concat)
+
+
+def _decode_records(
+    buf: bytes, positions: Sequence[int], indices: Sequence[int], concat: int
+) -> list[ZipEntry]:
+    """``_decode_record`` for many records, with the common case decoded inline.
+
+    Listing a directory decodes all of its entries; records in the usual Info-ZIP layout
+    (ASCII name, 'UT' + 'ux' extra, no zip64, a regular file, directory or short symlink) take
+    one unpack each here and give exactly what ``_decode_record`` gives. Anything else goes
+    through ``_decode_record``.
+    """
+    out: list[ZipEntry] = []
+    head = zipspec.CENTRAL_HEADER.unpack_from
+    infozip = _INFOZIP_CENTRAL.unpack_from
+    hsize = zipspec.CENTRAL_HEADER.size
+    sig = zipspec.CENTRAL_SIG
+    append = out.append
+    for pos, index in zip(positions, indices, strict=True):
+        f = head(buf, pos) if buf.startswith(sig, pos) else None
+        if f is not None and f[12] == 24:  # extra field length of the Info-ZIP layout
+            (_, made_version, made_system, extract_version, flags, method, dos_time, dos_date,
+             crc, csize, usize, nlen, _, clen, _, _, external, offset) = f  # fmt: skip
+            start = pos + hsize
+            xpos = start + nlen
+            raw = buf[start:xpos]
+            ut_id, ut_len, ut_flags, mtime, ux_id, ux_len, ver, usz, uid, gsz, gid = infozip(
+                buf, xpos
+            )
+            unix = external >> 16
+            kind = unix & 0o170000
+            if (
+                ut_id == zipspec.EXTRA_UT and ut_len == 5 and ut_flags & 1
+                and ux_id == zipspec.EXTRA_UX3 and ux_len == 11 and ver == 1 and usz == 4
+                and gsz == 4 and made_system == 3 and raw.isascii()
+                and (kind == stat.S_IFREG or kind == stat.S_IFDIR
+                     or (kind == stat.S_IFLNK and usize < _PATH_MAX))
+                and csize != 0xFFFFFFFF and usize != 0xFFFFFFFF and offset != 0xFFFFFFFF
+            ):  # fmt: skip
+                comment = buf[xpos + 24 : xpos + 24 + clen] if clen else b""
+                entry = ZipEntry(
+                    index, raw.decode("ascii"), flags, method, crc, csize, usize,
+                    offset + concat, made_system, made_version, extract_version, external,
+                    unix, uid, gid, mtime * 1_000_000_000, None, dos_time, dos_date,
+                    buf[xpos : xpos + 24], comment, b"", 0,
+                )  # fmt: skip
+                append(entry)
+                continue
+        append(_decode_record(buf, pos, index, concat))
+    return out
 
 
 def _check_layout(cd: CentralDirectory, csize: array.array) -> None:

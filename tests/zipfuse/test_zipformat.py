@@ -31,6 +31,7 @@ from zipfuse.zipformat import (
     STORED,
     CentralDirectory,
     ZipFormatError,
+    _decode_record,
     local_data_offset,
     read_central_directory,
 )
@@ -219,6 +220,32 @@ def test_infozip_tree(tmp_path: Path) -> None:
         elif not e.is_dir:
             assert e.file_size == st.st_size
             assert read_entry(path, e.name, tmp_path) == (src.parent / e.name).read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("zip") is None, reason="Info-ZIP zip not installed")
+def test_listing_decoder_matches_the_full_decoder(tmp_path: Path) -> None:
+    """entries_at decodes the usual Info-ZIP records inline (directory listings); every field
+    must be what the general record decoder gives, for Info-ZIP's and for zipfile's records."""
+    src = tmp_path / "src"
+    make_tree(src)
+    infozip = tmp_path / "iz.zip"
+    subprocess.run(["zip", "-q", "-r", "-y", str(infozip), "src"], cwd=tmp_path, check=True)
+    pyzip = tmp_path / "py.zip"
+    with zipfile.ZipFile(pyzip, "w") as zf:
+        zf.writestr("a/b.txt", b"x" * 100)
+        zf.writestr("a/", b"")
+    for path in (infozip, pyzip):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            cd = read_central_directory(fd)
+            buf = os.pread(fd, cd.cd_size, cd.cd_offset)
+            n = len(cd)
+            fast = cd.entries_at(range(n))
+            slow = [_decode_record(buf, cd.record_span(i)[0], i, cd.concat) for i in range(n)]
+            assert fast == slow
+            assert n >= 2
+        finally:
+            os.close(fd)
 
 
 @pytest.mark.skipif(shutil.which("7z") is None, reason="7z not installed")
