@@ -49,7 +49,7 @@ class FileData:
         self.spawn = spawn or _spawn_system_task
         self.limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self.fds: dict[int, int] = {}  # ino -> open spill fd
-        self.readers: dict[int, _Held] = {}  # ino -> decoder of its clean entry, oldest first
+        self.readers: dict[int, _Held] = {}  # ino -> decoder of its clean entry, least recent first
         self.locks: dict[int, trio.Lock] = {}
         self.dirty: dict[int, Node] = {}  # ino -> node with a spill file
         self._pool: list[tuple[str, int]] = []  # empty spill files made ahead by a worker
@@ -83,8 +83,10 @@ class FileData:
 
     # ------------------------------------------------------------------ reading
     def _held(self, node: Node) -> _Held:
-        held = self.readers.get(node.ino)
-        if held is None:
+        held = self.readers.pop(node.ino, None)
+        if held is not None:  # most recently used last: trimming closes the idle ones first
+            self.readers[node.ino] = held  # (a big .so paged in by mmap keeps its decoded copy)
+        else:
             version = self.pinned.get(node.ino, self.version)
             assert version is not None and node.entry is not None
             reader = EntryReader(version.fd, node.entry, self.spill.path)
