@@ -56,10 +56,12 @@ import zlib
 from collections.abc import Callable
 from typing import IO, Any, Protocol
 
+from . import zipspec
 from .zipformat import (
     BZIP2,
     DEFLATE64,
     DEFLATED,
+    FLAG_ENCRYPTED,
     LZMA,
     STORED,
     ZSTD,
@@ -72,6 +74,7 @@ log = logging.getLogger(__name__)
 
 SMALL_ENTRY = 4 << 20  # entries up to this size are decoded into memory at once
 WINDOW = 1 << 20  # recent plaintext kept by the sequential decoder
+READ_AHEAD = 512 << 10  # a streamed read decodes this much further (at most half the window)
 FORWARD_SKIP_LIMIT = 8 << 20  # farther forward jumps switch to the cache file
 INPUT_CHUNK = 256 << 10  # compressed bytes per pread
 OUTPUT_CHUNK = 256 << 10  # plaintext bytes per decoder call
@@ -424,6 +427,61 @@ class _Stream:
             raise self._fail(str(exc) or type(exc).__name__) from exc
 
 
+def read_whole(fd: int, entry: ZipEntry) -> bytes | None:
+    """The whole plaintext of a stored or deflated entry, CRC-checked, with ONE pread (local
+    header and data together) and no reader state: what the first READ of a small file needs.
+
+    Returns None whenever the general path (``EntryReader``) is needed to decide: another
+    method, an encrypted entry, a local header larger than guessed, a short read, a stream
+    that does not end where its declared size says. Raises ``EntryReadError`` (EIO) for data
+    that is certainly corrupt: a bad deflate stream, one that ends early, a CRC mismatch.
+    Meant for entries of a few hundred KiB at most (the caller decides).
+    """
+    method = entry.method
+    if (method != DEFLATED and method != STORED) or entry.flags & FLAG_ENCRYPTED:
+        return None
+    csize, usize = entry.compressed_size, entry.file_size
+    if (
+        _TEST_FAULT_ENTRY is not None
+        or usize <= 0  # zlib reads max_length 0 as "no limit"
+        or csize > usize + (usize >> 8) + 1024  # more than deflate can need: the careful path
+        or (method == STORED and csize != usize)
+    ):
+        return None
+    # local header + name + local extra (Info-ZIP's is a few bytes longer than the central)
+    guess = zipspec.LOCAL_HEADER.size + len(entry.raw_name or entry.name) + len(entry.extra) + 64
+    try:
+        buf = os.pread(fd, guess + csize, entry.header_offset)
+    except OSError as exc:
+        raise EntryReadError(exc.errno or errno.EIO, f"{entry.name}: {exc}") from exc
+    if len(buf) < zipspec.LOCAL_HEADER.size or not buf.startswith(zipspec.LOCAL_SIG):
+        return None
+    fields = zipspec.LOCAL_HEADER.unpack_from(buf)
+    start = zipspec.LOCAL_HEADER.size + fields[9] + fields[10]
+    if start + csize > len(buf):
+        return None
+    if method == STORED:
+        out = buf[start : start + csize]
+    else:
+        d = zlib.decompressobj(-15)
+        try:
+            out = d.decompress(memoryview(buf)[start : start + csize], usize)
+        except zlib.error as exc:
+            raise EntryReadError(errno.EIO, f"{entry.name}: corrupt data: {exc}") from exc
+        if len(out) < usize:
+            what = (
+                f"stream ends after {len(out)} of {usize} bytes"
+                if d.eof
+                else f"compressed data ends after {len(out)} bytes of plaintext"
+            )
+            raise EntryReadError(errno.EIO, f"{entry.name}: corrupt data: {what}")
+        if not d.eof:
+            return None  # is there more? the general path checks that carefully
+    if zlib.crc32(out) != entry.crc:
+        raise EntryReadError(errno.EIO, f"{entry.name}: CRC mismatch")
+    return out
+
+
 class EntryReader:
     """Thread-safe random-access reads of one entry's plaintext with bounded memory."""
 
@@ -684,7 +742,10 @@ class EntryReader:
         out = bytearray(
             window[offset - win_start : end - win_start] if offset < stream.pos else b""
         )
-        while stream.pos < end:
+        # Decode a little past the request: the kernel's next sequential READs are then
+        # answered from the window on the event loop (``read_ready``), not on a thread.
+        want = min(end + min(READ_AHEAD, WINDOW // 2), self._entry.file_size)
+        while stream.pos < want:
             chunk_start = stream.pos
             chunk = stream.next_chunk()
             if not chunk:

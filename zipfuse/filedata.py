@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .entryreader import EntryReader
+from .entryreader import EntryReader, read_whole
 from .namespace import Node
 from .private import create_file, write_all
 from .spill import SpillArea
@@ -53,7 +53,7 @@ class FileData:
         self.spawn = spawn or _spawn_system_task
         self.limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self.fds: dict[int, int] = {}  # ino -> open spill fd
-        self.readers: dict[int, _Held] = {}  # ino -> decoder of its clean entry, oldest first
+        self.readers: dict[int, _Held] = {}  # ino -> decoder of its clean entry, least recent first
         self.locks: dict[int, trio.Lock] = {}
         self.dirty: dict[int, Node] = {}  # ino -> node with a spill file
         self._pool: list[tuple[str, int]] = []  # empty spill files made ahead by a worker
@@ -89,8 +89,10 @@ class FileData:
 
     # ------------------------------------------------------------------ reading
     def _held(self, node: Node) -> _Held:
-        held = self.readers.get(node.ino)
-        if held is None:
+        held = self.readers.pop(node.ino, None)
+        if held is not None:  # most recently used last: trimming closes the idle ones first
+            self.readers[node.ino] = held  # (a big .so paged in by mmap keeps its decoded copy)
+        else:
             version = self.pinned.get(node.ino, self.version)
             assert version is not None and node.entry is not None
             reader = EntryReader(version.fd, node.entry, self.spill.path, version.size)
@@ -128,10 +130,22 @@ class FileData:
     async def read(self, node: Node, off: int, size: int) -> bytes:
         if node.spill is not None:
             return os.pread(self._spill_fd(node), size, off)
-        if node.entry is None:
+        entry = node.entry
+        if entry is None:
             return b""
+        if (
+            off == 0
+            and size >= entry.file_size
+            and entry.file_size <= INLINE_READ_LIMIT
+            and node.ino not in self.readers
+        ):  # the usual first (and only) READ of a small file: no reader state to keep
+            version = self.pinned.get(node.ino, self.version)
+            assert version is not None
+            data = read_whole(version.fd, entry)
+            if data is not None:
+                return data
         held = self._held(node)
-        if node.entry.file_size <= INLINE_READ_LIMIT:
+        if entry.file_size <= INLINE_READ_LIMIT:
             return held.reader.read(off, size)
         data = held.reader.read_ready(off, size)  # already decoded: no thread hop
         if data is not None:

@@ -647,9 +647,7 @@ class _Loader:
                 subdirs += 1
             else:
                 entry, path = what
-                child = ns._new_node(entry.mode, ns.uid, ns.gid, now_ns)
-                child.size = entry.file_size
-                _apply(child, entry, path, ns)
+                child = _file_node(ns, entry, path)
             child.parent, child.name = node, name
             children[name] = child
         self.unlisted -= len(refs)
@@ -662,6 +660,35 @@ class _Loader:
         if not self.pending_dirs:  # everything is built: the directory copy is not needed
             self.cd = None
             ns._loader = None
+
+
+_NEW_NODE = Node.__new__
+
+
+def _file_node(ns: Namespace, entry: ZipEntry, path: str) -> Node:
+    """A new node for a file (symlink, special file) entry: ``Namespace._new_node`` plus
+    ``_apply`` in one step (listing a directory makes one per entry)."""
+    node = _NEW_NODE(Node)
+    node.ino = ino = ns._next_ino
+    ns._next_ino = ino + 1
+    ns.nodes[ino] = node
+    node.mode = mode = entry.mode
+    node.uid = ns.uid if entry.uid is None else entry.uid
+    node.gid = ns.gid if entry.gid is None else entry.gid
+    node.rdev = entry.rdev
+    node.size = entry.file_size
+    node.mtime_ns = node.ctime_ns = mtime = entry.mtime_ns
+    node.atime_ns = mtime if entry.atime_ns is None else entry.atime_ns
+    is_dir = (mode & 0o170000) == stat.S_IFDIR
+    node.nlink = 2 if is_dir else 1
+    node.entry = entry
+    node.entry_path = path
+    node.spill = node.target = node.parent = node.links = node.pending = node.listing = None
+    node.children = {} if is_dir else None
+    node.name = b""
+    node.lookups = node.opens = 0
+    node.meta_dirty = False
+    return node
 
 
 def _apply(node: Node, entry: ZipEntry, path: str, ns: Namespace) -> None:

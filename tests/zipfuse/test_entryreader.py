@@ -17,7 +17,7 @@ from fixtures_zip import CD_CRC, CD_METHOD, patch_central, patch_local, text_dat
 
 from zipfuse import entryreader
 from zipfuse.entryreader import EntryReader, EntryReadError, supported_method
-from zipfuse.zipformat import ZipEntry, read_central_directory
+from zipfuse.zipformat import ZipEntry, local_data_offset, read_central_directory
 
 BIG = 20 << 20
 
@@ -351,3 +351,86 @@ def test_read_ready_answers_only_what_needs_no_decoding(
     assert reader.read_ready(8 * chunk, chunk) is None  # ahead of the decoder: needs work
     assert reader.read_ready(BIG + 10, 5) == b""  # past the end
     assert reader.strategy == "stream"
+
+
+# --- read_whole: the one-pread path for the first READ of a small file ----------------------
+
+
+@pytest.fixture
+def small_zip(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    files = {
+        "d.txt": text_data(100_000, seed=21),
+        "s.bin": text_data(5_000, seed=22),
+        "b.txt": text_data(7_000, seed=23),
+        "empty": b"",
+    }
+    path = tmp_path / "small.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("d.txt", files["d.txt"], zipfile.ZIP_DEFLATED)
+        zf.writestr("s.bin", files["s.bin"], zipfile.ZIP_STORED)
+        zf.writestr("b.txt", files["b.txt"], zipfile.ZIP_BZIP2)
+        zf.writestr("empty", b"", zipfile.ZIP_DEFLATED)
+    return path, files
+
+
+def test_read_whole_gives_what_the_reader_gives(small_zip, open_archive) -> None:
+    path, files = small_zip
+    arc = open_archive(path)
+    for name in ("d.txt", "s.bin"):
+        assert entryreader.read_whole(arc.fd, arc.entries[name]) == files[name]
+    # other methods and empty entries take the general path
+    assert entryreader.read_whole(arc.fd, arc.entries["b.txt"]) is None
+    assert entryreader.read_whole(arc.fd, arc.entries["empty"]) is None
+
+
+@pytest.mark.parametrize("name", ["d.txt", "s.bin"])
+def test_read_whole_crc_mismatch(tmp_path: Path, small_zip, open_archive, name: str) -> None:
+    path, _ = small_zip
+    index = ["d.txt", "s.bin"].index(name)
+    with zipfile.ZipFile(path) as zf:
+        crc = zf.infolist()[index].CRC
+    patch_central(path, index, CD_CRC, "<L", crc ^ 1)
+    arc = open_archive(path)
+    with pytest.raises(EntryReadError, match="CRC mismatch") as exc:
+        entryreader.read_whole(arc.fd, arc.entries[name])
+    assert exc.value.errno == errno.EIO
+
+
+def test_read_whole_corrupt_or_truncated_data(tmp_path: Path, small_zip) -> None:
+    """Every damaged copy fails with EIO: in read_whole itself, or in the general path it
+    leaves the case to (returning None); never with wrong bytes."""
+    path, _ = small_zip
+    clean = path.read_bytes()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        entry = next(e for e in read_central_directory(fd).entries if e.name == "d.txt")
+        start = local_data_offset(fd, entry)
+    finally:
+        os.close(fd)
+    end = start + entry.compressed_size
+    rnd = random.Random(4)
+    copies = [clean[: rnd.randrange(start, end)] for _ in range(5)]  # truncated in the data
+    for _ in range(25):
+        mutated = bytearray(clean)
+        mutated[rnd.randrange(start, end)] ^= 1 << rnd.randrange(8)
+        copies.append(bytes(mutated))
+    for i, data in enumerate(copies):
+        broken = tmp_path / f"broken{i}.zip"
+        broken.write_bytes(data)
+        fd = os.open(broken, os.O_RDONLY)
+        try:
+            try:
+                got = entryreader.read_whole(fd, entry)
+            except EntryReadError as exc:
+                assert exc.errno == errno.EIO
+                continue
+            assert got is None, f"copy {i}: bytes handed out"
+            reader = EntryReader(fd, entry, str(tmp_path))
+            try:
+                with pytest.raises(EntryReadError) as exc2:
+                    reader.read(0, entry.file_size)
+            finally:
+                reader.close()
+            assert exc2.value.errno == errno.EIO
+        finally:
+            os.close(fd)

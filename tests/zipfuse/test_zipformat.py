@@ -28,9 +28,13 @@ from zipfuse.zipformat import (
     BZIP2,
     DEFLATED,
     LZMA,
+    MAX_DEPTH,
     STORED,
     CentralDirectory,
     ZipFormatError,
+    _decode_record,
+    _scan_plain_records,
+    _scan_records,
     local_data_offset,
     read_central_directory,
 )
@@ -219,6 +223,32 @@ def test_infozip_tree(tmp_path: Path) -> None:
         elif not e.is_dir:
             assert e.file_size == st.st_size
             assert read_entry(path, e.name, tmp_path) == (src.parent / e.name).read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("zip") is None, reason="Info-ZIP zip not installed")
+def test_listing_decoder_matches_the_full_decoder(tmp_path: Path) -> None:
+    """entries_at decodes the usual Info-ZIP records inline (directory listings); every field
+    must be what the general record decoder gives, for Info-ZIP's and for zipfile's records."""
+    src = tmp_path / "src"
+    make_tree(src)
+    infozip = tmp_path / "iz.zip"
+    subprocess.run(["zip", "-q", "-r", "-y", str(infozip), "src"], cwd=tmp_path, check=True)
+    pyzip = tmp_path / "py.zip"
+    with zipfile.ZipFile(pyzip, "w") as zf:
+        zf.writestr("a/b.txt", b"x" * 100)
+        zf.writestr("a/", b"")
+    for path in (infozip, pyzip):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            cd = read_central_directory(fd)
+            buf = os.pread(fd, cd.cd_size, cd.cd_offset)
+            n = len(cd)
+            fast = cd.entries_at(range(n))
+            slow = [_decode_record(buf, cd.record_span(i)[0], i, cd.concat) for i in range(n)]
+            assert fast == slow
+            assert n >= 2
+        finally:
+            os.close(fd)
 
 
 @pytest.mark.skipif(shutil.which("7z") is None, reason="7z not installed")
@@ -600,3 +630,33 @@ def test_no_valid_end_record_anywhere_still_fails(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes() + os.urandom(1 << 20))  # a bad directory, far back
     with pytest.raises(ZipFormatError, match="not a zip"):
         parse(path)
+
+
+@pytest.mark.skipif(shutil.which("zip") is None, reason="Info-ZIP zip not installed")
+def test_plain_scan_matches_the_record_by_record_scan(tmp_path: Path) -> None:
+    """Mounting scans Info-ZIP directories in C-level passes; the result (record offsets,
+    local header offsets, sizes, name keys) must be the record-by-record scan's, and any
+    record it cannot be sure about (a signature inside a name) sends it back to that scan."""
+    src = tmp_path / "src"
+    make_tree(src)
+    plain = tmp_path / "plain.zip"
+    subprocess.run(["zip", "-q", "-r", "-y", str(plain), "src"], cwd=tmp_path, check=True)
+    (src / "PK\x01\x02.txt").write_bytes(b"signature in the name")
+    odd = tmp_path / "odd.zip"
+    subprocess.run(["zip", "-q", "-r", "-y", str(odd), "src"], cwd=tmp_path, check=True)
+    for path, expect_fast in ((plain, True), (odd, False)):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            cd = read_central_directory(fd, keep_names=True, max_depth=MAX_DEPTH)
+            buf = os.pread(fd, cd.cd_size, cd.cd_offset)
+        finally:
+            os.close(fd)
+        fast_names: list[bytes] = []
+        fast = _scan_plain_records(buf, cd.concat, len(cd), fast_names, MAX_DEPTH)
+        slow_names: list[bytes] = []
+        slow = _scan_records(buf, cd.concat, cd.cd_offset, len(cd), slow_names, MAX_DEPTH)
+        assert cd.take_names() == slow_names
+        if expect_fast:
+            assert fast == slow and fast_names == slow_names and len(slow_names) > 5
+        else:
+            assert fast is None
