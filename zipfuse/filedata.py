@@ -106,10 +106,15 @@ class FileData:
         if fd is None:
             assert node.spill is not None, "a clean file has no spill descriptor"
             fd = os.open(node.spill, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-            self.fds[node.ino] = fd
-            if len(self.fds) > MAX_IDLE_FDS:
-                self._trim_fds()
+            self._keep_fd(node, fd)
         return fd
+
+    def _keep_fd(self, node: Node, fd: int) -> None:
+        """Remember the node's spill descriptor, keeping the idle ones bounded: in kernel-cache
+        mode no RELEASE closes them, and a copy of 60k new files ran out of descriptors."""
+        self.fds[node.ino] = fd
+        if len(self.fds) > MAX_IDLE_FDS:
+            self._trim_fds()
 
     def _trim_fds(self) -> None:
         """Close the older half of the spill descriptors no handle holds (uses of a spill
@@ -153,7 +158,8 @@ class FileData:
             if node.spill is not None:
                 return
             if node.entry is None or node.size == 0:
-                path, self.fds[node.ino] = self._take_empty()
+                path, fd = self._take_empty()
+                self._keep_fd(node, fd)
             else:
                 path = self.spill.new_path()
                 held = self._held(node)
@@ -190,7 +196,8 @@ class FileData:
     def truncate_to_empty(self, node: Node) -> None:
         """O_TRUNC: the old bytes are never needed, so nothing is copied."""
         if node.spill is None:
-            path, self.fds[node.ino] = self._take_empty()
+            path, fd = self._take_empty()
+            self._keep_fd(node, fd)
             node.spill = path
             self.dirty[node.ino] = node
         else:
