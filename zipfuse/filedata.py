@@ -153,13 +153,15 @@ class FileData:
         """Copy a clean file's bytes into a new spill file (once, under a per-inode lock)."""
         if node.spill is not None:
             return
+        if (node.entry is None or node.size == 0) and node.ino not in self.locks:
+            self._take_spill(node)  # nothing to copy, nothing awaited: no lock (a new file)
+            return
         lock = self.locks.setdefault(node.ino, trio.Lock())
         async with lock:
             if node.spill is not None:
                 return
             if node.entry is None or node.size == 0:
-                path, fd = self._take_empty()
-                self._keep_fd(node, fd)
+                self._take_spill(node)
             else:
                 path = self.spill.new_path()
                 held = self._held(node)
@@ -170,8 +172,8 @@ class FileData:
                     )
                 finally:
                     held.busy -= 1
-            node.spill = path
-            self.dirty[node.ino] = node
+                node.spill = path
+                self.dirty[node.ino] = node
         self.locks.pop(node.ino, None)
 
     async def write(self, node: Node, off: int, buf: bytes) -> None:
@@ -193,13 +195,17 @@ class FileData:
             if off + done > node.size and done:
                 node.size = off + done
 
+    def _take_spill(self, node: Node) -> None:
+        """Give the node an empty spill file of its own."""
+        path, fd = self._take_empty()
+        self._keep_fd(node, fd)
+        node.spill = path
+        self.dirty[node.ino] = node
+
     def truncate_to_empty(self, node: Node) -> None:
         """O_TRUNC: the old bytes are never needed, so nothing is copied."""
         if node.spill is None:
-            path, fd = self._take_empty()
-            self._keep_fd(node, fd)
-            node.spill = path
-            self.dirty[node.ino] = node
+            self._take_spill(node)
         else:
             os.ftruncate(self._spill_fd(node), 0)
         node.size = 0

@@ -245,10 +245,10 @@ class ZipOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------------ namespace
     @_guard
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
-        if self.kernel_cache:  # no RELEASE follows: the handle is the inode, nothing is held
-            mode = stat.S_IFREG | stat.S_IMODE(mode)
-            node = await self.overlay.make(parent_inode, name, mode, ctx.uid, ctx.gid)
-            return pyfuse3.FileInfo(fh=node.ino, keep_cache=True), self._entry(node)
+        if self.kernel_cache:
+            # The kernel then makes files with MKNOD and opens them itself (OPEN answers ENOSYS):
+            # a CREATE would also cost a RELEASE per file, as no_open is only learnt from OPEN.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         node = await self.overlay.create(parent_inode, name, mode, ctx.uid, ctx.gid)
         info = pyfuse3.FileInfo(fh=self._new_fh(self.handles, node), keep_cache=True)
         return info, self._entry(node)
