@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 JOURNAL = "journal"
 STATE = "state.json"
+# one encoder for every record: json.dumps with separators builds a new one per call
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def fingerprint(path: str) -> str:
@@ -122,7 +124,7 @@ class Journal:
         os.fsync(self.fd)
 
     def append(self, record: dict) -> None:
-        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        line = _ENCODE(record).encode() + b"\n"
         done = os.write(self.fd, line)
         if done != len(line):  # disk full: drop the torn line, say so
             with contextlib.suppress(OSError):
