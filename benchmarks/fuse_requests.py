@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         if perf is not None:
-            time.sleep(1.0)  # perf needs a moment before it records
+            time.sleep(3.0)  # perf needs a moment before it records
         cpu0 = _cpu(info.pid)
         t0 = time.monotonic()
         subprocess.run(
