@@ -114,10 +114,15 @@ class FileData:
         if fd is None:
             assert node.spill is not None, "a clean file has no spill descriptor"
             fd = os.open(node.spill, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-            self.fds[node.ino] = fd
-            if len(self.fds) > MAX_IDLE_FDS:
-                self._trim_fds()
+            self._keep_fd(node, fd)
         return fd
+
+    def _keep_fd(self, node: Node, fd: int) -> None:
+        """Remember the node's spill descriptor, keeping the idle ones bounded: in kernel-cache
+        mode no RELEASE closes them, and a copy of 60k new files ran out of descriptors."""
+        self.fds[node.ino] = fd
+        if len(self.fds) > MAX_IDLE_FDS:
+            self._trim_fds()
 
     def _trim_fds(self) -> None:
         """Close the older half of the spill descriptors no handle holds (uses of a spill
@@ -182,31 +187,40 @@ class FileData:
         copy a frozen spill file before its first change since the snapshot."""
         if node.spill is not None and node.spill not in self.frozen:
             return
+        if (
+            node.spill is None
+            and (node.entry is None or node.size == 0)
+            and node.ino not in self.locks
+        ):
+            self._take_spill(node)  # nothing to copy, nothing awaited: no lock (a new file)
+            return
         lock = self.locks.setdefault(node.ino, trio.Lock())
         async with lock:
             if node.spill is not None and node.spill not in self.frozen:
                 return
-            if node.spill is not None:
-                path = self.spill.new_path()
-                await trio.to_thread.run_sync(_copy_file, node.spill, path, limiter=self.limiter)
-                fd = self.fds.pop(node.ino, None)
-                if fd is not None:
-                    os.close(fd)
-                self._discard(node.spill)  # deleted once the commit is over
-            elif node.entry is None or node.size == 0:
-                path, self.fds[node.ino] = self._take_empty()
+            if node.spill is None and (node.entry is None or node.size == 0):
+                self._take_spill(node)
             else:
                 path = self.spill.new_path()
-                held = self._held(node)
-                held.busy += 1
-                try:
+                if node.spill is not None:  # frozen by a running commit: copied on write
                     await trio.to_thread.run_sync(
-                        _copy_entry, held.reader, path, node.size, limiter=self.limiter
+                        _copy_file, node.spill, path, limiter=self.limiter
                     )
-                finally:
-                    held.busy -= 1
-            node.spill = path
-            self.dirty[node.ino] = node
+                    fd = self.fds.pop(node.ino, None)
+                    if fd is not None:
+                        os.close(fd)
+                    self._discard(node.spill)  # deleted once the commit is over
+                else:
+                    held = self._held(node)
+                    held.busy += 1
+                    try:
+                        await trio.to_thread.run_sync(
+                            _copy_entry, held.reader, path, node.size, limiter=self.limiter
+                        )
+                    finally:
+                        held.busy -= 1
+                node.spill = path
+                self.dirty[node.ino] = node
         self.locks.pop(node.ino, None)
 
     async def write(self, node: Node, off: int, buf: bytes) -> None:
@@ -228,17 +242,22 @@ class FileData:
             if off + done > node.size and done:
                 node.size = off + done
 
+    def _take_spill(self, node: Node) -> None:
+        """Give the node an empty spill file of its own."""
+        path, fd = self._take_empty()
+        self._keep_fd(node, fd)
+        node.spill = path
+        self.dirty[node.ino] = node
+
     def truncate_to_empty(self, node: Node) -> None:
         """O_TRUNC: the old bytes are never needed, so nothing is copied."""
         if node.spill is None or node.spill in self.frozen:
-            fd = self.fds.pop(node.ino, None)
-            if fd is not None:
-                os.close(fd)
-            if node.spill is not None:
-                self._discard(node.spill)  # frozen: deleted once the commit is over
-            path, self.fds[node.ino] = self._take_empty()
-            node.spill = path
-            self.dirty[node.ino] = node
+            if node.spill is not None:  # frozen: a new file, the old one goes after the commit
+                fd = self.fds.pop(node.ino, None)
+                if fd is not None:
+                    os.close(fd)
+                self._discard(node.spill)
+            self._take_spill(node)
         else:
             os.ftruncate(self._spill_fd(node), 0)
         node.size = 0

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 JOURNAL = "journal"
 STATE = "state.json"
+# one encoder for every record: json.dumps with separators builds a new one per call
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def fingerprint(path: str) -> str:
@@ -143,11 +145,11 @@ class Journal:
         write_state(self.dir, self._state(base))
         os.fsync(self.fd)
 
-    def _state(self, base: str) -> dict:
+    def _state(self, base: str, name: str | None = None) -> dict:
         return {
             "archive": self.archive,
             "base": base,
-            "journal": self.name,
+            "journal": name or self.name,
             "pending": None,
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -181,14 +183,13 @@ class Journal:
             if os.write(fd, data) != len(data):
                 raise OSError(errno.ENOSPC, "the new journal was cut short", self.dir)
             os.fsync(fd)
-            old = self.name
-            self.name = name
-            write_state(self.dir, self._state(base))  # fsyncs the directory too
+            write_state(self.dir, self._state(base, name))  # fsyncs the directory too
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(path)
             raise
+        old, self.name = self.name, name
         with self._fd_lock:
             os.close(self.fd)
             self.fd, self.size, self.tail = fd, len(data), None
@@ -248,7 +249,7 @@ class Journal:
 
 
 def _line(record: dict) -> bytes:
-    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+    return _ENCODE(record).encode() + b"\n"
 
 
 def link_record(src: str, dst: str) -> dict:

@@ -60,7 +60,7 @@ class ZipOperations(pyfuse3.Operations):
     """No flush handler on purpose: the kernel writes cached pages back before FLUSH either way,
     and once flush answers ENOSYS it stops sending one per close(2) (a round trip per file)."""
 
-    enable_writeback_cache = True
+    enable_writeback_cache = False
     supports_dot_lookup = True
 
     def __init__(self, overlay: Overlay, *, kernel_cache: bool = False) -> None:
@@ -72,10 +72,14 @@ class ZipOperations(pyfuse3.Operations):
         self.read_only = overlay.read_only
         self.kernel_cache = kernel_cache
         self.enable_atomic_o_trunc = not kernel_cache
-        # Read-only mounts have nothing to write back, and with the writeback cache the kernel
-        # marks st_blocks stale at every close: each later stat (Python's open() does one)
-        # would cost a GETATTR that the kernel can otherwise answer itself.
-        self.enable_writeback_cache = not overlay.read_only
+        # No writeback cache, on read-write mounts too. With it the kernel marks st_blocks stale
+        # at every close: each later stat (Python's open() does one) costs a GETATTR it could
+        # otherwise answer itself; and every written file costs a SETATTR at close (the kernel
+        # sends its own mtime/ctime), which cp -a of many small files pays once per file
+        # (7 -> 6 requests per new file). Without it each write(2) is one WRITE (cp: 128 KiB,
+        # sendfile/copy_file_range: up to 1 MiB) and the bytes are in the spill file when
+        # write(2) returns.
+        self.enable_writeback_cache = False
         self.handles: dict[int, Node] = {}  # open file handle -> its inode
         self.dir_handles: dict[int, Node] = {}  # open directory handle -> the directory
         self._next_fh = 1
@@ -245,10 +249,10 @@ class ZipOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------------ namespace
     @_guard
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
-        if self.kernel_cache:  # no RELEASE follows: the handle is the inode, nothing is held
-            mode = stat.S_IFREG | stat.S_IMODE(mode)
-            node = await self.overlay.make(parent_inode, name, mode, ctx.uid, ctx.gid)
-            return pyfuse3.FileInfo(fh=node.ino, keep_cache=True), self._entry(node)
+        if self.kernel_cache:
+            # The kernel then makes files with MKNOD and opens them itself (OPEN answers ENOSYS):
+            # a CREATE would also cost a RELEASE per file, as no_open is only learnt from OPEN.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         node = await self.overlay.create(parent_inode, name, mode, ctx.uid, ctx.gid)
         info = pyfuse3.FileInfo(fh=self._new_fh(self.handles, node), keep_cache=True)
         return info, self._entry(node)

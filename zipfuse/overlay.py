@@ -126,6 +126,11 @@ class Committed:
     how: str = "rewrite"  # or "append" (in place)
 
 
+def _journaled_meta(node: Node) -> tuple[int, int, int, int, int, int]:
+    """What an attr record of ``node`` holds."""
+    return (node.mode, node.uid, node.gid, node.atime_ns, node.mtime_ns, node.rdev)
+
+
 class Overlay:
     """The mutable view of one archive; knows nothing about FUSE."""
 
@@ -360,6 +365,7 @@ class Overlay:
         self._writable()
         now = now_ns()
         async with self.gate:
+            before = _journaled_meta(node)
             if change.size is not None:
                 if node.is_dir:
                     raise OSError(errno.EISDIR, "is a directory")
@@ -384,7 +390,11 @@ class Overlay:
             path = self.ns.path(node)
             if path is not None:
                 self._log_data(node)
-                self._journal(lambda j: j.attr(path, node))
+                # cp -p's fchmod to the mode the file already has: nothing to record (a file's
+                # journaled times and mode match memory once _log_data ran; a directory's mtime
+                # does not, so directories always get their record)
+                if not stat.S_ISREG(node.mode) or _journaled_meta(node) != before:
+                    self._journal(lambda j: j.attr(path, node))
 
     async def open(self, node: Node, flags: int) -> None:
         """A new handle on ``node``; O_TRUNC empties it without copying the old bytes."""
@@ -418,8 +428,7 @@ class Overlay:
                 self.unlogged.add(node.ino)
             if node.ino not in self.named:  # name the spill file now: a kill -9 right after
                 self.named.add(node.ino)  # close() must not lose it, and in kernel-cache mode
-                self._log_data(node)  # no RELEASE comes at all
-                self.unlogged.add(node.ino)  # the final size and mtime follow later
+                self._log_data(node)  # no RELEASE comes at all; later writes mark it unlogged
         return len(buf)
 
     async def release(self, node: Node) -> None:
