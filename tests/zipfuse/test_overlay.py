@@ -130,6 +130,23 @@ def no_op(*_args) -> None:
     pass
 
 
+async def commit_all(ov: Overlay) -> dict[str, tuple]:
+    """What the live tree holds; then commit it and check the invariants."""
+    seen = await contents(ov)
+    await ov.commit(no_op, no_op)
+    await check_invariants(ov)
+    return seen
+
+
+async def reloaded_contents(archive: Path, tmp_path: Path) -> dict[str, tuple]:
+    """contents() of a fresh overlay on the archive as committed."""
+    again = open_overlay(archive, tmp_path / "spill2")
+    try:
+        return await contents(again)
+    finally:
+        await again.close(destroy_spill=True)
+
+
 async def random_step(ov: Overlay, rng: random.Random, step: int, *, commits: bool = True) -> None:
     """One random mutation; an OSError is the answer a program would get and is fine."""
     entries = list(ov.ns.walk())
@@ -199,16 +216,10 @@ def test_random_mutations_keep_invariants_and_commit_what_the_tree_shows(tmp_pat
             for step in range(120):
                 await random_step(ov, rng, step)
                 await check_invariants(ov)
-            seen = await contents(ov)
-            await ov.commit(no_op, no_op)
-            await check_invariants(ov)
+            seen = await commit_all(ov)
         finally:
             await ov.close(destroy_spill=False)
-        again = open_overlay(archive, tmp_path / "spill2")
-        try:
-            return seen, await contents(again)
-        finally:
-            await again.close(destroy_spill=True)
+        return seen, await reloaded_contents(archive, tmp_path)
 
     seen, reloaded = trio.run(main)
     assert seen == reloaded
@@ -249,17 +260,11 @@ def test_random_mutations_during_commits_are_all_kept(tmp_path, seed):
                 ov.test_hook = None
                 await ov.flush()
                 await check_invariants(ov)
-            seen = await contents(ov)
-            await ov.commit(no_op, no_op)
-            await check_invariants(ov)
+            seen = await commit_all(ov)
         finally:
             resume.set()
             await ov.close(destroy_spill=False)
-        again = open_overlay(archive, tmp_path / "spill2")
-        try:
-            return seen, await contents(again)
-        finally:
-            await again.close(destroy_spill=True)
+        return seen, await reloaded_contents(archive, tmp_path)
 
     seen, reloaded = trio.run(main)
     assert seen == reloaded
