@@ -497,20 +497,21 @@ class Daemon:
         """Write the new archive; writers wait while it runs, readers go on."""
         from . import commit  # imported on first use: a read-only mount never needs it
 
-        if flush:  # push the kernel's cached dirty pages to us first
+        data = self.overlay.data
+        if flush:  # push the kernel's cached dirty pages (mmap) to us first
             try:
                 await trio.to_thread.run_sync(osutil.syncfs, self.config.mountpoint)
             except OSError as exc:  # pages that could not be stored: the spill is where
-                failures, seen = (
-                    self.overlay.data.write_failures,
-                    getattr(self, "_failures_seen", 0),
-                )
-                self._failures_seen = failures  # report each failed write once, not forever
                 log.error("flushing written data into the spill directory failed: %s", exc)
-                if failures != seen or not failures:
+                if not data.write_failures:
                     why = _oserror(OSError(exc.errno, exc.strerror))
                     return {"ok": False, "error": f"cannot store written data in the spill "
                             f"directory {self.spill.path}: {why}"}  # fmt: skip
+        if data.write_failures != self._failures_seen:  # say it once, at the next commit:
+            self._failures_seen = data.write_failures  # what the archive gets is incomplete
+            why = _oserror(OSError(data.write_errno, os.strerror(data.write_errno)))
+            return {"ok": False, "error": f"cannot store written data in the spill "
+                    f"directory {self.spill.path}: {why}"}  # fmt: skip
         previous = self.state
 
         def begin(entries: int, nbytes: int) -> None:

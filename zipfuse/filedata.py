@@ -61,6 +61,7 @@ class FileData:
         self._trash: list[str] = []  # spill files to delete, on a worker thread
         self._emptying = False
         self.write_failures = 0  # writes that could not store all their bytes (disk full)
+        self.write_errno = 0  # why the last of them failed
         self.frozen: set[str] = set()  # spill files a running commit reads
         self._deferred: list[str] = []  # frozen files to delete once the commit is over
 
@@ -233,8 +234,9 @@ class FileData:
                 if n <= 0:
                     raise OSError(errno.ENOSPC, "spill file write stored nothing", self.spill.path)
                 done += n
-        except OSError:
+        except OSError as exc:
             self.write_failures += 1
+            self.write_errno = exc.errno or errno.EIO
             raise
         finally:
             # the bytes that did land are part of the file, so size and spill file agree;

@@ -426,9 +426,12 @@ class Overlay:
                 node.mtime_ns = node.ctime_ns = now_ns()
                 self.ns.changes += 1
                 self.unlogged.add(node.ino)
-            if node.ino not in self.named:  # name the spill file now: a kill -9 right after
-                self.named.add(node.ino)  # close() must not lose it, and in kernel-cache mode
-                self._log_data(node)  # no RELEASE comes at all; later writes mark it unlogged
+                if node.ino not in self.named and node.spill is not None:
+                    # name the spill file now: a kill -9 right after close() (or after a
+                    # write that stored only part of its bytes) must not lose it, and in
+                    # kernel-cache mode no RELEASE comes at all; later writes mark it unlogged
+                    self.named.add(node.ino)
+                    self._log_data(node)
         return len(buf)
 
     async def release(self, node: Node) -> None:
