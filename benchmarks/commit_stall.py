@@ -44,6 +44,7 @@ def main() -> None:
                 for _ in range(FILE_MB):
                     f.write(block)
         os.makedirs(os.path.join(mnt, "during"), exist_ok=True)
+        os.sync()  # the spill files' writeback is not the commit's: let it end first
         lat: list[tuple[float, float]] = []  # (start, seconds) of each writer operation
         stop = threading.Event()
 
