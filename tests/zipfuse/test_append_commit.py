@@ -8,13 +8,13 @@ import glob
 import os
 import shutil
 import subprocess
-import time
 import zipfile
 
 import pytest
 
 from tests.conftest import ZIPFUSE_CMD, force_cleanup, mounted
 from tests.zipfuse.test_reliability import kill9, names
+from tests.zipfuse.writehelp import paused_sync
 from zipfuse import api
 from zipfuse.zipformat import read_central_directory
 
@@ -144,21 +144,13 @@ def test_kill9_during_append(tmp_path, big_zip, monkeypatch, stage):
     monkeypatch.setenv("ZIPFUSE_TEST_PAUSE", f"{stage}:{marker}")  # inherited by the daemon
     info = api.mount(str(big_zip), str(mnt))
     monkeypatch.delenv("ZIPFUSE_TEST_PAUSE")
-    syncer = None
     try:
         (mnt / "payload.bin").write_bytes(b"commit me\n" * 3000)
-        syncer = subprocess.Popen([*ZIPFUSE_CMD, "sync", str(mnt)], stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(), "the commit never reached the pause point"
-        kill9(info)
-        syncer.wait(60)
-        assert syncer.returncode != 0
+        with paused_sync(mnt, marker) as syncer:
+            kill9(info)
+            syncer.wait(60)
+            assert syncer.returncode != 0
     finally:
-        if syncer is not None and syncer.poll() is None:
-            syncer.kill()
-            syncer.wait()
         force_cleanup(str(mnt))
     assert not glob.glob(str(tmp_path / ".env.zip.zipfuse-tmp-*")), "no temp file: in place"
     data = big_zip.read_bytes()
@@ -346,29 +338,21 @@ def test_kill9_during_a_commit_keeps_what_was_changed_while_it_ran(
     monkeypatch.setenv("ZIPFUSE_TEST_PAUSE", f"{stage}:{marker}")  # inherited by the daemon
     info = api.mount(str(archive), str(mnt))
     monkeypatch.delenv("ZIPFUSE_TEST_PAUSE")
-    syncer = None
     payload = b"commit me\n" * 3000
     try:
         (mnt / "payload.bin").write_bytes(payload)
-        syncer = subprocess.Popen([*ZIPFUSE_CMD, "sync", str(mnt)], stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(), "the commit never reached the pause point"
-        with open(mnt / "payload.bin", "r+b") as f:  # the commit is storing it: copied first
-            f.write(b"CHANGED")
-            os.fsync(f.fileno())
-        os.chmod(mnt / "keep.txt", 0o600)
-        os.rename(mnt / "keep.txt", mnt / "kept.txt")
-        with open(mnt / "during.txt", "wb") as f:
-            f.write(b"made during the commit\n")
-            os.fsync(f.fileno())  # the journal up to here is durable
-        kill9(info)
-        syncer.wait(60)
+        with paused_sync(mnt, marker) as syncer:
+            with open(mnt / "payload.bin", "r+b") as f:  # the commit is storing it: copied first
+                f.write(b"CHANGED")
+                os.fsync(f.fileno())
+            os.chmod(mnt / "keep.txt", 0o600)
+            os.rename(mnt / "keep.txt", mnt / "kept.txt")
+            with open(mnt / "during.txt", "wb") as f:
+                f.write(b"made during the commit\n")
+                os.fsync(f.fileno())  # the journal up to here is durable
+            kill9(info)
+            syncer.wait(60)
     finally:
-        if syncer is not None and syncer.poll() is None:
-            syncer.kill()
-            syncer.wait()
         force_cleanup(str(mnt))
     note = api.recover(str(archive))
     assert note is not None and "recovered" in note, note
@@ -395,28 +379,20 @@ def test_new_reader_while_a_large_append_is_in_flight(tmp_path, big_zip, monkeyp
     api.mount(str(big_zip), str(rw))
     monkeypatch.delenv("ZIPFUSE_TEST_PAUSE")
     payload = os.urandom(3 << 20)
-    syncer = None
     try:
         (rw / "payload.bin").write_bytes(payload)
-        syncer = subprocess.Popen([*ZIPFUSE_CMD, "sync", str(rw)], stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(), "the append never reached the pause point"
-        assert os.path.getsize(big_zip) - size > 1 << 20, "a torn tail of more than 1 MB"
-        with mounted(big_zip, ro, read_only=True):
-            assert not (ro / "payload.bin").exists()
-            assert (ro / "keep.txt").read_text() == "original\n"
-            marker.unlink()  # the writer goes on
-            _, err = syncer.communicate(timeout=120)
-            assert syncer.returncode == 0, err
-            for name, data in old.items():
-                assert (ro / name).read_bytes() == data
-        api.unmount(str(rw))
+        with paused_sync(rw, marker) as syncer:
+            assert os.path.getsize(big_zip) - size > 1 << 20, "a torn tail of more than 1 MB"
+            with mounted(big_zip, ro, read_only=True):
+                assert not (ro / "payload.bin").exists()
+                assert (ro / "keep.txt").read_text() == "original\n"
+                marker.unlink()  # the writer goes on
+                _, err = syncer.communicate(timeout=120)
+                assert syncer.returncode == 0, err
+                for name, data in old.items():
+                    assert (ro / name).read_bytes() == data
+            api.unmount(str(rw))
     finally:
-        if syncer is not None and syncer.poll() is None:
-            syncer.kill()
-            syncer.wait()
         marker.unlink(missing_ok=True)
         force_cleanup(str(rw))
     assert names(big_zip)["payload.bin"] == payload

@@ -12,7 +12,13 @@ import zipfile
 import pytest
 
 from tests.conftest import ZIPFUSE_CMD, mounted
-from tests.zipfuse.writehelp import PAUSE_WRITTEN, base_archive, check_archive, status_of
+from tests.zipfuse.writehelp import (
+    PAUSE_WRITTEN,
+    base_archive,
+    check_archive,
+    paused_sync,
+    status_of,
+)
 from zipfuse import spill
 from zipfuse.namespace import Namespace
 from zipfuse.zipformat import read_central_directory
@@ -42,36 +48,29 @@ def test_writers_keep_going_during_a_paused_sync_and_every_change_is_committed(
     with mounted(archive, mnt):
         monkeypatch.delenv("ZIPFUSE_TEST_PAUSE")
         (mnt / "dirty.bin").write_bytes(dirty)
-        syncer = subprocess.Popen([*ZIPFUSE_CMD, "sync", str(mnt)], stderr=subprocess.PIPE)
         try:
-            deadline = time.monotonic() + 60
-            while not marker.exists() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert marker.exists(), "the commit never paused"
-            assert status_of(mnt).state == "committing"
+            with paused_sync(mnt, marker) as syncer:
+                assert status_of(mnt).state == "committing"
 
-            def change() -> None:
-                os.chmod(mnt / "hello.txt", 0o600)
-                os.utime(mnt / "hello.txt", (1_000_000_000, 1_000_000_000))
-                with open(mnt / "dirty.bin", "r+b") as f:
-                    f.write(b"CHANGED")
-                    os.fsync(f.fileno())
-                (mnt / "during.txt").write_text("made during the sync\n")
+                def change() -> None:
+                    os.chmod(mnt / "hello.txt", 0o600)
+                    os.utime(mnt / "hello.txt", (1_000_000_000, 1_000_000_000))
+                    with open(mnt / "dirty.bin", "r+b") as f:
+                        f.write(b"CHANGED")
+                        os.fsync(f.fileno())
+                    (mnt / "during.txt").write_text("made during the sync\n")
 
-            worker = threading.Thread(target=change)
-            worker.start()
-            worker.join(60)
-            assert not worker.is_alive(), "a writer waited for the commit"
-            assert marker.exists(), "the commit went on before the writer ended"
-            assert (mnt / "dirty.bin").read_bytes()[:7] == b"CHANGED"
-            marker.unlink()  # let the commit finish
-            assert syncer.wait(60) == 0, syncer.stderr.read()
+                worker = threading.Thread(target=change)
+                worker.start()
+                worker.join(60)
+                assert not worker.is_alive(), "a writer waited for the commit"
+                assert marker.exists(), "the commit went on before the writer ended"
+                assert (mnt / "dirty.bin").read_bytes()[:7] == b"CHANGED"
+                marker.unlink()  # let the commit finish
+                assert syncer.wait(60) == 0, syncer.stderr.read()
         finally:
             if marker.exists():
                 marker.unlink()
-            if syncer.poll() is None:
-                syncer.kill()
-                syncer.wait()
         check_archive(archive)
         with zipfile.ZipFile(archive) as z:  # the sync stored its snapshot, no later change
             assert z.read("dirty.bin") == dirty and "during.txt" not in z.namelist()

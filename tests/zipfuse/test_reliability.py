@@ -16,6 +16,7 @@ import zipfile
 import pytest
 
 from tests.conftest import ZIPFUSE_CMD, force_cleanup, mounted
+from tests.zipfuse.writehelp import paused_sync
 from zipfuse import api, registry
 from zipfuse.lock import lock_path
 from zipfuse.zipformat import read_central_directory
@@ -168,21 +169,13 @@ def test_kill_during_commit(tmp_path, base_zip, monkeypatch, stage):
     monkeypatch.setenv("ZIPFUSE_TEST_PAUSE", f"{stage}:{marker}")  # inherited by the daemon
     info = api.mount(str(base_zip), str(mnt))
     monkeypatch.delenv("ZIPFUSE_TEST_PAUSE")
-    syncer = None
     try:
         (mnt / "payload.txt").write_text("commit me\n")
-        syncer = subprocess.Popen([*ZIPFUSE_CMD, "sync", str(mnt)], stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(), "the commit never reached the pause point"
-        kill9(info)
-        syncer.wait(60)
-        assert syncer.returncode != 0
+        with paused_sync(mnt, marker) as syncer:
+            kill9(info)
+            syncer.wait(60)
+            assert syncer.returncode != 0
     finally:
-        if syncer is not None and syncer.poll() is None:
-            syncer.kill()
-            syncer.wait()
         force_cleanup(str(mnt))
     temps = glob.glob(str(tmp_path / ".env.zip.zipfuse-tmp-*"))
     if stage == "before-rename":

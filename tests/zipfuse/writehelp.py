@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import mounted, tree_state
+from tests.conftest import ZIPFUSE_CMD, mounted, tree_state
 from zipfuse import api, registry
 
 BASE_MTIME = 1_600_000_000
@@ -242,3 +242,20 @@ def guarded_sync(mountpoint, timeout: float = 90) -> dict:
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+@contextlib.contextmanager
+def paused_sync(mountpoint, marker) -> Iterator[subprocess.Popen]:
+    """``zipfuse sync`` of ``mountpoint``, once its commit has written the pause marker (the
+    daemon was started with ZIPFUSE_TEST_PAUSE=STAGE:MARKER); killed if still running after."""
+    syncer = subprocess.Popen([*ZIPFUSE_CMD, "sync", str(mountpoint)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.exists(marker), "the commit never reached the pause point"
+        yield syncer
+    finally:
+        if syncer.poll() is None:
+            syncer.kill()
+        syncer.wait()
