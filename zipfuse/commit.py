@@ -269,29 +269,19 @@ def _entry_ends(source: CentralDirectory | None) -> dict[int, int]:
     """
     if source is None:
         return {}
-    by_offset = {e.header_offset: e for e in source.entries}
-    offsets = sorted(by_offset)
+    span_at = dict(zip(source.header_offsets(), source.spans(), strict=True))  # no decoding
+    offsets = sorted(span_at)
     nexts = dict(zip(offsets, offsets[1:], strict=False))
     if offsets and offsets[-1] < source.cd_offset:
         nexts[offsets[-1]] = source.cd_offset
     ends = {}
     for start, end in nexts.items():
-        if end - start <= _entry_span(by_offset[start]) + _SLACK:
+        if end - start <= span_at[start] + _SLACK:
             ends[start] = end
     return ends
 
 
 _SLACK = 40  # local extras a little longer than the central ones, a data descriptor
-
-
-def _entry_span(e: ZipEntry) -> int:
-    """Bytes the entry takes if its local extras equal its central ones (the usual case)."""
-    return (
-        30
-        + len(e.raw_name or e.name.encode("utf-8", "surrogateescape"))
-        + len(e.extra)
-        + (e.compressed_size)
-    )
 
 
 # ------------------------------------------------------------------ append in place

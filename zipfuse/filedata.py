@@ -207,10 +207,7 @@ class FileData:
                     await trio.to_thread.run_sync(
                         _copy_file, node.spill, path, limiter=self.limiter
                     )
-                    fd = self.fds.pop(node.ino, None)
-                    if fd is not None:
-                        os.close(fd)
-                    self._discard(node.spill)  # deleted once the commit is over
+                    self._leave_frozen(node)
                 else:
                     held = self._held(node)
                     held.busy += 1
@@ -244,6 +241,15 @@ class FileData:
             if off + done > node.size and done:
                 node.size = off + done
 
+    def _leave_frozen(self, node: Node) -> None:
+        """The node moves off its frozen spill file: close it here; it is deleted once the
+        commit reading it is over."""
+        fd = self.fds.pop(node.ino, None)
+        if fd is not None:
+            os.close(fd)
+        assert node.spill is not None
+        self._discard(node.spill)
+
     def _take_spill(self, node: Node) -> None:
         """Give the node an empty spill file of its own."""
         path, fd = self._take_empty()
@@ -254,11 +260,8 @@ class FileData:
     def truncate_to_empty(self, node: Node) -> None:
         """O_TRUNC: the old bytes are never needed, so nothing is copied."""
         if node.spill is None or node.spill in self.frozen:
-            if node.spill is not None:  # frozen: a new file, the old one goes after the commit
-                fd = self.fds.pop(node.ino, None)
-                if fd is not None:
-                    os.close(fd)
-                self._discard(node.spill)
+            if node.spill is not None:  # frozen: a new empty file instead
+                self._leave_frozen(node)
             self._take_spill(node)
         else:
             os.ftruncate(self._spill_fd(node), 0)

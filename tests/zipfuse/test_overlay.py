@@ -294,32 +294,22 @@ def test_mutations_go_on_during_a_paused_commit_and_the_next_commit_keeps_them_a
         root = ns.root.ino
         dir_ino = ns.resolve("dir").ino
 
-        async def write_big() -> None:
-            node = ns.resolve("big.bin")
+        async def write_at_start(path: str, data: bytes) -> None:
+            node = ns.resolve(path)
             await ov.open(node, os.O_RDWR)
-            await ov.write(node, 0, b"XYZ")
+            await ov.write(node, 0, data)
             await ov.release(node)
 
-        async def otrunc() -> None:
-            node = ns.resolve("dir/a.txt")
-            await ov.open(node, os.O_WRONLY | os.O_TRUNC)
-            await ov.release(node)
-
-        async def rewrite_before() -> None:  # dirty at the snapshot: copied, then written
-            node = ns.resolve("before.txt")
-            await ov.open(node, os.O_RDWR)
-            await ov.write(node, 0, b"MADE")
-            await ov.release(node)
-
-        async def empty_frozen() -> None:
-            node = ns.resolve("emptied.txt")
+        async def otrunc(path: str) -> None:
+            node = ns.resolve(path)
             await ov.open(node, os.O_WRONLY | os.O_TRUNC)
             await ov.release(node)
 
         mutations = {
-            "rewrite frozen": rewrite_before,
+            # before.txt is dirty at the snapshot: copied, then written
+            "rewrite frozen": lambda: write_at_start("before.txt", b"MADE"),
             "unlink frozen": lambda: ov.unlink(root, b"gone.txt"),
-            "O_TRUNC frozen": empty_frozen,
+            "O_TRUNC frozen": lambda: otrunc("emptied.txt"),
             "create": lambda: new_file(ov, ns.root, b"new.txt", b"new\n"),
             "mkdir": lambda: ov.make(root, b"newdir", stat.S_IFDIR | 0o750, UID, GID),
             "fifo": lambda: ov.make(root, b"fifo", stat.S_IFIFO | 0o600, UID, GID),
@@ -334,8 +324,8 @@ def test_mutations_go_on_during_a_paused_commit_and_the_next_commit_keeps_them_a
                 ns.resolve("hello.txt"), AttrChange(mode=0o600, atime_ns=t_new, mtime_ns=t_new)
             ),
             "truncate": lambda: ov.setattr(ns.resolve("dir/sub/b.txt"), AttrChange(size=10)),
-            "write": write_big,
-            "O_TRUNC": otrunc,
+            "write": lambda: write_at_start("big.bin", b"XYZ"),
+            "O_TRUNC": lambda: otrunc("dir/a.txt"),
         }
 
         async def run(name: str) -> None:
