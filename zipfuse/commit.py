@@ -21,17 +21,21 @@ import array
 import contextlib
 import dataclasses
 import errno
+import itertools
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from . import lock, oldversions, zipspec
 from .journal import fingerprint, fsync_dir
-from .namespace import Namespace, Node
+from .namespace import Namespace, Node, _entry_path, _odd_names
 from .zipformat import (
     CentralDirectory,
     ZipEntry,
+    ZipFormatError,
+    appended_directory,
+    kept_runs,
     local_data_offset,
     read_central_directory,
 )
@@ -57,50 +61,139 @@ class Item:
 
 
 def plan(ns: Namespace) -> list[Item]:
-    """Snapshot the tree as the entries of the new archive.
+    """Snapshot the whole tree as the entries of the new archive (every directory is listed:
+    a full rewrite, or a tree ``plan_changes`` cannot vouch for)."""
+    items: list[Item] = []
+    for path, node in ns.walk():
+        item = _item(path, node)
+        if item is not None:
+            items.append(item)
+    # Unchanged entries first, in their order in the old archive: long runs of them are then
+    # copied with one copy_file_range each (the cost of a small change stays small).
+    raw = sorted((i for i in items if i.kind == RAW), key=lambda i: _stored(i).header_offset)
+    return raw + [i for i in items if i.kind != RAW]
+
+
+def _item(path: str, node: Node) -> Item | None:
+    """The entry of ``node`` at ``path`` in the new archive; None for none.
 
     A directory the archive only implied (no entry of its own), untouched and not empty, stays
     implied: its children's names carry it. Writing it would add one entry holding its full
     path per level, which makes a deeply nested archive grow quadratically.
     """
+    if node.entry is None and not node.meta_dirty and node.is_dir and node.children:
+        return None
+    entry = node.entry
+    unchanged = (
+        entry is not None
+        and not node.meta_dirty
+        and node.entry_path == path
+        and entry.name.rstrip("/") == path
+    )
+    if unchanged and (node.is_dir or node.spill is None):
+        return Item(RAW, node, None, entry)  # copied as stored: no new metadata
+    name = path + "/" if node.is_dir else path
+    # positional: one EntryMeta per entry of the archive, keyword passing costs more here
+    meta = EntryMeta(name, node.mode, node.uid, node.gid, node.mtime_ns, node.atime_ns, node.rdev)
+    if node.is_dir:
+        kind = DIR
+    elif node.spill is not None:
+        kind = FILE
+    elif entry is not None:
+        kind = RAW_META
+    elif stat.S_ISLNK(node.mode):
+        kind = SYMLINK
+    elif stat.S_ISREG(node.mode):
+        kind = FILE  # new and empty
+    else:
+        kind = SPECIAL
+    return Item(kind, node, meta, entry, node.spill, node.size if kind == FILE else 0, node.target)
+
+
+@dataclasses.dataclass(slots=True)
+class Changes:
+    """A commit planned from what changed (``plan_changes``): the old archive's entries that
+    stay as they are, by index, and the entries to write."""
+
+    kept: array.array  # indices into the old directory, ascending
+    items: list[Item]  # no RAW items
+    dropped: array.array  # indices of the old entries that go
+
+
+def plan_changes(
+    ns: Namespace,
+    cd: CentralDirectory,
+    touched: Iterable[Node],
+    moved: Iterable[Node],
+) -> Changes:
+    """The new archive as the old one minus the entries of changed nodes plus their new
+    entries: only the nodes touched since the last commit (and the subtrees of directories
+    moved) are looked at, so the cost follows the change, not the tree; directories nobody
+    looked into stay unlisted.
+
+    The caller checks that this is exact (``Namespace.linked`` is False: a hard link's
+    extra names have no node to be touched; the archive holds no duplicate or hidden names,
+    ``unambiguous``). Gives the same entries as ``plan`` except that an unchanged entry is
+    not rewritten when its directory's other entries change.
+    """
+    todo: dict[Node, None] = dict.fromkeys(touched)
+    for top in moved:
+        if top.is_dir and ns.path(top) is not None:
+            stack = [top]
+            while stack:  # every path below a moved directory changed
+                for child in stack.pop().kids.values():
+                    todo[child] = None
+                    if child.is_dir:
+                        stack.append(child)
+    stale: set[int] = set()
     items: list[Item] = []
-    for path, node in ns.walk():
-        if node.entry is None and not node.meta_dirty and node.is_dir and node.children:
-            continue
+    todo.pop(ns.root, None)  # never an entry of its own
+    for node in todo:
         entry = node.entry
-        unchanged = (
-            entry is not None
-            and not node.meta_dirty
-            and node.entry_path == path
-            and entry.name.rstrip("/") == path
-        )
-        if unchanged and (node.is_dir or node.spill is None):
-            items.append(Item(RAW, node, None, entry))  # copied as stored: no new metadata
+        if entry is not None and node.entry_path is None:
+            entry = None  # an older archive's entry (deleted, still open): not in this one
+        path = ns.path(node) if node.nlink > 0 else None
+        if path is not None and node.links:
+            raise ValueError("plan_changes cannot plan hard links")
+        item = _item(path, node) if path is not None else None
+        if item is not None and item.kind == RAW:
             continue
-        name = path + "/" if node.is_dir else path
-        # positional: one EntryMeta per entry of the archive, keyword passing costs more here
-        meta = EntryMeta(
-            name, node.mode, node.uid, node.gid, node.mtime_ns, node.atime_ns, node.rdev
-        )
-        if node.is_dir:
-            kind = DIR
-        elif node.spill is not None:
-            kind = FILE
-        elif entry is not None:
-            kind = RAW_META
-        elif stat.S_ISLNK(node.mode):
-            kind = SYMLINK
-        elif stat.S_ISREG(node.mode):
-            kind = FILE  # new and empty
-        else:
-            kind = SPECIAL
-        items.append(
-            Item(kind, node, meta, entry, node.spill, node.size if kind == FILE else 0, node.target)
-        )
-    # Unchanged entries first, in their order in the old archive: long runs of them are then
-    # copied with one copy_file_range each (the cost of a small change stays small).
-    raw = sorted((i for i in items if i.kind == RAW), key=lambda i: _stored(i).header_offset)
-    return raw + [i for i in items if i.kind != RAW]
+        if entry is not None:
+            stale.add(entry.index)
+        if item is not None:
+            items.append(item)
+    dropped = array.array("q", sorted(stale))
+    if not stale:
+        kept = array.array("q", range(len(cd)))
+    else:
+        keep = bytearray(b"\1") * len(cd)
+        for i in stale:
+            keep[i] = 0
+        kept = array.array("q", itertools.compress(range(len(cd)), keep))
+    return Changes(kept, items, dropped)
+
+
+def unambiguous(cd: CentralDirectory) -> bool:
+    """True when every entry of ``cd`` gives a node of its own: no two entries with the same
+    (sanitised) path, no file where a directory is (which the mount hides). Then dropping an
+    entry can never uncover another one, which ``plan_changes`` relies on."""
+    names = cd.take_names()
+    odd = _odd_names(names)
+    if odd:
+        for i, entry in zip(odd, cd.entries_at(odd), strict=True):
+            path = _entry_path(entry.name)
+            names[i] = os.fsencode(path) + (b"/" if entry.is_dir else b"") if path else b""
+    keys = [n for n in names if n]
+    files = {k for k in keys if not k.endswith(b"/")}
+    dirs = {k[:-1] for k in keys if k.endswith(b"/")}
+    if len(files) + len(dirs) != len(keys):
+        return False
+    implied: set[bytes] = set()
+    for head in {k.rstrip(b"/").rpartition(b"/")[0] for k in keys}:
+        while head and head not in implied:
+            implied.add(head)
+            head = head.rpartition(b"/")[0]
+    return not (files & dirs) and not (files & implied)
 
 
 def _stored(item: Item) -> ZipEntry:
@@ -289,14 +382,24 @@ DEAD_LIMIT = 0.25  # share of the file that may be dead space before a commit re
 APPEND_MIN = 1 << 20  # smaller archives are rewritten: that costs little, and is simplest
 
 
-def dead_space(cd: CentralDirectory, spans: array.array | None = None) -> int:
+def dead_space(cd: CentralDirectory) -> int:
     """Bytes of the archive that no entry uses (old directories and replaced entries left by
     appends in place); an estimate good to a few bytes per entry."""
-    used = sum(cd.spans() if spans is None else spans)
-    return max(0, cd.cd_offset - used)
+    return max(0, cd.cd_offset - sum(cd.spans()))
 
 
-def append_cost(items: list[Item], cd: CentralDirectory | None, fd: int | None) -> int | None:
+def changes_of(items: list[Item], cd: CentralDirectory) -> Changes:
+    """A whole-tree plan (``plan``) as ``Changes`` against ``cd``, for an append in place."""
+    keep = bytearray(len(cd))
+    for i in items:
+        if i.kind == RAW:
+            keep[_stored(i).index] = 1
+    kept = array.array("q", itertools.compress(range(len(cd)), keep))
+    dropped = array.array("q", (i for i, k in enumerate(keep) if not k))
+    return Changes(kept, [i for i in items if i.kind != RAW], dropped)
+
+
+def append_cost(changes: Changes, cd: CentralDirectory | None, fd: int | None) -> int | None:
     """Bytes an append in place to the archive open as ``fd`` would write, or None when a full
     rewrite is the right path: a small archive (under APPEND_MIN), no entries yet, data before
     the first entry (a self-extracting stub) or after the end records, offsets that need
@@ -310,29 +413,30 @@ def append_cost(items: list[Item], cd: CentralDirectory | None, fd: int | None) 
     if os.pread(fd, 4, 0) != zipspec.LOCAL_SIG:
         return None
     spans = cd.spans()
-    kept_bytes = sum(spans[_stored(i).index] for i in items if i.kind == RAW)
-    dropped = sum(spans) - kept_bytes
+    used = sum(spans)
+    dropped = sum(spans[i] for i in changes.dropped)
+    kept_bytes = used - dropped
     new = 0
-    for i in items:
+    for i in changes.items:
         if i.kind == FILE:
             new += i.size
         elif i.kind == RAW_META:
             new += _stored(i).compressed_size
         elif i.kind == SYMLINK:
             new += len(i.target or b"")
-        if i.meta is not None:
-            new += 2 * (len(i.meta.name) + 100)  # local header and central record
-    directory = cd.cd_size * len(items) // max(len(cd), 1) + 200
+        new += 2 * (len(i.meta.name if i.meta else "") + 100)  # local header and central record
+    count = len(changes.kept) + len(changes.items)
+    directory = cd.cd_size * count // max(len(cd), 1) + 200
     append = new + directory
     rewrite = kept_bytes + new + directory
-    dead = dead_space(cd, spans) + (size - cd.cd_offset) + dropped
+    dead = dead_space(cd) + (size - cd.cd_offset) + dropped
     if append >= rewrite or dead > DEAD_LIMIT * (size + append):
         return None
     return append
 
 
 def append_archive(
-    items: list[Item],
+    changes: Changes,
     src_fd: int,
     archive: str,
     *,
@@ -344,7 +448,8 @@ def append_archive(
     after_sync: Callable[[], None] | None = None,
 ) -> tuple[int, CentralDirectory]:
     """Append the new and changed entries, a new directory and end records to the archive
-    IN PLACE (same inode); return a new read-only fd and the new directory.
+    IN PLACE (same inode); return a new read-only fd and the new directory: the kept entries
+    of ``source`` first (same records, same offsets), then ``changes.items``.
 
     Nothing before the old end of the file is written: the old directory and end record stay
     as dead space, so the old version is complete (and its readers read on) until the new end
@@ -371,12 +476,10 @@ def append_archive(
         )
         src_fds: list[int] = []
         try:
-            kept = [_stored(i) for i in items if i.kind == RAW]
-            records = _central_records(src_fd, source, kept)
-            writer.keep_central(records, len(kept), sum(e.compressed_size for e in kept))
-            for item in items:
-                if item.kind != RAW:
-                    _add(writer, item, src_fd, src_fds, source)
+            records = _central_records(src_fd, source, changes.dropped)
+            writer.keep_central(records, len(changes.kept), 0)
+            for item in changes.items:
+                _add(writer, item, src_fd, src_fds, source)
             writer.finish(comment, before_end=lambda: _test_pause("append-entries-written"))
             _test_pause("append-before-fsync")
             os.fsync(fd)
@@ -397,26 +500,41 @@ def append_archive(
     finally:
         os.close(fd)
     try:
-        cd = read_central_directory(rfd)
-        if len(cd) != len(items) or cd.cd_offset < st.st_size:
+        cd = appended_directory(rfd, source, changes.dropped, records)
+        if cd.cd_offset < st.st_size:
             raise OSError(errno.EIO, "the appended archive does not list every entry written")
+    except ZipFormatError as exc:
+        os.close(rfd)
+        raise OSError(errno.EIO, f"the appended archive does not read back: {exc}") from None
     except BaseException:
         os.close(rfd)
         raise
     return rfd, cd
 
 
-def _central_records(fd: int, cd: CentralDirectory, kept: list[ZipEntry]) -> bytes:
-    """The central records of ``kept`` (entries of ``cd``, which lists them at their real
-    offsets: append_cost refuses a directory that needs adjusting), as stored: one read of the
-    old directory, no re-encoding of tens of thousands of records."""
+def keep_conflict(changes: Changes, src_fd: int, source: CentralDirectory, archive: str) -> None:
+    """The archive is no longer the version ``changes`` apply to (someone replaced it): write
+    ours, whole, beside it as a conflict file and raise CommitConflict (as a rewrite does)."""
+    raw = [
+        Item(RAW, None, None, e)  # type: ignore[arg-type]  # written, never adopted
+        for e in sorted(source.entries_at(changes.kept), key=lambda e: e.header_offset)
+    ]
+    fd, _ = write_archive(raw + changes.items, src_fd, archive, source=source, expect="")
+    os.close(fd)  # not reached: no archive has the fingerprint ""
+    raise CommitConflict(f"{archive} was changed by someone else since it was mounted")
+
+
+def _central_records(fd: int, cd: CentralDirectory, dropped: array.array) -> bytes:
+    """The central records of ``cd`` but ``dropped`` (which lists them at their real offsets:
+    append_cost refuses a directory that needs adjusting), as stored: one read of the old
+    directory, one slice per run of kept records, no re-encoding of tens of thousands."""
     buf = os.pread(fd, cd.cd_size, cd.cd_offset)
     if len(buf) != cd.cd_size:
         raise OSError(errno.EIO, "the archive's central directory could not be read again")
     view = memoryview(buf)
     out = bytearray()
-    for e in kept:
-        at, end = cd.record_span(e.index)
+    for lo, hi in kept_runs(dropped, len(cd)):
+        at, end = cd.record_span(lo)[0], cd.record_span(hi - 1)[1]
         if view[at : at + 4] != zipspec.CENTRAL_SIG or end > len(buf):
             raise OSError(errno.EIO, "the archive's central directory changed under the commit")
         out += view[at:end]

@@ -353,12 +353,14 @@ def _apply(ns: Namespace, rec: dict, spill_path: str) -> bool:
         if node is None:
             return False
         _set_meta(node, rec)
+        ns.touched.add(node)
     elif op == "data":
         node = ns.resolve(rec["path"])
         spill = os.path.join(spill_path, rec["spill"])
         if node is None or not rec["spill"] or not os.path.exists(spill):
             return False
         node.spill = spill
+        ns.touched.add(node)
         node.size = os.stat(spill).st_size
         node.mtime_ns = node.ctime_ns = rec["mtime"]
     else:

@@ -185,6 +185,13 @@ class Namespace:
         self.changes = 0  # bumped by every mutation; commit compares it
         self.on_drop: list = []  # callbacks(node) when an inode disappears (spill cleanup)
         self._loader: _Loader | None = None  # directories of the archive not listed yet
+        # What a commit must look at (see commit.plan_changes): nodes whose name, metadata or
+        # data may differ from their entry, directories moved (their subtrees' paths changed),
+        # and whether a hard link was ever made (extra names have no node of their own).
+        self.touched: set[Node] = set()
+        self.moved: set[Node] = set()
+        self.linked = False
+        self.unambiguous: bool | None = None  # see commit.unambiguous; None: not checked yet
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
@@ -213,6 +220,7 @@ class Namespace:
 
     def _attach(self, parent: Node, name: bytes, node: Node) -> None:
         parent.kids[name] = node
+        self.touched.add(node)
         if parent.listing is not None:
             parent.listing.add(name)
         if node.parent is None or node.is_dir:
@@ -225,6 +233,7 @@ class Namespace:
     def _unname(self, parent: Node, name: bytes, node: Node) -> None:
         """Remove one name of ``node`` from the directory and from the node's own records."""
         del parent.kids[name]
+        self.touched.add(node)
         if parent.listing is not None:
             parent.listing.remove(name)
         if node.parent is parent and node.name == name:
@@ -298,6 +307,7 @@ class Namespace:
     def touch(self, node: Node, now_ns: int) -> None:
         node.mtime_ns = node.ctime_ns = now_ns
         node.meta_dirty = True  # the stored mtime must follow
+        self.touched.add(node)
         self.changes += 1
 
     # ----------------------------------------------------------------------------- mutations
@@ -355,6 +365,7 @@ class Namespace:
         if node.is_dir:
             raise OSError(errno.EPERM, "hard links to directories are not allowed")
         self._check_name(parent, name)
+        self.linked = True
         self._attach(parent, name, node)
         node.nlink += 1
         node.ctime_ns = now_ns
@@ -421,6 +432,7 @@ class Namespace:
             if target.is_dir and self._is_ancestor(target, old_parent):
                 raise OSError(errno.EINVAL, "cannot move a directory into itself")
             self._swap(old_parent, old, new_parent, new, node, target)
+            self.moved.update(n for n in (node, target) if n.is_dir)
             node.ctime_ns = target.ctime_ns = now_ns
             self.touch(old_parent, now_ns)
             self.touch(new_parent, now_ns)
@@ -438,6 +450,8 @@ class Namespace:
             self._detach(new_parent, new, target)
         self._unname(old_parent, old, node)
         self._attach(new_parent, new, node)
+        if node.is_dir:
+            self.moved.add(node)
         node.ctime_ns = now_ns
         self.touch(old_parent, now_ns)
         self.touch(new_parent, now_ns)
@@ -581,6 +595,18 @@ class _Loader:
             self._subdirs[parent][name] = sub
             self.kids[parent].append(-sub)  # type: ignore[union-attr]
         return sub
+
+    def renumber(self, cd: CentralDirectory, new_index: array.array) -> None:
+        """The archive was appended to: its directory is now ``cd``, where entry ``i`` of the
+        old one is ``new_index[i]`` (-1: dropped; only entries of touched nodes are, and those
+        nodes' directories are listed already)."""
+        self.cd = cd
+        kids = self.kids
+        for k, refs in enumerate(kids):
+            if refs is not None:
+                kids[k] = array.array("l", [r if r < 0 else new_index[r] for r in refs])
+        self.dir_entry = array.array("l", [new_index[e] if e >= 0 else -1 for e in self.dir_entry])
+        self.odd = frozenset(new_index[i] for i in self.odd if new_index[i] >= 0)
 
     def adopt_root(self, root: Node) -> None:
         self._make_lazy(root, 0)

@@ -30,6 +30,7 @@ Concurrency rules
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import errno
 import itertools
@@ -52,7 +53,7 @@ from .versions import ArchiveVersion
 from .zipformat import CentralDirectory, ZipEntry
 
 if TYPE_CHECKING:
-    from .commit import Item
+    from .commit import Changes, Item
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,12 @@ class AttrChange:
 
 @dataclasses.dataclass
 class _Snapshot:
-    items: list[Item]
+    items: list[Item]  # every entry of a rewrite; the entries to add of an append
     links: list[dict]  # the snapshot's hard links, as journal records
     changes: int  # ns.changes at the snapshot
-    append: bool  # small enough to append in place
+    append: Changes | None  # small enough to append in place: what stays, goes and comes
+    touched: set[Node]  # Namespace.touched and .moved at the snapshot (kept for the next
+    moved: set[Node]  # commit if this one fails)
 
 
 @dataclasses.dataclass
@@ -386,6 +389,7 @@ class Overlay:
                 node.mtime_ns = change.mtime_ns
             node.ctime_ns = now if change.ctime_ns is None else change.ctime_ns
             node.meta_dirty = True
+            self.ns.touched.add(node)
             self.ns.changes += 1
             path = self.ns.path(node)
             if path is not None:
@@ -424,6 +428,7 @@ class Overlay:
                 await self.data.write(node, off, buf)
             finally:  # even a failed write (disk full) may have stored part of buf: keep it
                 node.mtime_ns = node.ctime_ns = now_ns()
+                self.ns.touched.add(node)
                 self.ns.changes += 1
                 self.unlogged.add(node.ino)
                 if node.ino not in self.named and node.spill is not None:
@@ -480,6 +485,10 @@ class Overlay:
                 self.gate.open()
             try:
                 return await self._write_and_adopt(snap, begin, progress)
+            except BaseException:
+                self.ns.touched |= snap.touched  # not in the archive: the next commit's job
+                self.ns.moved |= snap.moved
+                raise
             finally:
                 self._tail = None
                 if self.journal is not None and self.journal.tail is not None:
@@ -489,14 +498,38 @@ class Overlay:
                 self.data.thaw()
 
     def _snapshot(self) -> _Snapshot:
-        """Under the closed gate: the entries of the new archive, as the tree is now."""
+        """Under the closed gate: the entries of the new archive, as the tree is now.
+
+        A small change to an archive that can be appended to is planned from the nodes
+        touched since the last commit (``commit.plan_changes``: the cost of the change);
+        anything else from the whole tree.
+        """
         from . import commit  # the write path: a read-only mount never imports it
 
-        items = commit.plan(self.ns)
+        ns, cd, fd = self.ns, self.cd, self.data.archive_fd
+        touched, moved = ns.touched, ns.moved
+        ns.touched, ns.moved = set(), set()
+        append: Changes | None = None
+        items: list[Item] = []
+        if not self.force_rewrite and cd is not None and fd is not None:
+            if not ns.linked and self._unambiguous(cd):
+                append = commit.plan_changes(ns, cd, touched, moved)
+                items = append.items
+                if commit.append_cost(append, cd, fd) is None:
+                    append = None
+            if append is None:
+                items = commit.plan(ns)
+                append = commit.changes_of(items, cd)
+                if commit.append_cost(append, cd, fd) is None:
+                    append = None
+                else:
+                    items = append.items
+        else:
+            items = commit.plan(ns)
         links = []
-        for node in self.ns.nodes.values():  # the archive stores each name as its own entry
+        for node in ns.nodes.values() if ns.linked else ():  # each name is its own entry
             if node.links and node.parent is not None:
-                src = self.ns.path(node)
+                src = ns.path(node)
                 for parent, name in node.links:
                     dst = self._child_path(parent, name)
                     if src is not None and dst is not None:
@@ -505,11 +538,17 @@ class Overlay:
         mark = self.journal.capture() if self.journal is not None else 0
         self._tail = {"offset": mark, "links": links}
         self.named.clear()  # the next write of a file names its (copied) spill file again
-        append = None
-        if not self.force_rewrite and self.data.archive_fd is not None and self.cd is not None:
-            append = commit.append_cost(items, self.cd, self.data.archive_fd)
         self.force_rewrite = False
-        return _Snapshot(items, links, self.ns.changes, append is not None)
+        return _Snapshot(items, links, ns.changes, append, touched, moved)
+
+    def _unambiguous(self, cd: CentralDirectory) -> bool:
+        """``commit.unambiguous`` of the mounted archive, worked out once: what a commit
+        writes is unambiguous, and appends keep it so."""
+        if self.ns.unambiguous is None:
+            from .commit import unambiguous
+
+            self.ns.unambiguous = unambiguous(cd)
+        return self.ns.unambiguous
 
     async def _write_and_adopt(
         self,
@@ -520,7 +559,8 @@ class Overlay:
         from . import commit
 
         items = snap.items
-        begin(len(items), commit.bytes_total(items))
+        count = len(items) + (len(snap.append.kept) if snap.append is not None else 0)
+        begin(count, commit.bytes_total(items))
         started = time.monotonic()
         source_fd = self.data.archive_fd
         source_cd = self.cd
@@ -531,15 +571,12 @@ class Overlay:
             try:
                 if self.test_hook is not None:
                     self.test_hook("writing")
-                if (
-                    snap.append
-                    and source_fd is not None
-                    and source_cd is not None
-                    and journal.fingerprint(self.archive) == self.base
-                ):
+                if snap.append is not None and source_fd is not None and source_cd is not None:
+                    if journal.fingerprint(self.archive) != self.base:  # someone else's now
+                        commit.keep_conflict(snap.append, source_fd, source_cd, self.archive)
                     how = "append"
                     return commit.append_archive(
-                        items,
+                        snap.append,
                         source_fd,
                         self.archive,
                         level=self.level,
@@ -569,7 +606,7 @@ class Overlay:
         fd, cd = outcome
         await self.gate.close()
         try:
-            self._adopt(fd, cd, items, how == "append")
+            self._adopt(fd, cd, snap)
             self.committed_changes = snap.changes
             self.base = journal.fingerprint(self.archive)
             if self.journal is not None:
@@ -583,8 +620,8 @@ class Overlay:
         finally:
             self.gate.open()
         size = os.fstat(fd).st_size
-        log.info("commit (%s): %d entries, archive %d bytes", how, len(items), size)
-        return Committed(len(items), size, time.monotonic() - started, how)
+        log.info("commit (%s): %d entries, archive %d bytes", how, count, size)
+        return Committed(count, size, time.monotonic() - started, how)
 
     def _before_replace(self, tmp: str) -> None:
         """Runs on the commit thread: name the archive about to be installed, for recovery."""
@@ -612,36 +649,47 @@ class Overlay:
         state["tail"] = self._tail
         journal.write_state(self.spill.path, state)
 
-    def _adopt(self, fd: int, cd: CentralDirectory, items: list[Item], appended: bool) -> None:
+    def _adopt(self, fd: int, cd: CentralDirectory, snap: _Snapshot) -> None:
         """Point the snapshot's nodes at the new archive; what changed since the snapshot
         stays dirty (a spill file other than the frozen one, metadata other than the entry's),
-        the rest is clean and its spill copy goes.
-
-        After an append in place the unchanged entries lead the new directory at their old
-        offsets: their entries are kept with the new index, and only the rest is decoded (the
-        adoption is a pause for writers; decoding 60k records would make it a long one).
+        the rest is clean and its spill copy goes. Nodes left out of the new archive (deleted
+        but still open) keep reading the old one; their ``entry_path`` goes to None, which
+        says that their entry is not in the current archive.
         """
-        from .commit import FILE, RAW
-
-        entries: Iterable[ZipEntry]
-        if appended:
-            kept = 0
-            while kept < len(items) and items[kept].kind == RAW:
-                entry = items[kept].entry
-                assert entry is not None
-                entry.index = kept  # same record, same offset: only its position moved
-                kept += 1
-            rest = cd.entries_at(range(kept, len(cd)))
-            entries = itertools.chain((i.entry for i in items[:kept]), rest)  # type: ignore[misc]
-        else:
-            entries = cd.entries
+        old_cd = self.cd
         self.cd = cd
-        seen: set[int] = set()
+        nodes = self.ns.nodes
+        # nodes deleted and gone during the commit may still be named by the next one's plan
+        gone = [n for n in self.ns.touched if nodes.get(n.ino) is not n]
+        if snap.append is None:
+            seen = self._point(snap.items, cd.entries)
+            orphans = [
+                n
+                for n in itertools.chain(nodes.values(), gone)
+                if n.entry is not None and n.ino not in seen
+            ]
+        else:
+            assert old_cd is not None
+            orphans = self._renumber(old_cd, cd, snap.append, gone)
+            kept = len(snap.append.kept)
+            # unchanged entries keep their ZipEntry (same record and offset, new index): only
+            # the new records are decoded (the adoption is a pause for writers)
+            self._point(snap.items, cd.entries_at(range(kept, len(cd))))
+        for node in orphans:
+            node.entry_path = None
+        stay = [n for n in orphans if nodes.get(n.ino) is n]
+        self.data.adopt(ArchiveVersion(fd, cd.archive_size), stay)
+
+    def _point(self, items: list[Item], entries: Iterable[ZipEntry]) -> dict[int, Node]:
+        """Give each item's node its new entry; return the nodes seen (by inode)."""
+        from .commit import FILE
+
+        seen: dict[int, Node] = {}
         for item, entry in zip(items, entries, strict=True):
             node = item.node
             if node.ino in seen:  # a hard link's second name: keep the first entry
                 continue
-            seen.add(node.ino)
+            seen[node.ino] = node
             node.entry = entry
             self.data.unpin(node)
             meta = item.meta
@@ -654,6 +702,33 @@ class Overlay:
                 node.meta_dirty = False
             if item.kind == FILE and node.spill == item.spill:
                 self.data.mark_clean(node)
-        # nodes left out of the new archive (deleted but still open) keep reading the old one
-        stay = [n for n in self.ns.nodes.values() if n.entry is not None and n.ino not in seen]
-        self.data.adopt(ArchiveVersion(fd, cd.archive_size), stay)
+        return seen
+
+    def _renumber(
+        self, old: CentralDirectory, cd: CentralDirectory, changes: Changes, gone: list[Node]
+    ) -> list[Node]:
+        """After an append in place: the kept entries' new indices (every node's entry and the
+        directories not listed yet); return the nodes whose entry was dropped without a new
+        one (deleted since the last commit)."""
+        loader = self.ns._loader
+        if not len(changes.dropped):  # only new entries, after the old ones: same indices
+            if loader is not None:
+                loader.cd = cd
+            return []
+        new_index = array.array("q", [-1]) * len(old)
+        for new, i in enumerate(changes.kept):
+            new_index[i] = new
+        written = {i.node.ino for i in changes.items}
+        orphans = []
+        for node in itertools.chain(self.ns.nodes.values(), gone):
+            entry = node.entry
+            if entry is None or node.entry_path is None:  # none, or an older archive's
+                continue
+            index = new_index[entry.index]
+            if index >= 0:
+                entry.index = index
+            elif node.ino not in written:
+                orphans.append(node)
+        if loader is not None:
+            loader.renumber(cd, new_index)
+        return orphans

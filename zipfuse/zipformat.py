@@ -42,7 +42,7 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import cast
 
 from . import zipspec
@@ -130,6 +130,7 @@ class CentralDirectory:
     __slots__ = (
         "comment", "cd_offset", "cd_size", "prefix_size", "archive_size", "zip64",
         "end_offset", "_buf", "_fd", "_offs", "_hdr", "_concat", "_entries", "_names",
+        "_spans",
     )  # fmt: skip
 
     def __init__(
@@ -162,6 +163,7 @@ class CentralDirectory:
         self._concat = concat
         self._entries: list[ZipEntry] | None = None
         self._names: list[bytes] | None = names
+        self._spans: array.array | None = None  # see spans()
 
     def __len__(self) -> int:
         return len(self._hdr)
@@ -223,19 +225,24 @@ class CentralDirectory:
         self._fd = fd
         self._buf = None
 
-    def spans(self) -> array.array:
+    def spans(self, indices: Iterable[int] | None = None) -> array.array:
         """Bytes each entry takes in the archive if its local extras equal its central ones
         (the usual case): local header, name, extra, compressed data. From the fixed fields,
-        no decoding (a commit sizes dead space over tens of thousands of entries)."""
+        no decoding (a commit sizes dead space over tens of thousands of entries); kept for
+        the next commit. ``indices``: only those entries (not kept)."""
+        if indices is None and self._spans is not None:
+            return self._spans
         buf = self._buf if self._buf is not None else self._read(0, self._offs[-1])
         fields = _CDFIELDS.unpack_from
         out = array.array("Q")
         offs = self._offs
-        for i in range(len(self)):
+        for i in range(len(self)) if indices is None else indices:
             _, csize, usize, nlen, elen, *_ = fields(buf, offs[i] + 5)
             if csize == 0xFFFFFFFF:  # zip64: the real size is in the extra field
                 csize = self.entry(i).compressed_size
             out.append(30 + nlen + elen + csize)
+        if indices is None:
+            self._spans = out
         return out
 
     def take_names(self) -> list[bytes]:
@@ -417,24 +424,7 @@ def _read_directory(
     keep_names: bool,
     max_depth: int | None,
 ) -> CentralDirectory:
-    _, disk, cd_disk, _, count, cd_size, cd_offset, _ = eocd
-    cd_end = eocd_pos  # the central directory ends where the end records begin
-    zip64 = False
-    found64 = _find_eocd64(fd, eocd_pos)
-    if found64 is not None:
-        zip64 = True
-        cd_end, rec = found64
-        disk, cd_disk, count, cd_size, cd_offset = rec[4], rec[5], rec[7], rec[8], rec[9]
-    if disk not in (0, 0xFFFF) or cd_disk not in (0, 0xFFFF):
-        raise ZipFormatError("multi-disk zip archives are not supported")
-    if cd_size > cd_end:
-        raise ZipFormatError(f"central directory size {cd_size} exceeds the archive")
-    if count * zipspec.CENTRAL_HEADER.size > cd_size:
-        raise ZipFormatError(f"entry count {count} does not fit in a {cd_size}-byte directory")
-    real_cd_offset = cd_end - cd_size
-    concat = real_cd_offset - cd_offset
-    if concat < 0:
-        raise ZipFormatError("central directory offset points beyond its real position")
+    count, cd_size, real_cd_offset, concat, zip64 = _bounds(fd, eocd_pos, eocd)
     buf = _pread_exact(fd, cd_size, real_cd_offset, "central directory")
     names: list[bytes] | None = [] if keep_names else None
     scanned = _scan_plain_records(buf, concat, count, names, max_depth)
@@ -460,6 +450,87 @@ def _read_directory(
         end_offset=eocd_pos + zipspec.EOCD.size + len(comment),
     )
     _check_layout(cd, csize)
+    return cd
+
+
+def _bounds(fd: int, eocd_pos: int, eocd: tuple[int, ...]) -> tuple[int, int, int, int, bool]:
+    """Entry count, size, real offset, prepended bytes (``concat``) and zip64-ness of the
+    directory the end record at ``eocd_pos`` describes."""
+    _, disk, cd_disk, _, count, cd_size, cd_offset, _ = eocd
+    cd_end = eocd_pos  # the central directory ends where the end records begin
+    zip64 = False
+    found64 = _find_eocd64(fd, eocd_pos)
+    if found64 is not None:
+        zip64 = True
+        cd_end, rec = found64
+        disk, cd_disk, count, cd_size, cd_offset = rec[4], rec[5], rec[7], rec[8], rec[9]
+    if disk not in (0, 0xFFFF) or cd_disk not in (0, 0xFFFF):
+        raise ZipFormatError("multi-disk zip archives are not supported")
+    if cd_size > cd_end:
+        raise ZipFormatError(f"central directory size {cd_size} exceeds the archive")
+    if count * zipspec.CENTRAL_HEADER.size > cd_size:
+        raise ZipFormatError(f"entry count {count} does not fit in a {cd_size}-byte directory")
+    real_cd_offset = cd_end - cd_size
+    concat = real_cd_offset - cd_offset
+    if concat < 0:
+        raise ZipFormatError("central directory offset points beyond its real position")
+    return count, cd_size, real_cd_offset, concat, zip64
+
+
+def kept_runs(dropped: Sequence[int], count: int) -> Iterator[tuple[int, int]]:
+    """The runs [lo, hi) of indices below ``count`` left between the ascending ``dropped``."""
+    for lo, hi in itertools.pairwise([-1, *dropped, count]):
+        if lo + 1 < hi:
+            yield lo + 1, hi
+
+
+def appended_directory(
+    fd: int, old: CentralDirectory, dropped: Sequence[int], kept_records: bytes
+) -> CentralDirectory:
+    """The directory of an archive just appended to in place: the records of ``old`` but
+    ``dropped`` (``kept_records``, as stored), then the new ones. Only the new records are
+    scanned: re-reading tens of thousands of unchanged ones would make a small commit cost
+    the archive again."""
+    size = os.fstat(fd).st_size
+    eocd_pos, eocd, comment = next(_find_eocd(fd, size))
+    count, cd_size, cd_offset, concat, zip64 = _bounds(fd, eocd_pos, eocd)
+    buf = _pread_exact(fd, cd_size, cd_offset, "central directory")
+    nkept = len(old) - len(dropped)
+    if concat or memoryview(buf)[: len(kept_records)] != kept_records or count < nkept:
+        raise ZipFormatError("the appended central directory does not start with the kept one")
+    kept_len = len(kept_records)
+    new_offs, new_hdr, _ = _scan_records(buf[kept_len:], 0, cd_offset + kept_len, count - nkept)
+    old_offs, old_hdr, old_spans = old._offs, old._hdr, old.spans()
+    offs, hdr, spans = array.array("Q"), array.array("Q"), array.array("Q")
+    at = 0
+    for lo, hi in kept_runs(dropped, len(old)):
+        shift = at - old_offs[lo]
+        run = old_offs[lo:hi]
+        offs.extend(run if not shift else array.array("Q", [o + shift for o in run]))
+        hdr.extend(old_hdr[lo:hi])
+        spans.extend(old_spans[lo:hi])
+        at = old_offs[hi] + shift
+    if at != kept_len:
+        raise ZipFormatError("the appended central directory does not start with the kept one")
+    offs.extend(array.array("Q", [o + kept_len for o in new_offs]))
+    hdr.extend(new_hdr)
+    cd = CentralDirectory(
+        buf,
+        offs,
+        hdr,
+        0,
+        comment=comment,
+        cd_offset=cd_offset,
+        cd_size=cd_size,
+        prefix_size=old.prefix_size,
+        archive_size=size,
+        zip64=zip64,
+        end_offset=eocd_pos + zipspec.EOCD.size + len(comment),
+    )
+    if len(hdr) != count:
+        raise ZipFormatError(f"central directory holds {len(hdr)} entries, expected {count}")
+    spans.extend(cd.spans(range(len(spans), count)))
+    cd._spans = spans
     return cd
 
 

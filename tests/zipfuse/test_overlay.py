@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from tests.zipfuse.writehelp import BASE_MTIME, base_archive, check_archive
-from zipfuse import journal, recovery
+from zipfuse import commit, journal, recovery
 from zipfuse.journal import Journal
 from zipfuse.namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, Namespace, Node
 from zipfuse.overlay import AttrChange, Overlay
@@ -111,11 +111,34 @@ async def check_invariants(ov: Overlay) -> None:
     }
     known = {n.spill for n in data.dirty.values()} | {p for p, _ in data._pool}
     assert on_disk == known | (on_disk & set(data._trash))
+    check_plans(ov)
     # the journal replayed onto the archive's tree gives the same tree
     if not ov.unlogged:
         replayed = Namespace.from_archive(ov.cd, UID, GID, time.time_ns())
         journal.replay(replayed, journal.read_records(ov.spill.path), ov.spill.path)
         assert shape(replayed) == shape(ov.ns)
+
+
+def check_plans(ov: Overlay) -> None:
+    """Where a commit may plan from the touched nodes alone, that plan and the whole-tree plan
+    give the same archive: the same names, and the same nodes written anew."""
+    ns, cd = ov.ns, ov.cd
+    if cd is None or ns.linked or not ov._unambiguous(cd):
+        return
+    changes = commit.plan_changes(ns, cd, ns.touched, ns.moved)
+    assert len(set(changes.kept)) == len(changes.kept)
+    assert not set(changes.kept) & set(changes.dropped)
+    assert len(changes.kept) + len(changes.dropped) == len(cd)
+    kept = {e.name: None for e in cd.entries_at(changes.kept)}
+    written = {i.meta.name: (i.node.ino, i.kind) for i in changes.items if i.meta is not None}
+    whole = {
+        i.meta.name if i.meta is not None else i.entry.name: (
+            None if i.kind == commit.RAW else (i.node.ino, i.kind)
+        )
+        for i in commit.plan(ns)
+    }
+    assert len(kept) == len(changes.kept) and len(written) == len(changes.items)
+    assert kept | written == whole
 
 
 async def new_file(ov: Overlay, parent: Node, name: bytes, body: bytes) -> Node:
@@ -147,7 +170,9 @@ async def reloaded_contents(archive: Path, tmp_path: Path) -> dict[str, tuple]:
         await again.close(destroy_spill=True)
 
 
-async def random_step(ov: Overlay, rng: random.Random, step: int, *, commits: bool = True) -> None:
+async def random_step(
+    ov: Overlay, rng: random.Random, step: int, *, commits: bool = True, links: bool = True
+) -> None:
     """One random mutation; an OSError is the answer a program would get and is fine."""
     entries = list(ov.ns.walk())
     dirs = [ov.ns.root] + [n for _, n in entries if n.is_dir]
@@ -156,8 +181,9 @@ async def random_step(ov: Overlay, rng: random.Random, step: int, *, commits: bo
     name = rng.choice([b"a", b"b", b"c", b"d%d" % step])
     op = rng.choice(
         ["file", "file", "mkdir", "symlink", "fifo", "write", "write", "truncate", "chmod",
-         "utime", "link", "unlink", "rmdir", "rename", "rename", "otrunc"]
+         "utime", "unlink", "rmdir", "rename", "rename", "otrunc"]
         + (["commit"] if commits else [])
+        + (["link"] if links else [])
     )  # fmt: skip
     try:
         if op == "file":
@@ -205,8 +231,21 @@ async def random_step(ov: Overlay, rng: random.Random, step: int, *, commits: bo
         }, (op, exc)  # fmt: skip
 
 
-@pytest.mark.parametrize("seed", range(int(os.environ.get("ZIPFUSE_OVERLAY_SEEDS", "6"))))
-def test_random_mutations_keep_invariants_and_commit_what_the_tree_shows(tmp_path, seed):
+SEEDS = range(int(os.environ.get("ZIPFUSE_OVERLAY_SEEDS", "6")))
+
+
+@pytest.fixture(params=["rewrite", "append"])
+def how(request, monkeypatch) -> str:
+    """Commit by rewriting the archive, or by appending in place (planned from the touched
+    nodes: no hard links then, which that plan leaves to the whole-tree one)."""
+    if request.param == "append":
+        monkeypatch.setattr(commit, "APPEND_MIN", 0)  # the test archives are small
+        monkeypatch.setattr(commit, "DEAD_LIMIT", 100.0)  # and never compacted
+    return request.param
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_mutations_keep_invariants_and_commit_what_the_tree_shows(tmp_path, seed, how):
     _, archive = base_archive(tmp_path)
 
     async def main() -> tuple[dict, dict]:
@@ -214,7 +253,7 @@ def test_random_mutations_keep_invariants_and_commit_what_the_tree_shows(tmp_pat
         rng = random.Random(seed)
         try:
             for step in range(120):
-                await random_step(ov, rng, step)
+                await random_step(ov, rng, step, links=how == "rewrite")
                 await check_invariants(ov)
             seen = await commit_all(ov)
         finally:
@@ -226,8 +265,8 @@ def test_random_mutations_keep_invariants_and_commit_what_the_tree_shows(tmp_pat
     check_archive(archive)
 
 
-@pytest.mark.parametrize("seed", range(int(os.environ.get("ZIPFUSE_OVERLAY_SEEDS", "6"))))
-def test_random_mutations_during_commits_are_all_kept(tmp_path, seed):
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_mutations_during_commits_are_all_kept(tmp_path, seed, how):
     """Commits paused while random mutations run (copy-on-write of frozen spill files, records
     that become the next journal): after each commit the invariants hold and the journal
     replays onto the new archive to the live tree; the last archive is the live tree."""
@@ -246,7 +285,7 @@ def test_random_mutations_during_commits_are_all_kept(tmp_path, seed):
             for _round in range(4):
                 for _ in range(25):
                     step += 1
-                    await random_step(ov, rng, step, commits=False)
+                    await random_step(ov, rng, step, commits=False, links=how == "rewrite")
                 reached.clear()
                 resume.clear()
                 ov.test_hook = pause
@@ -255,7 +294,7 @@ def test_random_mutations_during_commits_are_all_kept(tmp_path, seed):
                     assert await trio.to_thread.run_sync(reached.wait, 60)
                     for _ in range(25):
                         step += 1
-                        await random_step(ov, rng, step, commits=False)
+                        await random_step(ov, rng, step, commits=False, links=how == "rewrite")
                     resume.set()
                 ov.test_hook = None
                 await ov.flush()
@@ -509,4 +548,108 @@ def test_a_journal_switch_that_fails_keeps_the_commit_and_the_later_changes(tmp_
     with zipfile.ZipFile(archive) as z:
         assert z.read("first.txt") == b"in the commit\n"
         assert z.read("later.txt") == b"after the commit\n"
+    check_archive(archive)
+
+
+def _layered_archive(path: Path) -> dict[str, bytes]:
+    """A top-level file first (entry 0: changing it renumbers every later entry), then three
+    directories nobody has listed when the first commit runs."""
+    files = {"top.txt": b"top\n"}
+    files.update({f"{d}/f{i}.txt": f"{d} {i}\n".encode() for d in "abc" for i in range(5)})
+    files.update({f"c/deep/g{i}.txt": f"deep {i}\n".encode() for i in range(3)})
+    with zipfile.ZipFile(path, "w") as z:
+        for name, body in files.items():
+            z.writestr(name, body)
+    return files
+
+
+def test_a_small_commit_plans_only_the_change_and_unlisted_directories_read_right(
+    tmp_path, monkeypatch
+):
+    """An append planned from the touched nodes: directories never listed stay unlisted
+    across it (their entries renumbered), and read the right bytes afterwards."""
+    monkeypatch.setattr(commit, "APPEND_MIN", 0)
+    monkeypatch.setattr(commit, "DEAD_LIMIT", 100.0)
+    archive = tmp_path / "layered.zip"
+    files = _layered_archive(archive)
+
+    async def main() -> dict:
+        ov = open_overlay(archive, tmp_path / "spill")
+        try:
+            top = ov.ns.resolve("top.txt")
+            await ov.open(top, os.O_RDWR)
+            await ov.write(top, 0, b"TOP")
+            await ov.release(top)
+            await ov.make(ov.ns.root.ino, b"new", stat.S_IFDIR | 0o755, UID, GID)
+            done = await ov.commit(no_op, no_op)
+            assert done is not None and done.how == "append"
+            for d in (b"b", b"c"):  # still not listed, entries renumbered
+                assert ov.ns.root.kids[d].pending is not None
+            seen = await contents(ov)
+            await check_invariants(ov)
+            node = ov.ns.resolve("c/deep/g1.txt")  # a second append after listing them all
+            await ov.unlink(node.parent.ino, node.name)
+            assert (await ov.commit(no_op, no_op)).how == "append"
+            seen2 = await contents(ov)
+        finally:
+            await ov.close(destroy_spill=False)
+        assert {p: v[-1] for p, v in seen.items() if p in files} == {
+            p: hashlib.sha256(b"TOP\n" if p == "top.txt" else b).hexdigest()
+            for p, b in files.items()
+        }
+        assert await reloaded_contents(archive, tmp_path) == seen2
+        return seen2
+
+    seen2 = trio.run(main)
+    assert "c/deep/g1.txt" not in seen2 and "new" in seen2
+    check_archive(archive)
+
+
+def test_a_file_deleted_while_open_is_dropped_once_across_appends(tmp_path, monkeypatch):
+    """Deleted but open at one commit (it keeps reading the old archive), written during the
+    next and closed (gone); another file kept by that commit and deleted while it ran: no
+    later commit takes their old entries' indices for other entries."""
+    monkeypatch.setattr(commit, "APPEND_MIN", 0)
+    monkeypatch.setattr(commit, "DEAD_LIMIT", 100.0)
+    archive = tmp_path / "layered.zip"
+    files = _layered_archive(archive)
+    reached, resume = threading.Event(), threading.Event()
+
+    def pause(stage: str) -> None:
+        reached.set()
+        assert resume.wait(60)
+
+    async def main() -> dict:
+        ov = open_overlay(archive, tmp_path / "spill")
+        try:
+            doomed = ov.ns.resolve("a/f2.txt")
+            await ov.open(doomed, os.O_RDWR)
+            await ov.unlink(doomed.parent.ino, doomed.name)
+            assert (await ov.commit(no_op, no_op)).how == "append"
+            assert await ov.read(doomed, 0, 100) == files["a/f2.txt"]
+            other = ov.ns.resolve("b/f1.txt")
+            await ov.setattr(other, AttrChange(mode=0o600))
+            ov.test_hook = pause
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ov.commit, no_op, no_op)
+                assert await trio.to_thread.run_sync(reached.wait, 60)
+                await ov.write(doomed, 0, b"gone")
+                await ov.release(doomed)  # the last reference: the node goes
+                # kept as it is by this commit, renumbered (b/f1 is dropped before it), gone
+                await ov.unlink(other.parent.ino, b"f3.txt")
+                resume.set()
+            ov.test_hook = None
+            assert ov.ns.nodes.get(doomed.ino) is None
+            await ov.setattr(ov.ns.resolve("c/f0.txt"), AttrChange(mode=0o640))
+            assert (await ov.commit(no_op, no_op)).how == "append"
+            await check_invariants(ov)
+            return await contents(ov)
+        finally:
+            resume.set()
+            await ov.close(destroy_spill=False)
+
+    seen = trio.run(main)
+    gone = {"a/f2.txt", "b/f3.txt"}
+    assert set(seen) == {p for p in files if p not in gone} | {"a", "b", "c", "c/deep"}
+    assert trio.run(reloaded_contents, archive, tmp_path) == seen
     check_archive(archive)
