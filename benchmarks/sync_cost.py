@@ -28,6 +28,8 @@ def main() -> None:
     os.makedirs(work, exist_ok=True)
     arch = os.path.join(work, f"{label}.zip")
     shutil.copy(archive, arch)
+    with open(arch, "rb+") as f:  # else the first sync's fsync writes the whole copy
+        os.fsync(f.fileno())
     mnt = os.path.join(work, f"mnt-{label}")
     os.makedirs(mnt, exist_ok=True)
     subprocess.run([*cmd, "mount", arch, mnt], check=True, env=env)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 
 from . import lock, oldversions, zipspec
 from .journal import fingerprint, fsync_dir
-from .namespace import Namespace, Node, _entry_path, _odd_names
+from .namespace import Namespace, Node
 from .zipformat import (
     CentralDirectory,
     ZipEntry,
@@ -133,7 +133,7 @@ def plan_changes(
 
     The caller checks that this is exact (``Namespace.linked`` is False: a hard link's
     extra names have no node to be touched; the archive holds no duplicate or hidden names,
-    ``unambiguous``). Gives the same entries as ``plan`` except that an unchanged entry is
+    ``Namespace.unambiguous``). Gives the same entries as ``plan`` except that an unchanged entry is
     not rewritten when its directory's other entries change.
     """
     todo: dict[Node, None] = dict.fromkeys(touched)
@@ -171,29 +171,6 @@ def plan_changes(
             keep[i] = 0
         kept = array.array("q", itertools.compress(range(len(cd)), keep))
     return Changes(kept, items, dropped)
-
-
-def unambiguous(cd: CentralDirectory) -> bool:
-    """True when every entry of ``cd`` gives a node of its own: no two entries with the same
-    (sanitised) path, no file where a directory is (which the mount hides). Then dropping an
-    entry can never uncover another one, which ``plan_changes`` relies on."""
-    names = cd.take_names()
-    odd = _odd_names(names)
-    if odd:
-        for i, entry in zip(odd, cd.entries_at(odd), strict=True):
-            path = _entry_path(entry.name)
-            names[i] = os.fsencode(path) + (b"/" if entry.is_dir else b"") if path else b""
-    keys = [n for n in names if n]
-    files = {k for k in keys if not k.endswith(b"/")}
-    dirs = {k[:-1] for k in keys if k.endswith(b"/")}
-    if len(files) + len(dirs) != len(keys):
-        return False
-    implied: set[bytes] = set()
-    for head in {k.rstrip(b"/").rpartition(b"/")[0] for k in keys}:
-        while head and head not in implied:
-            implied.add(head)
-            head = head.rpartition(b"/")[0]
-    return not (files & dirs) and not (files & implied)
 
 
 def _stored(item: Item) -> ZipEntry:

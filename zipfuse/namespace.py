@@ -32,7 +32,7 @@ import logging
 import operator
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .names import sanitize
@@ -191,7 +191,9 @@ class Namespace:
         self.touched: set[Node] = set()
         self.moved: set[Node] = set()
         self.linked = False
-        self.unambiguous: bool | None = None  # see commit.unambiguous; None: not checked yet
+        # every entry of the archive gives a node of its own (see _Loader._unambiguous);
+        # what a commit writes is, and appends keep it so
+        self.unambiguous = True
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
@@ -208,6 +210,7 @@ class Namespace:
             return ns
         ns._loader = _Loader(ns, cd, now_ns)
         ns._loader.adopt_root(ns.root)
+        ns.unambiguous = ns._loader.unambiguous
         ns.changes = 0
         return ns
 
@@ -504,6 +507,7 @@ class _Loader:
         self.unlisted = 0  # entries in directories not listed yet (for statfs)
         self.pending_dirs = 1
         self.odd: frozenset[int] = frozenset()  # entries whose name needed sanitising
+        self.gens: list[Sequence[int]] = []  # entries dropped by each append (see renumber)
         self._scan(cd)
 
     def _scan(self, cd: CentralDirectory) -> None:
@@ -515,6 +519,7 @@ class _Loader:
         self._parents: dict[bytes, int] = {b"": 0}  # parent path of some entry -> directory
         self._subdirs: list[dict[bytes, int]] = [{}]  # name -> subdirectory, while scanning
         self._last: tuple[bytes, int] = (b"", 0)
+        self._odd_keys: dict[int, bytes] = {}  # sanitised name key of each odd entry
         kids = self.kids
         index = 0
         runs = itertools.groupby(map(bytes.rpartition, names, itertools.repeat(b"/")), _HEAD)
@@ -536,7 +541,8 @@ class _Loader:
                         start = j + 1
                 kids[self._dir_at(head)].extend(range(start, end))  # type: ignore[union-attr]
             index = end
-        del self._parents, self._subdirs, self._last
+        self.unambiguous = self._unambiguous(names, odd)
+        del self._parents, self._subdirs, self._last, self._odd_keys
         self.unlisted = sum(len(k) for k in kids if k is not None)
         self.pending_dirs = len(self.names)
 
@@ -549,6 +555,8 @@ class _Loader:
                 log.warning("skipping entry with unsafe name %r", entry.name)
                 return
             path, is_dir = _enc("/".join(parts)), entry.is_dir
+            if path:
+                self._odd_keys[index] = path + b"/" if is_dir else path
         else:
             is_dir = key.endswith(b"/")
             path = key[:-1] if is_dir else key
@@ -560,6 +568,27 @@ class _Loader:
             self.dir_entry[self._subdir(parent, tail)] = index
         else:
             self.kids[parent].append(index)  # type: ignore[union-attr]
+
+    def _unambiguous(self, names: list[bytes], odd: list[int]) -> bool:
+        """True when every entry gives a node of its own: no two entries with the same path,
+        no file where a directory is (see ``commit.plan_changes``, which relies on it)."""
+        if odd:
+            names = names.copy()
+            for i in odd:
+                names[i] = self._odd_keys.get(i, b"")  # b"": skipped, as unsafe
+            names = [n for n in names if n]
+        keys = set(names)
+        if len(keys) != len(names):
+            return False
+        dirs = set(self._parents)  # every entry's parent path, then their parents
+        for head in list(dirs):
+            while head:
+                head = head.rpartition(b"/")[0]
+                if head in dirs:
+                    break
+                dirs.add(head)
+        dirs.update(k[:-1] for k in keys if k.endswith(b"/"))
+        return keys.isdisjoint(dirs)
 
     def _dir_at(self, head: bytes) -> int:
         """The directory at path ``head``, made (with its missing parents) if needed.
@@ -596,17 +625,21 @@ class _Loader:
             self.kids[parent].append(-sub)  # type: ignore[union-attr]
         return sub
 
-    def renumber(self, cd: CentralDirectory, new_index: array.array) -> None:
-        """The archive was appended to: its directory is now ``cd``, where entry ``i`` of the
-        old one is ``new_index[i]`` (-1: dropped; only entries of touched nodes are, and those
-        nodes' directories are listed already)."""
+    def renumber(self, cd: CentralDirectory, dropped: Sequence[int]) -> None:
+        """The archive was appended to: its directory is now ``cd``, which lists the old
+        entries but ``dropped`` (ascending) in their order, then new ones. The indices kept
+        here stay those of the mounted archive; ``_now`` translates them when a directory is
+        listed, so a commit does not pay for the directories nobody listed (the dropped
+        entries are those of touched nodes, whose directories are listed already)."""
         self.cd = cd
-        kids = self.kids
-        for k, refs in enumerate(kids):
-            if refs is not None:
-                kids[k] = array.array("l", [r if r < 0 else new_index[r] for r in refs])
-        self.dir_entry = array.array("l", [new_index[e] if e >= 0 else -1 for e in self.dir_entry])
-        self.odd = frozenset(new_index[i] for i in self.odd if new_index[i] >= 0)
+        if len(dropped):
+            self.gens.append(dropped)
+
+    def _now(self, index: int) -> int:
+        """The index in the current directory of entry ``index`` of the mounted archive."""
+        for dropped in self.gens:
+            index -= bisect.bisect_left(dropped, index)
+        return index
 
     def adopt_root(self, root: Node) -> None:
         self._make_lazy(root, 0)
@@ -634,7 +667,8 @@ class _Loader:
         want = [ref for ref in refs if ref >= 0]
         want += [self.dir_entry[-ref] for ref in refs if ref < 0 and self.dir_entry[-ref] >= 0]
         try:
-            decoded = dict(zip(want, self.cd.entries_at(want), strict=True))
+            now = [self._now(i) for i in want] if self.gens else want
+            decoded = dict(zip(want, self.cd.entries_at(now), strict=True))
         except ZipFormatError as exc:
             log.error("cannot list a directory of the archive: %s", exc)
             raise OSError(errno.EIO, str(exc)) from None

@@ -30,7 +30,7 @@ Concurrency rules
 
 from __future__ import annotations
 
-import array
+import bisect
 import dataclasses
 import errno
 import itertools
@@ -512,7 +512,7 @@ class Overlay:
         append: Changes | None = None
         items: list[Item] = []
         if not self.force_rewrite and cd is not None and fd is not None:
-            if not ns.linked and self._unambiguous(cd):
+            if not ns.linked and ns.unambiguous:
                 append = commit.plan_changes(ns, cd, touched, moved)
                 items = append.items
                 if commit.append_cost(append, cd, fd) is None:
@@ -540,15 +540,6 @@ class Overlay:
         self.named.clear()  # the next write of a file names its (copied) spill file again
         self.force_rewrite = False
         return _Snapshot(items, links, ns.changes, append, touched, moved)
-
-    def _unambiguous(self, cd: CentralDirectory) -> bool:
-        """``commit.unambiguous`` of the mounted archive, worked out once: what a commit
-        writes is unambiguous, and appends keep it so."""
-        if self.ns.unambiguous is None:
-            from .commit import unambiguous
-
-            self.ns.unambiguous = unambiguous(cd)
-        return self.ns.unambiguous
 
     async def _write_and_adopt(
         self,
@@ -656,8 +647,8 @@ class Overlay:
         but still open) keep reading the old one; their ``entry_path`` goes to None, which
         says that their entry is not in the current archive.
         """
-        old_cd = self.cd
         self.cd = cd
+        self.ns.unambiguous = True  # written from the tree: one entry per name
         nodes = self.ns.nodes
         # nodes deleted and gone during the commit may still be named by the next one's plan
         gone = [n for n in self.ns.touched if nodes.get(n.ino) is not n]
@@ -669,8 +660,7 @@ class Overlay:
                 if n.entry is not None and n.ino not in seen
             ]
         else:
-            assert old_cd is not None
-            orphans = self._renumber(old_cd, cd, snap.append, gone)
+            orphans = self._renumber(cd, snap.append, gone)
             kept = len(snap.append.kept)
             # unchanged entries keep their ZipEntry (same record and offset, new index): only
             # the new records are decoded (the adoption is a pause for writers)
@@ -704,31 +694,27 @@ class Overlay:
                 self.data.mark_clean(node)
         return seen
 
-    def _renumber(
-        self, old: CentralDirectory, cd: CentralDirectory, changes: Changes, gone: list[Node]
-    ) -> list[Node]:
+    def _renumber(self, cd: CentralDirectory, changes: Changes, gone: list[Node]) -> list[Node]:
         """After an append in place: the kept entries' new indices (every node's entry and the
         directories not listed yet); return the nodes whose entry was dropped without a new
         one (deleted since the last commit)."""
+        dropped = changes.dropped
         loader = self.ns._loader
-        if not len(changes.dropped):  # only new entries, after the old ones: same indices
-            if loader is not None:
-                loader.cd = cd
+        if loader is not None:
+            loader.renumber(cd, dropped)
+        if not len(dropped):  # only new entries, after the old ones: same indices
             return []
-        new_index = array.array("q", [-1]) * len(old)
-        for new, i in enumerate(changes.kept):
-            new_index[i] = new
         written = {i.node.ino for i in changes.items}
         orphans = []
+        first = dropped[0]
         for node in itertools.chain(self.ns.nodes.values(), gone):
             entry = node.entry
-            if entry is None or node.entry_path is None:  # none, or an older archive's
-                continue
-            index = new_index[entry.index]
-            if index >= 0:
-                entry.index = index
-            elif node.ino not in written:
-                orphans.append(node)
-        if loader is not None:
-            loader.renumber(cd, new_index)
+            if entry is None or node.entry_path is None or entry.index < first:
+                continue  # none, an older archive's, or before the first dropped one
+            below = bisect.bisect_left(dropped, entry.index)
+            if below < len(dropped) and dropped[below] == entry.index:
+                if node.ino not in written:
+                    orphans.append(node)
+            else:
+                entry.index -= below
         return orphans

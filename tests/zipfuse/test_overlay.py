@@ -15,6 +15,7 @@ import random
 import stat
 import threading
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def check_plans(ov: Overlay) -> None:
     """Where a commit may plan from the touched nodes alone, that plan and the whole-tree plan
     give the same archive: the same names, and the same nodes written anew."""
     ns, cd = ov.ns, ov.cd
-    if cd is None or ns.linked or not ov._unambiguous(cd):
+    if cd is None or ns.linked or not ns.unambiguous:
         return
     changes = commit.plan_changes(ns, cd, ns.touched, ns.moved)
     assert len(set(changes.kept)) == len(changes.kept)
@@ -651,5 +652,42 @@ def test_a_file_deleted_while_open_is_dropped_once_across_appends(tmp_path, monk
     seen = trio.run(main)
     gone = {"a/f2.txt", "b/f3.txt"}
     assert set(seen) == {p for p in files if p not in gone} | {"a", "b", "c", "c/deep"}
+    assert trio.run(reloaded_contents, archive, tmp_path) == seen
+    check_archive(archive)
+
+
+@pytest.mark.parametrize("layout", ["duplicate", "file-under-directory", "plain"])
+def test_a_commit_never_uncovers_an_entry_the_mount_hid(tmp_path, monkeypatch, layout):
+    """Duplicate names (the last one wins) and a file where a directory is (hidden): the
+    mount hides entries, so dropping the visible one must drop them too; the plan from the
+    touched nodes, which keeps every entry it is not told about, is used only without them."""
+    monkeypatch.setattr(commit, "APPEND_MIN", 0)
+    monkeypatch.setattr(commit, "DEAD_LIMIT", 100.0)
+    archive = tmp_path / "hidden.zip"
+    with zipfile.ZipFile(archive, "w") as z, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name
+        z.writestr("keep.txt", b"keep\n")
+        z.writestr("x", b"first x\n" if layout == "duplicate" else b"file x\n")
+        if layout == "duplicate":
+            z.writestr("x", b"second x\n")
+        elif layout == "file-under-directory":
+            z.writestr("x/y", b"y\n")
+
+    async def main() -> dict:
+        ov = open_overlay(archive, tmp_path / "spill")
+        try:
+            assert ov.ns.unambiguous is (layout == "plain")
+            node = ov.ns.resolve("x/y" if layout == "file-under-directory" else "x")
+            await ov.unlink(node.parent.ino, node.name)
+            if layout == "file-under-directory":  # the directory goes too: not the file
+                await ov.rmdir(ov.ns.root.ino, b"x")
+            assert (await ov.commit(no_op, no_op)).how == "append"
+            assert ov.ns.unambiguous  # what was written is
+            return await contents(ov)
+        finally:
+            await ov.close(destroy_spill=False)
+
+    seen = trio.run(main)
+    assert set(seen) == {"keep.txt"}
     assert trio.run(reloaded_contents, archive, tmp_path) == seen
     check_archive(archive)
