@@ -397,3 +397,38 @@ def test_new_reader_while_a_large_append_is_in_flight(tmp_path, big_zip, monkeyp
         force_cleanup(str(rw))
     assert names(big_zip)["payload.bin"] == payload
     _check_standard(big_zip)
+
+
+def test_folders_nobody_listed_read_right_after_appends(tmp_path, big_zip):
+    """A small commit plans from what was touched: folders never listed stay unlisted across
+    it, their entries renumbered (the first entry of the archive is the one replaced), and
+    read the right bytes afterwards, through the same mount and a new one."""
+    with zipfile.ZipFile(big_zip, "a") as z:
+        for i in range(30):
+            z.writestr(f"other/sub{i % 3}/g{i}.txt", f"other {i}\n")
+    old = names(big_zip)
+    ino = os.stat(big_zip).st_ino
+    mnt = tmp_path / "mnt"
+    with mounted(big_zip, mnt):
+        for n in range(3):  # keep.txt is entry 0: every later index shifts each time
+            (mnt / "keep.txt").write_text(f"changed {n}\n")
+            (mnt / f"new{n}.txt").write_text(f"new {n}\n")
+            proc = subprocess.run(
+                [*ZIPFUSE_CMD, "sync", str(mnt)], capture_output=True, text=True, timeout=120
+            )
+            assert proc.returncode == 0, proc.stderr
+            assert os.stat(big_zip).st_ino == ino, "appended in place"
+        seen = {
+            str(p.relative_to(mnt)): p.read_bytes()
+            for p in (mnt / "other").rglob("*")
+            if p.is_file()
+        }
+        assert (mnt / "lib" / "f07.bin").read_bytes() == old["lib/f07.bin"]
+    want = {k: v for k, v in old.items() if k.startswith("other/")}
+    assert seen == want
+    got = names(big_zip)
+    assert got["keep.txt"] == b"changed 2\n" and got["new2.txt"] == b"new 2\n"
+    assert {k: v for k, v in got.items() if k.startswith(("other/", "lib/"))} == {
+        k: v for k, v in old.items() if k.startswith(("other/", "lib/"))
+    }
+    _check_standard(big_zip)
