@@ -126,12 +126,12 @@ class ProgressLine:
 
 
 def _mount(args: argparse.Namespace) -> int:
-    from . import daemon
+    from . import launch
 
     options = tuple(o for opts in args.options for o in opts.split(",") if o)
     nonempty = args.nonempty or "nonempty" in options  # fuse 2's option; libfuse 3 lacks it
     options = tuple(o for o in options if o != "nonempty")
-    config = daemon.Config(
+    config = launch.Config(
         archive=args.archive,
         mountpoint=args.mountpoint,
         read_only=args.read_only,
@@ -143,12 +143,21 @@ def _mount(args: argparse.Namespace) -> int:
         restore=args.restore,
         nonempty=nonempty,
     )
-    prepared = daemon.prepare(config)
+    # the daemon imports its modules while this process checks and parses the archive
+    spawned = None if args.foreground else launch.spawn()
+    try:
+        prepared = launch.prepare(config)
+    except BaseException:
+        if spawned is not None:
+            spawned.abandon()
+        raise
     for note in prepared.notes:
         print(f"zipfuse: {note}", file=sys.stderr)
-    if args.foreground:
+    if spawned is None:
+        from . import daemon
+
         return daemon.run_foreground(prepared)
-    daemon.start(prepared)
+    spawned.hand_over(prepared)
     return 0
 
 
