@@ -493,35 +493,49 @@ class _Loader:
         self._scan(cd)
 
     def _scan(self, cd: CentralDirectory) -> None:
-        """Place every entry: runs of plain files in one directory (the usual layout: writers
-        store a directory's files together) are placed with one step per run."""
+        """Place every entry: runs of names with one parent path (the usual layout: writers
+        store a directory's entry and its files together) are placed with one step per run;
+        found with a few C-level passes over all names, so Python code runs per run, not per
+        name. A directory's own entry ("head/") names the run's directory itself."""
         names = cd.take_names()
         odd = _odd_names(names)  # indices whose key is not a plain path (sorted)
         self.odd = frozenset(odd)
         self._parents: dict[bytes, int] = {b"": 0}  # parent path of some entry -> directory
         self._subdirs: list[dict[bytes, int]] = [{}]  # name -> subdirectory, while scanning
         self._last: tuple[bytes, int] = (b"", 0)
-        kids = self.kids
-        index = 0
-        runs = itertools.groupby(map(bytes.rpartition, names, itertools.repeat(b"/")), _HEAD)
-        for head, run in runs:
-            items = list(run)
-            end = index + len(items)
-            k = bisect.bisect_left(odd, index)
-            if k < len(odd) and odd[k] < end:  # a name to sanitise: one at a time
-                for i in range(index, end):
-                    self._place(cd, i, names[i], i in odd[k : k + len(items)])
-            elif all(map(_TAIL, items)):  # files only
-                kids[self._dir_at(head)].extend(range(index, end))  # type: ignore[union-attr]
-            else:  # directory entries ("head/", tail empty) among the files
-                start = index
-                for j, tail in enumerate(map(_TAIL, items), index):
-                    if not tail:
-                        kids[self._dir_at(head)].extend(range(start, j))  # type: ignore[union-attr]
-                        self._place(cd, j, names[j], False)
-                        start = j + 1
-                kids[self._dir_at(head)].extend(range(start, end))  # type: ignore[union-attr]
-            index = end
+        parts = list(map(bytes.rpartition, names, itertools.repeat(b"/")))
+        heads = list(map(_HEAD, parts))
+        # where each run of one parent path starts, and the end
+        bounds = [0, *itertools.compress(itertools.count(1), map(operator.ne, heads[1:], heads))]
+        bounds.append(len(names))
+        if not names:
+            bounds = []
+        # entries placed one at a time: a directory's own entry ("head/", or b""), a name to
+        # sanitise
+        dir_keys = itertools.compress(itertools.count(), map(operator.not_, map(_TAIL, parts)))
+        del parts
+        single = sorted(self.odd.union(dir_keys)) if odd else list(dir_keys)
+        single.append(len(names))  # a sentinel
+        kids, dir_entry, dir_at, odd_set = self.kids, self.dir_entry, self._dir_at, self.odd
+        k = 0
+        nxt = single[0]
+        for start, end in zip(bounds, itertools.islice(bounds, 1, None), strict=False):
+            if nxt >= end:  # files only
+                kids[dir_at(heads[start])].extend(range(start, end))  # type: ignore[union-attr]
+                continue
+            pos = start
+            while nxt < end:
+                if nxt > pos:
+                    kids[dir_at(heads[start])].extend(range(pos, nxt))  # type: ignore[union-attr]
+                if nxt in odd_set:
+                    self._place(cd, nxt, names[nxt], True)
+                elif heads[nxt]:  # "head/": the entry of directory head itself
+                    dir_entry[dir_at(heads[nxt])] = nxt
+                pos = nxt + 1
+                k += 1
+                nxt = single[k]
+            if pos < end:
+                kids[dir_at(heads[start])].extend(range(pos, end))  # type: ignore[union-attr]
         del self._parents, self._subdirs, self._last
         self.unlisted = sum(len(k) for k in kids if k is not None)
         self.pending_dirs = len(self.names)
