@@ -503,39 +503,44 @@ class _Loader:
         self._parents: dict[bytes, int] = {b"": 0}  # parent path of some entry -> directory
         self._subdirs: list[dict[bytes, int]] = [{}]  # name -> subdirectory, while scanning
         self._last: tuple[bytes, int] = (b"", 0)
-        parts = list(map(bytes.rpartition, names, itertools.repeat(b"/")))
-        heads = list(map(_HEAD, parts))
-        # where each run of one parent path starts, and the end
-        bounds = [0, *itertools.compress(itertools.count(1), map(operator.ne, heads[1:], heads))]
-        bounds.append(len(names))
-        if not names:
-            bounds = []
         # entries placed one at a time: a directory's own entry ("head/", or b""), a name to
-        # sanitise
-        dir_keys = itertools.compress(itertools.count(), map(operator.not_, map(_TAIL, parts)))
-        del parts
-        single = sorted(self.odd.union(dir_keys)) if odd else list(dir_keys)
-        single.append(len(names))  # a sentinel
+        # sanitise; a sentinel at the end
+        dir_keys = map(
+            operator.or_,
+            map(bytes.endswith, names, itertools.repeat(b"/")),
+            map(operator.not_, names),
+        )
+        single = list(itertools.compress(itertools.count(), dir_keys))
+        if odd:
+            single = sorted(self.odd.union(single))
+        single.append(len(names))
         kids, dir_entry, dir_at, odd_set = self.kids, self.dir_entry, self._dir_at, self.odd
         k = 0
         nxt = single[0]
-        for start, end in zip(bounds, itertools.islice(bounds, 1, None), strict=False):
+        start = 0
+        # runs of one parent path, streamed: no per-name object outlives its run (a list of
+        # them all would leave the index's memory fragmented for the life of the mount)
+        runs = itertools.groupby(map(bytes.rpartition, names, itertools.repeat(b"/")), _HEAD)
+        for head, run in runs:
+            end = start + len(list(run))
             if nxt >= end:  # files only
-                kids[dir_at(heads[start])].extend(range(start, end))  # type: ignore[union-attr]
+                kids[dir_at(head)].extend(range(start, end))  # type: ignore[union-attr]
+                start = end
                 continue
             pos = start
             while nxt < end:
                 if nxt > pos:
-                    kids[dir_at(heads[start])].extend(range(pos, nxt))  # type: ignore[union-attr]
+                    kids[dir_at(head)].extend(range(pos, nxt))  # type: ignore[union-attr]
                 if nxt in odd_set:
                     self._place(cd, nxt, names[nxt], True)
-                elif heads[nxt]:  # "head/": the entry of directory head itself
-                    dir_entry[dir_at(heads[nxt])] = nxt
+                elif head:  # "head/": the entry of directory head itself
+                    dir_entry[dir_at(head)] = nxt
                 pos = nxt + 1
                 k += 1
                 nxt = single[k]
             if pos < end:
-                kids[dir_at(heads[start])].extend(range(pos, end))  # type: ignore[union-attr]
+                kids[dir_at(head)].extend(range(pos, end))  # type: ignore[union-attr]
+            start = end
         del self._parents, self._subdirs, self._last
         self.unlisted = sum(len(k) for k in kids if k is not None)
         self.pending_dirs = len(self.names)
@@ -726,7 +731,6 @@ def _entry_path(name: str) -> str:
 
 
 _HEAD = operator.itemgetter(0)
-_TAIL = operator.itemgetter(2)
 
 
 def _odd_names(names: list[bytes]) -> list[int]:
