@@ -197,6 +197,11 @@ def test_ctrl_c_on_unmount_says_the_commit_goes_on(tmp_path, small_zip, monkeypa
         assert str(mnt) in registry.fuse_mounts()
         assert (mnt / "late.txt").read_text() == "committed after all\n"
         marker.unlink()  # the daemon's commit goes on
+        # a sync sent while that commit runs is refused ("mount is committing"): the command
+        # starts fast enough now (no trio import) to get there first, so let it end
+        deadline = time.monotonic() + 60
+        while api.find_mount(str(mnt)).state != "mounted" and time.monotonic() < deadline:
+            time.sleep(0.05)
         proc = run("unmount", str(mnt), timeout=120)
         assert proc.returncode == 0, proc.stderr
         with zipfile.ZipFile(small_zip) as z:
