@@ -6,15 +6,19 @@ User errors are one line on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from . import api, registry
-from .api import Progress
 from .errors import ZipfuseError
-from .progress import format_progress
+
+if TYPE_CHECKING:
+    from . import launch
+    from .api import Progress
+
+# Modules are imported by the commands that use them: a mount forks its daemon before anything
+# else is imported (see spawn), and no short command pays for another's imports.
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,6 +117,8 @@ class ProgressLine:
     def __call__(self, p: Progress) -> None:
         if not self.enabled:
             return
+        from .progress import format_progress
+
         line = format_progress(self.label, p, time.monotonic() - self.start)
         sys.stderr.write(f"\r{line}\x1b[K")
         sys.stderr.flush()
@@ -126,12 +132,33 @@ class ProgressLine:
 
 
 def _mount(args: argparse.Namespace) -> int:
-    from . import daemon
+    from . import spawn
+
+    # the daemon imports its modules while this process checks and parses the archive
+    spawned = None if args.foreground else spawn.spawn()
+    try:
+        prepared = _prepare(args)
+    except BaseException:
+        if spawned is not None:
+            spawned.abandon()
+        raise
+    for note in prepared.notes:
+        print(f"zipfuse: {note}", file=sys.stderr)
+    if spawned is None:
+        from . import daemon
+
+        return daemon.run_foreground(prepared)
+    spawned.hand_over(prepared)
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> launch.Prepared:
+    from . import launch
 
     options = tuple(o for opts in args.options for o in opts.split(",") if o)
     nonempty = args.nonempty or "nonempty" in options  # fuse 2's option; libfuse 3 lacks it
     options = tuple(o for o in options if o != "nonempty")
-    config = daemon.Config(
+    config = launch.Config(
         archive=args.archive,
         mountpoint=args.mountpoint,
         read_only=args.read_only,
@@ -143,16 +170,12 @@ def _mount(args: argparse.Namespace) -> int:
         restore=args.restore,
         nonempty=nonempty,
     )
-    prepared = daemon.prepare(config)
-    for note in prepared.notes:
-        print(f"zipfuse: {note}", file=sys.stderr)
-    if args.foreground:
-        return daemon.run_foreground(prepared)
-    daemon.start(prepared)
-    return 0
+    return launch.prepare(config)
 
 
 def _commit_cmd(args: argparse.Namespace) -> int:
+    from . import api
+
     label = "committing" if args.command == "sync" else "unmounting"
     line = ProgressLine(label)
     try:
@@ -182,6 +205,8 @@ def _commit_cmd(args: argparse.Namespace) -> int:
 
 def _interrupted(args: argparse.Namespace) -> str:
     """Ctrl-C only stops this command: say what the daemon goes on doing and what to do."""
+    from . import registry
+
     mp = os.path.realpath(args.mountpoint)
     cmd = "sync" if args.command == "sync" else "unmount"
     if mp in registry.fuse_mounts():
@@ -196,8 +221,12 @@ def _interrupted(args: argparse.Namespace) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from . import api
+
     mounts = api.status()
     if args.json:
+        import json
+
         print(json.dumps([m.__dict__ for m in mounts], indent=2))
         return 0
     if not mounts:
@@ -220,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             return _mount(args)
         if args.command in ("unmount", "umount", "sync"):
             return _commit_cmd(args)
+        from . import api
+
         if args.command == "compact":
             print(f"zipfuse: {api.compact(args.target, spill_dir=args.spill_dir)}", file=sys.stderr)
             return 0

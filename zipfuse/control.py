@@ -4,6 +4,10 @@ A request is one JSON object with an ``op``. The daemon answers with zero or mor
 ``{"progress": {...}}`` lines and ends with one ``{"ok": true|false, ...}`` line.
 Ops: ``status``, ``sync`` (commit now, stay mounted), ``watch`` (stay connected and receive
 the progress and result of the final commit that follows an unmount).
+
+This is the client side, used by every short-lived command: plain blocking sockets, no trio
+(importing trio costs more than the rest of such a command). The daemon's listener is in
+``controlserver``.
 """
 
 from __future__ import annotations
@@ -14,8 +18,6 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 
-import trio
-
 Send = Callable[[dict], Awaitable[None]]
 Handler = Callable[[dict, Send], Awaitable[dict]]
 
@@ -24,7 +26,7 @@ _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating
 
 
 @contextlib.contextmanager
-def _addressable(path: str) -> Iterator[str]:
+def addressable(path: str) -> Iterator[str]:
     """A name for ``path`` that fits in a socket address. A long runtime directory (a deep
     $XDG_RUNTIME_DIR or ZIPFUSE_RUNTIME_DIR) is reached through /proc/self/fd/N/NAME, with N an
     open descriptor of the directory, which Linux resolves like the full path."""
@@ -39,52 +41,11 @@ def _addressable(path: str) -> Iterator[str]:
         os.close(dfd)
 
 
-async def serve(path: str, handler: Handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Listen on ``path`` until cancelled; one task per connection."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with _addressable(path) as address:
-        await sock.bind(address)
-    os.chmod(path, 0o600)
-    sock.listen(16)
-    listener = trio.SocketListener(sock)
-
-    async def connection(stream: trio.SocketStream) -> None:
-        async with stream:
-            buf = b""
-            while b"\n" not in buf:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    return
-                buf += chunk
-
-            async def send(msg: dict) -> None:
-                await stream.send_all(json.dumps(msg).encode() + b"\n")
-
-            try:
-                request = json.loads(buf.split(b"\n", 1)[0])
-                result = await handler(request, send)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            except Exception as exc:  # a bad request must not stop the daemon
-                result = {"ok": False, "error": f"control request failed: {exc}"}
-            try:
-                await send(result)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-
-    task_status.started()
-    await trio.serve_listeners(connection, [listener])
-
-
 def _send(path: str, msg: dict, timeout: float | None) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        with _addressable(path) as address:
+        with addressable(path) as address:
             sock.connect(address)
         sock.sendall(json.dumps(msg).encode() + b"\n")
     except BaseException:

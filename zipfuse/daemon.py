@@ -1,22 +1,18 @@
-"""The mount daemon: open the archive, mount, serve FUSE and control requests, commit, exit.
+"""The mount daemon: mount, serve FUSE and control requests, commit, exit.
 
-``prepare`` does everything that can fail with a useful message before anything is mounted
-(archive readable and parseable, mountpoint usable, /dev/fuse present). ``start`` forks the
-daemon and waits on a pipe until the child reports that the mount is up or why it is not; no
-fork ever happens inside a running trio loop.
+It starts from what ``launch.prepare`` made (archive opened and parsed, mountpoint checked);
+``launch`` forks it and waits until it reports that the mount is up or why it is not.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import faulthandler
 import gc
 import logging
 import os
 import signal
-import stat
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -24,15 +20,15 @@ from typing import TYPE_CHECKING
 import pyfuse3
 import trio
 
-from . import control, journal, oldversions, osutil, pyfuse3_caps, registry
+from . import control, controlserver, journal, oldversions, osutil, pyfuse3_caps, registry
 from .errors import ZipfuseError
 from .journal import Journal
+from .launch import Config, Prepared, no_gc
 from .lock import LockLost
 from .namespace import Namespace
 from .ops import ZipOperations
 from .overlay import Committed, Overlay
 from .spill import SpillArea
-from .zipformat import MAX_DEPTH, CentralDirectory, ZipFormatError, read_central_directory
 
 if TYPE_CHECKING:
     from .lock import ArchiveLock
@@ -43,158 +39,6 @@ log = logging.getLogger("zipfuse")
 GC_THRESHOLDS = (50_000, 20, 10)
 # seconds between background flushes of the spill area and journal (0: only on fsync)
 FLUSH_INTERVAL = float(os.environ.get("ZIPFUSE_FLUSH_INTERVAL", "3"))
-
-
-@dataclasses.dataclass
-class Config:
-    archive: str
-    mountpoint: str
-    read_only: bool = False
-    spill_dir: str | None = None
-    fuse_options: tuple[str, ...] = ()
-    level: int = 6
-    foreground: bool = False
-    debug: bool = False
-    restore: bool = False  # mount with an interrupted session's changes instead of committing
-    nonempty: bool = False  # allow mounting over a directory that has files (they are hidden)
-
-
-@dataclasses.dataclass
-class Prepared:
-    config: Config
-    archive_fd: int | None
-    cd: CentralDirectory | None
-    notes: list[str] = dataclasses.field(default_factory=list)  # what recovery did
-
-
-def prepare(config: Config) -> Prepared:
-    """Validate and open everything in the caller's process; raise ZipfuseError with why not."""
-    # one identity per archive: a symlink to it shares its lock, spill area and registry key,
-    # and the commit replaces the real file (the symlink stays a symlink)
-    config.archive = os.path.realpath(config.archive)
-    config.mountpoint = os.path.abspath(config.mountpoint)
-    if not os.path.exists("/dev/fuse"):
-        raise ZipfuseError("/dev/fuse is missing: FUSE is not available on this machine")
-    if not os.path.isdir(config.mountpoint):
-        what = "does not exist" if not os.path.exists(config.mountpoint) else "is not a directory"
-        raise ZipfuseError(f"mountpoint {config.mountpoint} {what}")
-    if os.path.ismount(config.mountpoint) or config.mountpoint in registry.fuse_mounts():
-        raise ZipfuseError(f"mountpoint {config.mountpoint} is already a mount point (busy)")
-    if not config.nonempty and _has_entries(config.mountpoint):
-        raise ZipfuseError(
-            f"mountpoint {config.mountpoint} is not empty (the mount would hide its files); "
-            "use an empty directory, or --nonempty to mount over it anyway"
-        )
-    writers = [
-        r
-        for r in registry.records()
-        if not r["dead"] and _same_archive(r["archive"], config.archive) and not r["read_only"]
-    ]
-    if writers and not config.read_only:
-        raise ZipfuseError(
-            f"{config.archive} is already mounted read-write at {writers[0]['mountpoint']}"
-        )
-    notes: list[str] = []
-    if not config.read_only:
-        parent = os.path.dirname(config.archive)
-        if not os.path.isdir(parent):
-            raise ZipfuseError(f"directory {parent} for the archive does not exist")
-        notes = _recover_first(config)
-    if not os.path.exists(config.archive):
-        if config.read_only:
-            raise ZipfuseError(f"archive {config.archive} does not exist")
-        return Prepared(config, None, None, notes)
-    kind = os.stat(config.archive).st_mode
-    if not stat.S_ISREG(kind):
-        what = "a directory" if stat.S_ISDIR(kind) else "not a regular file"
-        raise ZipfuseError(f"archive {config.archive} is {what}")
-    try:
-        fd = oldversions.open_current(config.archive)  # with the readers' shared lock
-    except OSError as exc:
-        raise ZipfuseError(f"cannot open {config.archive}: {exc.strerror}") from None
-    oldversions.collect(config.archive)
-    try:
-        with _no_gc():
-            cd = read_central_directory(fd, keep_names=True, max_depth=MAX_DEPTH)
-            cd.detach(fd)  # free it before the fork: records are re-read when listed
-    except ZipFormatError as exc:
-        os.close(fd)
-        raise ZipfuseError(f"{config.archive}: {exc}") from None
-    return Prepared(config, fd, cd, notes)
-
-
-def _same_archive(a: str, b: str) -> bool:
-    """Same path, or the same file (device and inode) reached through another name."""
-    if a == b:
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _has_entries(path: str) -> bool:
-    """Whether the directory lists anything (unreadable counts as empty: FUSE will tell)."""
-    try:
-        with os.scandir(path) as it:
-            return next(it, None) is not None
-    except OSError:
-        return False
-
-
-def _recover_first(config: Config) -> list[str]:
-    """Before a read-write mount: take the lock, and finish an interrupted session if any."""
-    from . import recovery  # the commit path: a read-only mount never imports it
-    from .lock import ArchiveLock
-
-    lock = ArchiveLock(config.archive)
-    lock.acquire()
-    try:
-        if config.restore and recovery.pending(config.archive, config.spill_dir):
-            return ["changes of an interrupted session are restored into the mount (not yet "
-                    "committed)"]  # fmt: skip
-        note = recovery.recover(config.archive, config.spill_dir, level=config.level)
-        return [note] if note else []
-    finally:
-        lock.release()
-
-
-def start(prepared: Prepared, timeout: float = 60.0) -> int:
-    """Fork the daemon; return its pid once the mount is ready, or raise with its reason."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(r)
-        code = 1
-        try:
-            os.setsid()
-            code = _daemon_main(prepared, w)
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    deadline = time.monotonic() + timeout
-    buf = b""
-    with os.fdopen(r, "rb", buffering=0) as pipe:
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ZipfuseError(f"the mount did not become ready within {timeout:.0f} s")
-            import select
-
-            ready, _, _ = select.select([pipe], [], [], left)
-            if not ready:
-                continue
-            chunk = pipe.read(4096)
-            if not chunk:
-                break
-            buf += chunk
-    line = buf.split(b"\n", 1)[0].decode(errors="replace")
-    if line == "ok":
-        return pid
-    os.waitpid(pid, 0)
-    raise ZipfuseError(line or "the mount daemon exited before the mount was ready")
 
 
 def run_foreground(prepared: Prepared) -> int:
@@ -302,7 +146,7 @@ class Daemon:
                 records = journal.read_records(spill.path, name)
             self.journal = Journal(spill.path, cfg.archive, name)
             self.journal.start(base, fresh=not records)
-        with _no_gc():
+        with no_gc():
             self.ns = Namespace.from_archive(prepared.cd, os.getuid(), os.getgid(), now)
             if records:
                 applied = journal.replay(self.ns, records, spill.path)
@@ -386,7 +230,7 @@ class Daemon:
         self.final_event = trio.Event()
         async with trio.open_nursery() as nursery:
             await nursery.start(
-                control.serve, registry.socket_path(os.getpid()), self._handle_request
+                controlserver.serve, registry.socket_path(os.getpid()), self._handle_request
             )
             nursery.start_soon(self._signals)
             if self.journal is not None:
@@ -605,18 +449,6 @@ def _main_args() -> dict:
     """Worker-task limits of pyfuse3's request loop (ZIPFUSE_MAX_TASKS overrides, for tuning)."""
     value = os.environ.get("ZIPFUSE_MAX_TASKS")
     return {"max_tasks": int(value)} if value else {}
-
-
-@contextlib.contextmanager
-def _no_gc():
-    """Building 100k long-lived objects triggers many useless cyclic-gc passes; skip them."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _raise_fd_limit() -> None:

@@ -511,8 +511,10 @@ class _Loader:
         self._scan(cd)
 
     def _scan(self, cd: CentralDirectory) -> None:
-        """Place every entry: runs of plain files in one directory (the usual layout: writers
-        store a directory's files together) are placed with one step per run."""
+        """Place every entry: runs of names with one parent path (the usual layout: writers
+        store a directory's entry and its files together) are placed with one step per run;
+        found with a few C-level passes over all names, so Python code runs per run, not per
+        name. A directory's own entry ("head/") names the run's directory itself."""
         names = cd.take_names()
         odd = _odd_names(names)  # indices whose key is not a plain path (sorted)
         self.odd = frozenset(odd)
@@ -520,27 +522,44 @@ class _Loader:
         self._subdirs: list[dict[bytes, int]] = [{}]  # name -> subdirectory, while scanning
         self._last: tuple[bytes, int] = (b"", 0)
         self._odd_keys: dict[int, bytes] = {}  # sanitised name key of each odd entry
-        kids = self.kids
-        index = 0
+        # entries placed one at a time: a directory's own entry ("head/", or b""), a name to
+        # sanitise; a sentinel at the end
+        dir_keys = map(
+            operator.or_,
+            map(bytes.endswith, names, itertools.repeat(b"/")),
+            map(operator.not_, names),
+        )
+        single = list(itertools.compress(itertools.count(), dir_keys))
+        if odd:
+            single = sorted(self.odd.union(single))
+        single.append(len(names))
+        kids, dir_entry, dir_at, odd_set = self.kids, self.dir_entry, self._dir_at, self.odd
+        k = 0
+        nxt = single[0]
+        start = 0
+        # runs of one parent path, streamed: no per-name object outlives its run (a list of
+        # them all would leave the index's memory fragmented for the life of the mount)
         runs = itertools.groupby(map(bytes.rpartition, names, itertools.repeat(b"/")), _HEAD)
         for head, run in runs:
-            items = list(run)
-            end = index + len(items)
-            k = bisect.bisect_left(odd, index)
-            if k < len(odd) and odd[k] < end:  # a name to sanitise: one at a time
-                for i in range(index, end):
-                    self._place(cd, i, names[i], i in odd[k : k + len(items)])
-            elif all(map(_TAIL, items)):  # files only
-                kids[self._dir_at(head)].extend(range(index, end))  # type: ignore[union-attr]
-            else:  # directory entries ("head/", tail empty) among the files
-                start = index
-                for j, tail in enumerate(map(_TAIL, items), index):
-                    if not tail:
-                        kids[self._dir_at(head)].extend(range(start, j))  # type: ignore[union-attr]
-                        self._place(cd, j, names[j], False)
-                        start = j + 1
-                kids[self._dir_at(head)].extend(range(start, end))  # type: ignore[union-attr]
-            index = end
+            end = start + len(list(run))
+            if nxt >= end:  # files only
+                kids[dir_at(head)].extend(range(start, end))  # type: ignore[union-attr]
+                start = end
+                continue
+            pos = start
+            while nxt < end:
+                if nxt > pos:
+                    kids[dir_at(head)].extend(range(pos, nxt))  # type: ignore[union-attr]
+                if nxt in odd_set:
+                    self._place(cd, nxt, names[nxt], True)
+                elif head:  # "head/": the entry of directory head itself
+                    dir_entry[dir_at(head)] = nxt
+                pos = nxt + 1
+                k += 1
+                nxt = single[k]
+            if pos < end:
+                kids[dir_at(head)].extend(range(pos, end))  # type: ignore[union-attr]
+            start = end
         self.unambiguous = self._unambiguous(names, odd)
         del self._parents, self._subdirs, self._last, self._odd_keys
         self.unlisted = sum(len(k) for k in kids if k is not None)
@@ -772,7 +791,6 @@ def _entry_path(name: str) -> str:
 
 
 _HEAD = operator.itemgetter(0)
-_TAIL = operator.itemgetter(2)
 
 
 def _odd_names(names: list[bytes]) -> list[int]:

@@ -534,10 +534,17 @@ def appended_directory(
     return cd
 
 
-def _u32(u16: array.array, index: int, stride: int) -> list[int]:
-    """The 32-bit little-endian field at 16-bit position ``index`` of every ``stride``."""
-    lo, hi = u16[index::stride], u16[index + 1 :: stride]
-    return list(map(operator.or_, lo, map(operator.lshift, hi, itertools.repeat(16))))
+def _u32(heads: bytes, at: int, stride: int, add: int = 0) -> array.array:
+    """The 32-bit little-endian field at byte ``at`` of every ``stride`` bytes of ``heads``,
+    plus ``add``, as 64-bit values: four strided copies into the low bytes of each value."""
+    n = len(heads) // stride
+    out = bytearray(8 * n)
+    for byte in range(4):
+        out[byte::8] = heads[at + byte :: stride]
+    values = array.array("Q", out)
+    if add:
+        values = array.array("Q", map(operator.add, values, itertools.repeat(add)))
+    return values
 
 
 def _scan_plain_records(
@@ -577,7 +584,13 @@ def _scan_plain_records(
         or not set(elen) <= {0, 24}
     ):
         return None
-    extra = b"".join(map(getitem, parts, map(slice, name_end, map(add, name_end, elen))))
+    # every record with a 24-byte extra and no comment (Info-ZIP's usual): its extra and name
+    # are at fixed distances from its end and start, cut with one slice object for all
+    uniform = elen.count(24) == n and not any(clen) and min(nlen) > 0
+    if uniform:
+        extra = b"".join(map(getitem, parts, rep(slice(-24, None))))
+    else:
+        extra = b"".join(map(getitem, parts, map(slice, name_end, map(add, name_end, elen))))
     k = len(extra) // 24
     zero = bytes(k)
     if (
@@ -588,7 +601,10 @@ def _scan_plain_records(
     ):
         return None
     if names is not None:
-        raws = list(map(getitem, parts, map(slice, rep(rest), name_end)))
+        if uniform:
+            raws = list(map(getitem, parts, rep(slice(rest, -24))))
+        else:
+            raws = list(map(getitem, parts, map(slice, rep(rest), name_end)))
         if not all(map(bytes.isascii, raws)) or list(map(bytes.endswith, raws, rep(b"/"))) != list(
             map(operator.eq, kinds, rep(stat.S_IFDIR))
         ):
@@ -603,8 +619,7 @@ def _scan_plain_records(
                 pos = extra.find(b"up", pos + 1)
         names.extend(raws)
     offs = array.array("Q", itertools.accumulate(map(add, lens, rep(4)), initial=0))
-    hdr = array.array("Q", map(add, _u32(u16, 19, 21), rep(concat)))
-    return offs, hdr, array.array("Q", _u32(u16, 8, 21))
+    return offs, _u32(heads, 38, rest, concat), _u32(heads, 16, rest)
 
 
 def _scan_records(

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import zipfile
 
@@ -196,6 +197,11 @@ def test_ctrl_c_on_unmount_says_the_commit_goes_on(tmp_path, small_zip, monkeypa
         assert str(mnt) in registry.fuse_mounts()
         assert (mnt / "late.txt").read_text() == "committed after all\n"
         marker.unlink()  # the daemon's commit goes on
+        # a sync sent while that commit runs is refused ("mount is committing"): the command
+        # starts fast enough now (no trio import) to get there first, so let it end
+        deadline = time.monotonic() + 60
+        while api.find_mount(str(mnt)).state != "mounted" and time.monotonic() < deadline:
+            time.sleep(0.05)
         proc = run("unmount", str(mnt), timeout=120)
         assert proc.returncode == 0, proc.stderr
         with zipfile.ZipFile(small_zip) as z:
@@ -249,3 +255,84 @@ def test_recover_of_a_missing_archive_or_a_non_zip(tmp_path, small_zip):
         assert proc.returncode == 1
     proc = run("recover", str(small_zip))  # a good archive without leftovers: fine, rc 0
     assert proc.returncode == 0 and "nothing to recover" in proc.stderr
+
+
+# Runs one command through zipfuse.cli.main and then names the heavy modules it imported: the
+# daemon needs trio and pyfuse3, a short-lived command must not pay for them (0.2 s).
+_HEAVY_PROBE = """
+import os, sys
+from zipfuse.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:  # --help
+    code = exc.code
+heavy = [m for m in ("trio", "pyfuse3", "zipfuse.daemon", "zipfuse.ops") if m in sys.modules]
+print("HEAVY=" + ",".join(heavy))
+with open(f"/proc/self/task/{os.getpid()}/children") as f:
+    print("CHILDREN=" + f.read().strip())
+sys.exit(code)
+"""
+
+
+def run_probed(*args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run a command; return it and the heavy modules it imported (CHILDREN= in its stdout
+    lists the processes it left running: its mount daemon, if any)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _HEAVY_PROBE, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY="))
+    return proc, [m for m in line.removeprefix("HEAVY=").split(",") if m]
+
+
+def test_short_commands_never_import_trio_or_pyfuse3(tmp_path, small_zip):
+    """status, sync, unmount, compact, recover and the mount command's own process stay free
+    of trio and pyfuse3; the daemon the mount starts imports them (it serves the mount)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    other = tmp_path / "other.zip"
+    other.write_bytes(small_zip.read_bytes())
+    proc, heavy = run_probed("mount", str(small_zip), str(mnt))
+    try:
+        assert proc.returncode == 0, proc.stderr
+        assert heavy == []
+        assert (mnt / "dir" / "file.txt").read_text() == "hello\n"
+        (mnt / "probe.txt").write_text("probed\n")
+        for args in (["status"], ["status", "--json"], ["sync", str(mnt)], ["--help"]):
+            proc, heavy = run_probed(*args)
+            assert proc.returncode == 0, (args, proc.stderr)
+            assert heavy == [], args
+        with zipfile.ZipFile(small_zip) as z:
+            assert z.read("probe.txt") == b"probed\n"  # the sync above committed
+        for args in (["compact", str(other)], ["recover", str(other)]):
+            proc, heavy = run_probed(*args)
+            assert proc.returncode == 0, (args, proc.stderr)
+            assert heavy == [], args
+        with zipfile.ZipFile(other) as z:
+            assert z.testzip() is None and z.read("dir/file.txt") == b"hello\n"
+        proc, heavy = run_probed("unmount", str(mnt))
+        assert proc.returncode == 0, proc.stderr
+        assert heavy == []
+        assert str(mnt) not in registry.fuse_mounts()
+    finally:
+        force_cleanup(str(mnt))
+
+
+def test_mount_refused_after_the_daemon_was_forked_leaves_nothing(tmp_path, small_zip):
+    """The daemon is forked before the archive is checked: a refusal must end it at once (no
+    process left, the command returns promptly with the one-line reason)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    notzip = tmp_path / "notzip.zip"
+    notzip.write_text("not a zip\n" * 100)
+    for args in ([str(notzip), str(mnt)], [str(small_zip), str(tmp_path / "nowhere")]):
+        proc, heavy = run_probed("mount", *args)
+        assert proc.returncode == 1 and heavy == []
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert "notzip.zip" in proc.stderr or "does not exist" in proc.stderr
+        assert "CHILDREN=\n" in proc.stdout  # the forked daemon is gone (and reaped)
+        assert str(mnt) not in registry.fuse_mounts()
+        assert registry.records() == []
