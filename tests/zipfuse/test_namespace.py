@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.zipfuse import hostile_zip
+from zipfuse.names import sanitize
 from zipfuse.namespace import Namespace, _Loader, _odd_names
 from zipfuse.zipformat import MAX_DEPTH, read_central_directory
 
@@ -30,11 +31,28 @@ def _one_at_a_time(cd) -> tuple[list[bytes], list[list[int]], list[int]]:
     ref = _Loader.__new__(_Loader)
     ref.names, ref.kids, ref.dir_entry = [b""], [array.array("l")], array.array("l", [-1])
     ref._parents, ref._subdirs, ref._last = {b"": 0}, [{}], (b"", 0)
+    ref._odd_keys = {}
     names = cd.take_names()
     odd = set(_odd_names(names))
     for index, key in enumerate(names):
         ref._place(cd, index, key, index in odd)
     return ref.names, [list(k) for k in ref.kids], list(ref.dir_entry)
+
+
+def _unambiguous(cd) -> bool:
+    """What _Loader.unambiguous must say, from every entry's sanitised path: no path twice,
+    no file at the path of a folder (its own entry or one its entries imply)."""
+    paths = []
+    for entry in cd.entries:
+        parts = sanitize(entry.name)
+        if parts:  # None or []: skipped
+            paths.append(("/".join(parts), entry.is_dir))
+    files = [p for p, is_dir in paths if not is_dir]
+    dirs = [p for p, is_dir in paths if is_dir]
+    implied = {p.rsplit("/", i)[0] for p, _ in paths for i in range(1, p.count("/") + 1)}
+    if len(set(files)) != len(files) or len(set(dirs)) != len(dirs):
+        return False
+    return not set(files) & (set(dirs) | implied)
 
 
 def _load(path: Path, names: list[str]) -> tuple[object, object]:
@@ -52,6 +70,8 @@ def _load(path: Path, names: list[str]) -> tuple[object, object]:
         )._loader
         assert loader is not None
         got = (loader.names, [list(k) for k in loader.kids], list(loader.dir_entry))
+        cd = read_central_directory(fd)
+        assert loader.unambiguous == _unambiguous(cd), [e.name for e in cd.entries]
         want = _one_at_a_time(read_central_directory(fd, keep_names=True, max_depth=MAX_DEPTH))
     finally:
         os.close(fd)
