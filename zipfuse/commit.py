@@ -362,7 +362,7 @@ APPEND_MIN = 1 << 20  # smaller archives are rewritten: that costs little, and i
 def dead_space(cd: CentralDirectory) -> int:
     """Bytes of the archive that no entry uses (old directories and replaced entries left by
     appends in place); an estimate good to a few bytes per entry."""
-    return max(0, cd.cd_offset - sum(cd.spans()))
+    return max(0, cd.cd_offset - cd.used_bytes())
 
 
 def changes_of(items: list[Item], cd: CentralDirectory) -> Changes:
@@ -389,10 +389,8 @@ def append_cost(changes: Changes, cd: CentralDirectory | None, fd: int | None) -
         return None
     if os.pread(fd, 4, 0) != zipspec.LOCAL_SIG:
         return None
-    spans = cd.spans()
-    used = sum(spans)
-    dropped = sum(spans[i] for i in changes.dropped)
-    kept_bytes = used - dropped
+    dropped = sum(cd.spans(changes.dropped))
+    kept_bytes = cd.used_bytes() - dropped
     new = 0
     for i in changes.items:
         if i.kind == FILE:

@@ -130,7 +130,7 @@ class CentralDirectory:
     __slots__ = (
         "comment", "cd_offset", "cd_size", "prefix_size", "archive_size", "zip64",
         "end_offset", "_buf", "_fd", "_offs", "_hdr", "_concat", "_entries", "_names",
-        "_spans",
+        "used",
     )  # fmt: skip
 
     def __init__(
@@ -163,7 +163,9 @@ class CentralDirectory:
         self._concat = concat
         self._entries: list[ZipEntry] | None = None
         self._names: list[bytes] | None = names
-        self._spans: array.array | None = None  # see spans()
+        # bytes the entries take in the archive (the sum of ``spans``), worked out by the
+        # parse: a commit sizes dead space without a pass over every record
+        self.used: int | None = None
 
     def __len__(self) -> int:
         return len(self._hdr)
@@ -228,10 +230,7 @@ class CentralDirectory:
     def spans(self, indices: Iterable[int] | None = None) -> array.array:
         """Bytes each entry takes in the archive if its local extras equal its central ones
         (the usual case): local header, name, extra, compressed data. From the fixed fields,
-        no decoding (a commit sizes dead space over tens of thousands of entries); kept for
-        the next commit. ``indices``: only those entries (not kept)."""
-        if indices is None and self._spans is not None:
-            return self._spans
+        no decoding. ``indices``: only those entries."""
         buf = self._buf if self._buf is not None else self._read(0, self._offs[-1])
         fields = _CDFIELDS.unpack_from
         out = array.array("Q")
@@ -241,9 +240,13 @@ class CentralDirectory:
             if csize == 0xFFFFFFFF:  # zip64: the real size is in the extra field
                 csize = self.entry(i).compressed_size
             out.append(30 + nlen + elen + csize)
-        if indices is None:
-            self._spans = out
         return out
+
+    def used_bytes(self) -> int:
+        """``used``, worked out now if the parse did not."""
+        if self.used is None:
+            self.used = sum(self.spans())
+        return self.used
 
     def take_names(self) -> list[bytes]:
         """The name key of every record, without decoding it (kept by ``keep_names``, handed
@@ -450,6 +453,9 @@ def _read_directory(
         end_offset=eocd_pos + zipspec.EOCD.size + len(comment),
     )
     _check_layout(cd, csize)
+    # a span is its central record's length - 16 (local header 30 instead of 46 bytes) - the
+    # entry comment (rare; ignored: dead space is an estimate) + the compressed size
+    cd.used = offs[-1] - offs[0] - 16 * n + sum(csize)
     return cd
 
 
@@ -500,15 +506,14 @@ def appended_directory(
         raise ZipFormatError("the appended central directory does not start with the kept one")
     kept_len = len(kept_records)
     new_offs, new_hdr, _ = _scan_records(buf[kept_len:], 0, cd_offset + kept_len, count - nkept)
-    old_offs, old_hdr, old_spans = old._offs, old._hdr, old.spans()
-    offs, hdr, spans = array.array("Q"), array.array("Q"), array.array("Q")
+    old_offs, old_hdr = old._offs, old._hdr
+    offs, hdr = array.array("Q"), array.array("Q")
     at = 0
     for lo, hi in kept_runs(dropped, len(old)):
         shift = at - old_offs[lo]
         run = old_offs[lo:hi]
         offs.extend(run if not shift else array.array("Q", [o + shift for o in run]))
         hdr.extend(old_hdr[lo:hi])
-        spans.extend(old_spans[lo:hi])
         at = old_offs[hi] + shift
     if at != kept_len:
         raise ZipFormatError("the appended central directory does not start with the kept one")
@@ -529,8 +534,7 @@ def appended_directory(
     )
     if len(hdr) != count:
         raise ZipFormatError(f"central directory holds {len(hdr)} entries, expected {count}")
-    spans.extend(cd.spans(range(len(spans), count)))
-    cd._spans = spans
+    cd.used = old.used_bytes() - sum(old.spans(dropped)) + sum(cd.spans(range(nkept, count)))
     return cd
 
 

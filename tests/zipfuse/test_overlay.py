@@ -113,6 +113,8 @@ async def check_invariants(ov: Overlay) -> None:
     known = {n.spill for n in data.dirty.values()} | {p for p, _ in data._pool}
     assert on_disk == known | (on_disk & set(data._trash))
     check_plans(ov)
+    if ov.cd is not None:  # worked out by the parse or the append, not by a pass over spans
+        assert ov.cd.used_bytes() == sum(ov.cd.spans())
     # the journal replayed onto the archive's tree gives the same tree
     if not ov.unlogged:
         replayed = Namespace.from_archive(ov.cd, UID, GID, time.time_ns())
