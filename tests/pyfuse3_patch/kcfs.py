@@ -6,7 +6,12 @@
 
 The tree: ``d0000``..``dNNNN`` in the root, each holding ``f0000``..``fNNNN`` of --size bytes, and
 a root file ``existing`` (100 bytes). Files can be created, written, truncated and unlinked.
-SIGUSR1 writes the request counters (and what the handlers saw) to --stats as JSON, atomically.
+SIGUSR1 writes the request counters (and what the handlers saw) to --stats as JSON, atomically,
+with the number of trio task steps so far (what the request loop costs the event loop).
+
+Handlers that wait (for the request loop of the inline-requests patch): a READ of the root file
+``slow`` waits until some READ of ``go`` has arrived, then returns ``slow`` 's 4 bytes; a READ of
+``fails`` yields to the event loop once, then fails with EIO.
 
 Modes (the last three need pyfuse3 with patches/pyfuse3-*-kernel-cache.patch):
 - default: open/opendir hand out handles, like any pyfuse3 filesystem (stock behaviour);
@@ -72,6 +77,11 @@ class CountingFS(pyfuse3.Operations):
             for f in range(args.files):
                 dn.children[b"f%04d" % f] = self._new(stat.S_IFREG | 0o644, payload[: args.size])
         root.children[b"existing"] = self._new(stat.S_IFREG | 0o644, b"0123456789" * 10)
+        for name in (b"slow", b"go", b"fails"):
+            root.children[name] = self._new(stat.S_IFREG | 0o644, name[:4])
+        self.special = {root.children[n].ino: n for n in (b"slow", b"go", b"fails")}
+        self.go: trio.Event | None = None  # made in the trio run (see read)
+        self.task_steps = 0
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -176,7 +186,19 @@ class CountingFS(pyfuse3.Operations):
 
     async def read(self, fh, off, size):
         self._count("read", fh)
-        return bytes(self._file(fh, self.no_open).data[off : off + size])
+        node = self._file(fh, self.no_open)
+        special = self.special.get(node.ino)
+        if special is not None:
+            if self.go is None:
+                self.go = trio.Event()
+            if special == b"go":
+                self.go.set()
+            elif special == b"slow":
+                await self.go.wait()  # until a READ of ``go`` is served meanwhile
+            else:
+                await trio.sleep(0)
+                raise pyfuse3.FUSEError(errno.EIO)
+        return bytes(node.data[off : off + size])
 
     async def write(self, fh, off, buf):
         self._count("write", fh)
@@ -252,6 +274,7 @@ class CountingFS(pyfuse3.Operations):
             "seen": dict(self.seen),
             "truncations": self.truncations,
             "open_flags": self.open_flags,
+            "task_steps": self.task_steps,
             "root_files": {
                 n.decode(): bytes(c.data).decode("latin-1")
                 for n, c in root.children.items()
@@ -264,7 +287,18 @@ class CountingFS(pyfuse3.Operations):
         os.replace(tmp, path)
 
 
+class StepCounter(trio.abc.Instrument):
+    """Counts trio task steps: each is a trip through the event loop for some task."""
+
+    def __init__(self, ops: CountingFS) -> None:
+        self.ops = ops
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.ops.task_steps += 1
+
+
 async def serve(ops: CountingFS, stats: str) -> None:
+    trio.lowlevel.add_instrument(StepCounter(ops))
     async with trio.open_nursery() as nursery:
 
         async def fuse_loop() -> None:
