@@ -19,8 +19,8 @@ import pytest
 
 from tests.pyfuse3_patch.test_kernel_cache_patch import kcfs, read
 
-# The patch adds this helper (the request loop uses it); stock pyfuse3 has no such name.
-PATCHED = hasattr(getattr(pyfuse3, "_pyfuse3", None), "_resume")
+# The patch adds no public flag; its request loop's helper _pyfuse3._resume is the mark.
+PATCHED = callable(getattr(getattr(pyfuse3, "_pyfuse3", None), "_resume", None))
 
 
 def _needs_patch() -> None:
