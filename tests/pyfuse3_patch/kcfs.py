@@ -10,8 +10,9 @@ SIGUSR1 writes the request counters (and what the handlers saw) to --stats as JS
 with the number of trio task steps so far (what the request loop costs the event loop).
 
 Handlers that wait (for the request loop of the inline-requests patch): a READ of the root file
-``slow`` waits until some READ of ``go`` has arrived, then returns ``slow`` 's 4 bytes; a READ of
-``fails`` yields to the event loop once, then fails with EIO.
+``slow`` takes a trio.Lock and, holding it, waits until some READ of ``go`` has arrived, then
+returns ``slow`` 's 4 bytes; a READ of ``queue`` takes the same lock (so it waits for ``slow``); a
+READ of ``fails`` yields to the event loop once, then fails with EIO.
 
 Modes (the last three need pyfuse3 with patches/pyfuse3-*-kernel-cache.patch):
 - default: open/opendir hand out handles, like any pyfuse3 filesystem (stock behaviour);
@@ -77,10 +78,12 @@ class CountingFS(pyfuse3.Operations):
             for f in range(args.files):
                 dn.children[b"f%04d" % f] = self._new(stat.S_IFREG | 0o644, payload[: args.size])
         root.children[b"existing"] = self._new(stat.S_IFREG | 0o644, b"0123456789" * 10)
-        for name in (b"slow", b"go", b"fails"):
+        special = (b"slow", b"go", b"fails", b"queue")
+        for name in special:
             root.children[name] = self._new(stat.S_IFREG | 0o644, name[:4])
-        self.special = {root.children[n].ino: n for n in (b"slow", b"go", b"fails")}
+        self.special = {root.children[n].ino: n for n in special}
         self.go: trio.Event | None = None  # made in the trio run (see read)
+        self.lock: trio.Lock | None = None
         self.task_steps = 0
 
     # -- helpers --------------------------------------------------------------------------
@@ -189,12 +192,16 @@ class CountingFS(pyfuse3.Operations):
         node = self._file(fh, self.no_open)
         special = self.special.get(node.ino)
         if special is not None:
-            if self.go is None:
-                self.go = trio.Event()
+            if self.go is None or self.lock is None:
+                self.go, self.lock = trio.Event(), trio.Lock()
             if special == b"go":
                 self.go.set()
             elif special == b"slow":
-                await self.go.wait()  # until a READ of ``go`` is served meanwhile
+                async with self.lock:
+                    await self.go.wait()  # until a READ of ``go`` is served meanwhile
+            elif special == b"queue":
+                async with self.lock:  # handed over by ``slow``'s task to this one
+                    pass
             else:
                 await trio.sleep(0)
                 raise pyfuse3.FUSEError(errno.EIO)

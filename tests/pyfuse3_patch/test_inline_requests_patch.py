@@ -66,6 +66,30 @@ def test_a_waiting_handler_does_not_hold_up_other_requests(tmp_path: Path, fuse:
     assert st["counts"]["read"] >= 3
 
 
+def test_a_lock_held_by_one_waiting_handler_passes_to_another(tmp_path: Path, fuse: None) -> None:
+    """READ(slow) holds a trio.Lock while it waits, READ(queue) waits for the lock: releasing it
+    hands it to a suspended worker task, where trio inspects the task's root coroutine (a
+    Cython coroutine there fails: it has no cr_suspended). Both replies must arrive."""
+    with kcfs(tmp_path) as fs:
+        got: dict[str, bytes] = {}
+
+        def reader(name: str) -> threading.Thread:
+            t = threading.Thread(target=lambda: got.__setitem__(name, read(fs.mnt / name)))
+            t.start()
+            return t
+
+        n_read = fs.count("read")
+        slow = reader("slow")
+        fs.stats_after("read", n_read + 1)  # READ(slow) arrived: its handler holds the lock
+        queue = reader("queue")
+        fs.stats_after("read", n_read + 2)  # READ(queue) arrived: it waits for the lock
+        assert read(fs.mnt / "go") == b"go"
+        slow.join(timeout=30)
+        queue.join(timeout=30)
+        assert got == {"slow": b"slow", "queue": b"queu"}
+        assert fs.count("read") == n_read + 3
+
+
 def test_a_handler_that_fails_after_waiting_returns_its_errno(tmp_path: Path, fuse: None) -> None:
     with kcfs(tmp_path) as fs:
         for _ in range(3):  # the kernel caches nothing of a failed read: three READs
