@@ -19,21 +19,26 @@ if [ -z "${PYTHON:-}" ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
   PYTHON=.venv/bin/python
 fi
-# pyfuse3 from its pinned sdist with patches/ applied (kernel-cache mode, see patches/README.md).
-# Skipped when the installed pyfuse3 already has the capability. Cython comes with pyfuse3's own
+# pyfuse3 from its pinned sdist with patches/ applied in this order (kernel-cache mode, then the
+# inline request loop; see patches/README.md). Skipped when the installed pyfuse3 already has both
+# (NO_OPEN_SUPPORT; the request loop's _pyfuse3._resume helper). Cython comes with pyfuse3's own
 # build requirements; the sdist's shipped __init__.c is unpatched, so it is removed to force it.
 PYFUSE3_VERSION=3.5.0
-if ! "$PYTHON" -c 'import pyfuse3, sys; sys.exit(not getattr(pyfuse3, "NO_OPEN_SUPPORT", False))' 2>/dev/null; then
+PYFUSE3_PATCHES="kernel-cache inline-requests"
+pyfuse3_patched='import pyfuse3, sys; sys.exit(not (getattr(pyfuse3, "NO_OPEN_SUPPORT", False) and hasattr(pyfuse3._pyfuse3, "_resume")))'
+if ! "$PYTHON" -c "$pyfuse3_patched" 2>/dev/null; then
   build="$(mktemp -d)"
   trap 'rm -rf "$build"' EXIT
   "$PYTHON" -m pip download -q --disable-pip-version-check --no-deps --no-binary pyfuse3 \
     -d "$build" "pyfuse3==$PYFUSE3_VERSION"
   tar -xzf "$build/pyfuse3-$PYFUSE3_VERSION.tar.gz" -C "$build" --no-same-owner
   src="$build/pyfuse3-$PYFUSE3_VERSION"
-  patch -d "$src" -p1 --quiet --forward <"patches/pyfuse3-$PYFUSE3_VERSION-kernel-cache.patch"
+  for name in $PYFUSE3_PATCHES; do
+    patch -d "$src" -p1 --quiet --forward <"patches/pyfuse3-$PYFUSE3_VERSION-$name.patch"
+  done
   rm -f "$src/src/pyfuse3/__init__.c"
   "$PYTHON" -m pip install -q --disable-pip-version-check "$src"  # a local tree always reinstalls
-  "$PYTHON" -c 'import pyfuse3, sys; sys.exit(not pyfuse3.NO_OPEN_SUPPORT)'
+  "$PYTHON" -c "$pyfuse3_patched"
 fi
 "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test,bench,rattler]'
 echo "installed into $("$PYTHON" -c 'import sys; print(sys.prefix)')"

@@ -198,11 +198,12 @@ class Daemon:
         )
         self.state = "mounted"
         log.info(
-            "mounted %s on %s (%d inodes, kernel cache %s)",
+            "mounted %s on %s (%d inodes, kernel cache %s, request loop %s)",
             cfg.archive,
             cfg.mountpoint,
             self.ns.count(),
             "on" if kernel_cache else "off",
+            "inline" if pyfuse3_caps.pyfuse3_has_inline_requests() else "stock",
         )
 
     # ---------------------------------------------------------------------- serve

@@ -44,6 +44,18 @@ def pyfuse3_has_kernel_cache() -> bool:
     )
 
 
+def pyfuse3_has_inline_requests() -> bool:
+    """True if pyfuse3 carries patches/pyfuse3-*-inline-requests.patch (its faster request loop).
+
+    Nothing in zipfuse depends on it (handlers that need not wait are simply answered sooner); the
+    daemon logs it, so a slow mount can be told from a stock pyfuse3. The patch adds no public
+    flag; its loop's helper ``pyfuse3._pyfuse3._resume`` is the mark.
+    """
+    import pyfuse3
+
+    return callable(getattr(getattr(pyfuse3, "_pyfuse3", None), "_resume", None))
+
+
 def kernel_cache_enabled(environ: Mapping[str, str] | None = None) -> bool:
     """Whether the daemon should run in kernel-cache mode (capability + ZIPFUSE_KERNEL_CACHE)."""
     env = os.environ if environ is None else environ

@@ -6,7 +6,13 @@
 
 The tree: ``d0000``..``dNNNN`` in the root, each holding ``f0000``..``fNNNN`` of --size bytes, and
 a root file ``existing`` (100 bytes). Files can be created, written, truncated and unlinked.
-SIGUSR1 writes the request counters (and what the handlers saw) to --stats as JSON, atomically.
+SIGUSR1 writes the request counters (and what the handlers saw) to --stats as JSON, atomically,
+with the number of trio task steps so far (what the request loop costs the event loop).
+
+Handlers that wait (for the request loop of the inline-requests patch): a READ of the root file
+``slow`` takes a trio.Lock and, holding it, waits until some READ of ``go`` has arrived, then
+returns ``slow`` 's 4 bytes; a READ of ``queue`` takes the same lock (so it waits for ``slow``); a
+READ of ``fails`` yields to the event loop once, then fails with EIO.
 
 Modes (the last three need pyfuse3 with patches/pyfuse3-*-kernel-cache.patch):
 - default: open/opendir hand out handles, like any pyfuse3 filesystem (stock behaviour);
@@ -72,6 +78,13 @@ class CountingFS(pyfuse3.Operations):
             for f in range(args.files):
                 dn.children[b"f%04d" % f] = self._new(stat.S_IFREG | 0o644, payload[: args.size])
         root.children[b"existing"] = self._new(stat.S_IFREG | 0o644, b"0123456789" * 10)
+        special = (b"slow", b"go", b"fails", b"queue")
+        for name in special:
+            root.children[name] = self._new(stat.S_IFREG | 0o644, name[:4])
+        self.special = {root.children[n].ino: n for n in special}
+        self.go: trio.Event | None = None  # made in the trio run (see read)
+        self.lock: trio.Lock | None = None
+        self.task_steps = 0
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -176,7 +189,23 @@ class CountingFS(pyfuse3.Operations):
 
     async def read(self, fh, off, size):
         self._count("read", fh)
-        return bytes(self._file(fh, self.no_open).data[off : off + size])
+        node = self._file(fh, self.no_open)
+        special = self.special.get(node.ino)
+        if special is not None:
+            if self.go is None or self.lock is None:
+                self.go, self.lock = trio.Event(), trio.Lock()
+            if special == b"go":
+                self.go.set()
+            elif special == b"slow":
+                async with self.lock:
+                    await self.go.wait()  # until a READ of ``go`` is served meanwhile
+            elif special == b"queue":
+                async with self.lock:  # handed over by ``slow``'s task to this one
+                    pass
+            else:
+                await trio.sleep(0)
+                raise pyfuse3.FUSEError(errno.EIO)
+        return bytes(node.data[off : off + size])
 
     async def write(self, fh, off, buf):
         self._count("write", fh)
@@ -252,6 +281,7 @@ class CountingFS(pyfuse3.Operations):
             "seen": dict(self.seen),
             "truncations": self.truncations,
             "open_flags": self.open_flags,
+            "task_steps": self.task_steps,
             "root_files": {
                 n.decode(): bytes(c.data).decode("latin-1")
                 for n, c in root.children.items()
@@ -264,7 +294,18 @@ class CountingFS(pyfuse3.Operations):
         os.replace(tmp, path)
 
 
+class StepCounter(trio.abc.Instrument):
+    """Counts trio task steps: each is a trip through the event loop for some task."""
+
+    def __init__(self, ops: CountingFS) -> None:
+        self.ops = ops
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.ops.task_steps += 1
+
+
 async def serve(ops: CountingFS, stats: str) -> None:
+    trio.lowlevel.add_instrument(StepCounter(ops))
     async with trio.open_nursery() as nursery:
 
         async def fuse_loop() -> None:

@@ -127,6 +127,38 @@ def test_two_concurrent_readers(infozip_archive, tmp_path):
     assert results == {"big.txt": True, "random.bin": True}
 
 
+def test_lookups_and_small_reads_go_on_while_big_reads_wait_for_threads(infozip_archive, tmp_path):
+    """big.txt and random.bin are read on worker threads (their READ handlers wait); meanwhile
+    other requests are answered on the trio thread without waiting. All bytes must match."""
+    src, archive = infozip_archive
+    mnt = tmp_path / "mnt"
+    big = {n: (src / n).read_bytes() for n in ("big.txt", "random.bin")}
+    small = {n: (src / n).read_bytes() for n in ("pkg/__init__.py", "pkg/sub/mod.py", "bin/tool")}
+    errors: list[str] = []
+
+    def read_big(name: str) -> None:
+        for _ in range(3):
+            with open(mnt / name, "rb", buffering=0) as f:
+                f.seek(len(big[name]) // 3)  # not from the start: no single-shot decode
+                if f.read() != big[name][len(big[name]) // 3 :]:
+                    errors.append(name)
+
+    with mounted(archive, mnt, read_only=True):
+        threads = [threading.Thread(target=read_big, args=(n,)) for n in big]
+        for t in threads:
+            t.start()
+        rounds = 0
+        while any(t.is_alive() for t in threads) or rounds < 20:
+            for name, data in small.items():
+                assert (mnt / name).read_bytes() == data
+                assert os.lstat(mnt / name).st_size == len(data)
+            assert sorted(os.listdir(mnt / "pkg")) == ["__init__.py", "bindir", "sub"]
+            rounds += 1
+        for t in threads:
+            t.join(120)
+    assert errors == []
+
+
 def test_read_only_mount_refuses_writes(infozip_archive, tmp_path):
     _, archive = infozip_archive
     before = os.stat(archive)

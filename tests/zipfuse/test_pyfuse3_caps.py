@@ -67,3 +67,10 @@ def test_the_process_environment_is_read_by_default() -> None:
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
         )
         assert out.stdout.strip() == want, out.stderr
+
+
+def test_inline_request_loop_detection_matches_the_patch_and_ci_has_it() -> None:
+    helper = getattr(getattr(pyfuse3, "_pyfuse3", None), "_resume", None)
+    assert pyfuse3_caps.pyfuse3_has_inline_requests() is callable(helper)
+    if os.environ.get("CI"):
+        assert pyfuse3_caps.pyfuse3_has_inline_requests(), "scripts/setup.sh builds the patch"
