@@ -597,7 +597,10 @@ class _Loader:
                 names[i] = self._odd_keys.get(i, b"")  # b"": skipped, as unsafe
             names = [n for n in names if n]
         keys = set(names)
-        if len(keys) != len(names):
+        empty = names.count(b"")  # an empty name is skipped, as is the root's
+        if empty:
+            keys.discard(b"")
+        if len(keys) != len(names) - empty:
             return False
         dirs = set(self._parents)  # every entry's parent path, then their parents
         for head in list(dirs):
