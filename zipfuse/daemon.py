@@ -313,7 +313,7 @@ class Daemon:
             self._release_lock()
             message = "changes discarded" if self.discard else "nothing to commit"
             return {"ok": True, "committed": False, "message": message}
-        result = await self.commit(self._broadcast, flush=False)
+        result = await self.commit(self._broadcast, flush=False, final=True)
         if result.get("ok"):
             await self.overlay.close(destroy_spill=True)
             self._release_lock()
@@ -338,8 +338,9 @@ class Daemon:
             except Exception:
                 pass
 
-    async def commit(self, send: control.Send, *, flush: bool) -> dict:
-        """Write the new archive; writers wait while it runs, readers go on."""
+    async def commit(self, send: control.Send, *, flush: bool, final: bool = False) -> dict:
+        """Write the new archive; writers wait while it runs, readers go on. ``final``: the
+        one after the unmount, whose archive nothing reads through this process."""
         from . import commit  # imported on first use: a read-only mount never needs it
 
         data = self.overlay.data
@@ -382,7 +383,7 @@ class Daemon:
 
         async def run() -> Committed | None | Exception:
             try:
-                return await self.overlay.commit(begin, progress)
+                return await self.overlay.commit(begin, progress, adopt=not final)
             except Exception as exc:  # raised below, not wrapped in the nursery's group
                 return exc
 

@@ -465,8 +465,12 @@ class Overlay:
         self,
         begin: Callable[[int, int], None],
         progress: Callable[[int, int], None],
+        *,
+        adopt: bool = True,
     ) -> Committed | None:
         """Write the new archive and adopt it; None when there was nothing to commit.
+        ``adopt=False`` (the commit after the unmount, before the overlay is closed) skips
+        the adoption: pointing every node at the new archive would only cost time and memory.
 
         Writers wait only for the two short steps under the closed gate: the snapshot (plan,
         freeze the spill files it names, mark the journal) and the adoption (point nodes at
@@ -484,7 +488,7 @@ class Overlay:
             finally:
                 self.gate.open()
             try:
-                return await self._write_and_adopt(snap, begin, progress)
+                return await self._write_and_adopt(snap, begin, progress, adopt)
             except BaseException:
                 self.ns.touched |= snap.touched  # not in the archive: the next commit's job
                 self.ns.moved |= snap.moved
@@ -546,6 +550,7 @@ class Overlay:
         snap: _Snapshot,
         begin: Callable[[int, int], None],
         progress: Callable[[int, int], None],
+        adopt: bool = True,
     ) -> Committed:
         from . import commit
 
@@ -595,6 +600,15 @@ class Overlay:
         if isinstance(outcome, BaseException):
             raise outcome
         fd, cd = outcome
+        size = os.fstat(fd).st_size
+        if not adopt:
+            os.close(fd)
+            if self.journal is not None:  # nothing follows: no new journal, no flush either
+                self.journal.release()
+            self.committed_changes = snap.changes
+            self.base = journal.fingerprint(self.archive)
+            log.info("final commit (%s): %d entries, archive %d bytes", how, count, size)
+            return Committed(count, size, time.monotonic() - started, how)
         await self.gate.close()
         try:
             self._adopt(fd, cd, snap)
@@ -610,7 +624,6 @@ class Overlay:
                 self.unlogged.update(self.data.dirty)  # files still dirty: named again
         finally:
             self.gate.open()
-        size = os.fstat(fd).st_size
         log.info("commit (%s): %d entries, archive %d bytes", how, count, size)
         return Committed(count, size, time.monotonic() - started, how)
 
