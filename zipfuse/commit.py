@@ -13,6 +13,8 @@ When the change is small (``append_cost``), ``append_archive`` instead appends t
 changed entries, a new directory and end records after the archive's current end, in place:
 the commit then costs the change, not the archive, and the inode stays (readers on other NFS
 clients keep their file). Dead space is reclaimed by the full rewrite past ``DEAD_LIMIT``.
+Such a commit is planned by ``plan_changes`` from the nodes touched since the last one, not by
+``plan``'s walk of the whole tree, so folders nobody listed stay unlisted.
 """
 
 from __future__ import annotations
