@@ -39,7 +39,7 @@ import os
 import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import trio
 
@@ -666,7 +666,7 @@ class Overlay:
         # nodes deleted and gone during the commit may still be named by the next one's plan
         gone = [n for n in self.ns.touched if nodes.get(n.ino) is not n]
         if snap.append is None:
-            seen = self._point(snap.items, cd.entries)
+            seen = self._point(cast("list[Item | None]", snap.items), cd.iter_entries())
             orphans = [
                 n
                 for n in itertools.chain(nodes.values(), gone)
@@ -677,34 +677,45 @@ class Overlay:
             kept = len(snap.append.kept)
             # unchanged entries keep their ZipEntry (same record and offset, new index): only
             # the new records are decoded (the adoption is a pause for writers)
-            self._point(snap.items, cd.entries_at(range(kept, len(cd))))
+            self._point(cast("list[Item | None]", snap.items), cd.entries_at(range(kept, len(cd))))
         for node in orphans:
             node.entry_path = None
         stay = [n for n in orphans if nodes.get(n.ino) is n]
         self.data.adopt(ArchiveVersion(fd, cd.archive_size), stay)
+        cd.detach(fd)  # records are re-read from the archive when needed, as after a mount
 
-    def _point(self, items: list[Item], entries: Iterable[ZipEntry]) -> dict[int, Node]:
-        """Give each item's node its new entry; return the nodes seen (by inode)."""
+    def _point(self, items: list[Item | None], entries: Iterable[ZipEntry]) -> set[int]:
+        """Give each item's node its new entry; return the nodes seen (by inode). Each item
+        is dropped from ``items`` once used: with the entries decoded piece by piece, the
+        snapshot's memory goes while the new entries' comes (a commit's peak)."""
         from .commit import FILE
 
-        seen: dict[int, Node] = {}
-        for item, entry in zip(items, entries, strict=True):
+        seen: set[int] = set()
+        used = 0
+        for entry in entries:
+            item = items[used] if used < len(items) else None
+            if item is None:
+                raise OSError(errno.EIO, "the new archive lists more entries than were written")
+            items[used] = None
+            used += 1
             node = item.node
             if node.ino in seen:  # a hard link's second name: keep the first entry
                 continue
-            seen[node.ino] = node
+            seen.add(node.ino)
             node.entry = entry
             self.data.unpin(node)
             meta = item.meta
             if meta is None:  # RAW: unchanged at the snapshot; a change since set meta_dirty
                 continue
-            node.entry_path = meta.name.rstrip("/")
+            node.entry_path = entry.name.rstrip("/")  # the entry's string: one copy
             if (node.mode, node.uid, node.gid, node.mtime_ns, node.atime_ns, node.rdev) == (
                 meta.mode, meta.uid, meta.gid, meta.mtime_ns, meta.atime_ns, meta.rdev
             ):  # fmt: skip
                 node.meta_dirty = False
             if item.kind == FILE and node.spill == item.spill:
                 self.data.mark_clean(node)
+        if used != len(items):
+            raise OSError(errno.EIO, "the new archive lists fewer entries than were written")
         return seen
 
     def _renumber(self, cd: CentralDirectory, changes: Changes, gone: list[Node]) -> list[Node]:

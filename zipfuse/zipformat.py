@@ -186,6 +186,11 @@ class CentralDirectory:
             self._entries = self.entries_at(range(len(self)))
         return self._entries
 
+    def iter_entries(self, chunk: int = 4096) -> Iterator[ZipEntry]:
+        """Every entry, decoded a chunk at a time and not kept (see ``entries``)."""
+        for start in range(0, len(self), chunk):
+            yield from self.entries_at(range(start, min(start + chunk, len(self))))
+
     def entry(self, index: int) -> ZipEntry:
         if self._entries is not None:
             return self._entries[index]
@@ -231,12 +236,19 @@ class CentralDirectory:
         """Bytes each entry takes in the archive if its local extras equal its central ones
         (the usual case): local header, name, extra, compressed data. From the fixed fields,
         no decoding. ``indices``: only those entries."""
-        buf = self._buf if self._buf is not None else self._read(0, self._offs[-1])
         fields = _CDFIELDS.unpack_from
         out = array.array("Q")
         offs = self._offs
+        if self._buf is None and indices is not None:  # a few records: read just those
+            buf = b""
+        else:
+            buf = self._buf if self._buf is not None else self._read(0, offs[-1])
         for i in range(len(self)) if indices is None else indices:
-            _, csize, usize, nlen, elen, *_ = fields(buf, offs[i] + 5)
+            if not buf:
+                rec, at = self._read(offs[i], offs[i + 1] - offs[i]), 0
+            else:
+                rec, at = buf, offs[i]
+            _, csize, usize, nlen, elen, *_ = fields(rec, at + 5)
             if csize == 0xFFFFFFFF:  # zip64: the real size is in the extra field
                 csize = self.entry(i).compressed_size
             out.append(30 + nlen + elen + csize)
