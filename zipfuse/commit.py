@@ -117,9 +117,18 @@ class Changes:
     """A commit planned from what changed (``plan_changes``): the old archive's entries that
     stay as they are, by index, and the entries to write."""
 
-    kept: array.array  # indices into the old directory, ascending
+    count: int  # entries of the old directory
     items: list[Item]  # no RAW items
-    dropped: array.array  # indices of the old entries that go
+    dropped: array.array  # indices of the old entries that go, ascending
+
+    @property
+    def kept(self) -> list[int]:
+        """Indices of the old entries that stay, ascending."""
+        return [i for lo, hi in kept_runs(self.dropped, self.count) for i in range(lo, hi)]
+
+    @property
+    def kept_count(self) -> int:
+        return self.count - len(self.dropped)
 
 
 def plan_changes(
@@ -164,15 +173,7 @@ def plan_changes(
             stale.add(entry.index)
         if item is not None:
             items.append(item)
-    dropped = array.array("q", sorted(stale))
-    if not stale:
-        kept = array.array("q", range(len(cd)))
-    else:
-        keep = bytearray(b"\1") * len(cd)
-        for i in stale:
-            keep[i] = 0
-        kept = array.array("q", itertools.compress(range(len(cd)), keep))
-    return Changes(kept, items, dropped)
+    return Changes(len(cd), items, array.array("q", sorted(stale)))
 
 
 def _stored(item: Item) -> ZipEntry:
@@ -369,13 +370,12 @@ def dead_space(cd: CentralDirectory) -> int:
 
 def changes_of(items: list[Item], cd: CentralDirectory) -> Changes:
     """A whole-tree plan (``plan``) as ``Changes`` against ``cd``, for an append in place."""
-    keep = bytearray(len(cd))
+    drop = bytearray(b"\1") * len(cd)
     for i in items:
         if i.kind == RAW:
-            keep[_stored(i).index] = 1
-    kept = array.array("q", itertools.compress(range(len(cd)), keep))
-    dropped = array.array("q", (i for i, k in enumerate(keep) if not k))
-    return Changes(kept, [i for i in items if i.kind != RAW], dropped)
+            drop[_stored(i).index] = 0
+    dropped = array.array("q", itertools.compress(range(len(cd)), drop))
+    return Changes(len(cd), [i for i in items if i.kind != RAW], dropped)
 
 
 def append_cost(changes: Changes, cd: CentralDirectory | None, fd: int | None) -> int | None:
@@ -402,7 +402,7 @@ def append_cost(changes: Changes, cd: CentralDirectory | None, fd: int | None) -
         elif i.kind == SYMLINK:
             new += len(i.target or b"")
         new += 2 * (len(i.meta.name if i.meta else "") + 100)  # local header and central record
-    count = len(changes.kept) + len(changes.items)
+    count = changes.kept_count + len(changes.items)
     directory = cd.cd_size * count // max(len(cd), 1) + 200
     append = new + directory
     rewrite = kept_bytes + new + directory
@@ -454,7 +454,7 @@ def append_archive(
         src_fds: list[int] = []
         try:
             records = _central_records(src_fd, source, changes.dropped)
-            writer.keep_central(records, len(changes.kept), 0)
+            writer.keep_central(records, changes.kept_count, 0)
             for item in changes.items:
                 _add(writer, item, src_fd, src_fds, source)
             writer.finish(comment, before_end=lambda: _test_pause("append-entries-written"))

@@ -310,7 +310,6 @@ def _set_meta(node: Node, rec: dict) -> None:
     node.atime_ns, node.mtime_ns = rec["atime"], rec["mtime"]
     node.ctime_ns = rec["mtime"]
     node.rdev = rec.get("rdev", node.rdev)
-    node.meta_dirty = True
 
 
 def _apply(ns: Namespace, rec: dict, spill_path: str) -> bool:
@@ -353,14 +352,14 @@ def _apply(ns: Namespace, rec: dict, spill_path: str) -> bool:
         if node is None:
             return False
         _set_meta(node, rec)
-        ns.touched.add(node)
+        ns.changed(node, meta=True)
     elif op == "data":
         node = ns.resolve(rec["path"])
         spill = os.path.join(spill_path, rec["spill"])
         if node is None or not rec["spill"] or not os.path.exists(spill):
             return False
         node.spill = spill
-        ns.touched.add(node)
+        ns.changed(node)
         node.size = os.stat(spill).st_size
         node.mtime_ns = node.ctime_ns = rec["mtime"]
     else:

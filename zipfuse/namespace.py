@@ -309,7 +309,13 @@ class Namespace:
 
     def touch(self, node: Node, now_ns: int) -> None:
         node.mtime_ns = node.ctime_ns = now_ns
-        node.meta_dirty = True  # the stored mtime must follow
+        self.changed(node, meta=True)  # the stored mtime must follow
+
+    def changed(self, node: Node, *, meta: bool = False) -> None:
+        """``node``'s data (or, with ``meta``, its metadata) no longer matches its entry: the
+        next commit looks at it (``touched``) and is due (``changes``)."""
+        if meta:
+            node.meta_dirty = True
         self.touched.add(node)
         self.changes += 1
 

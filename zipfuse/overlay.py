@@ -388,9 +388,7 @@ class Overlay:
             if change.mtime_ns is not None:
                 node.mtime_ns = change.mtime_ns
             node.ctime_ns = now if change.ctime_ns is None else change.ctime_ns
-            node.meta_dirty = True
-            self.ns.touched.add(node)
-            self.ns.changes += 1
+            self.ns.changed(node, meta=True)
             path = self.ns.path(node)
             if path is not None:
                 self._log_data(node)
@@ -428,8 +426,7 @@ class Overlay:
                 await self.data.write(node, off, buf)
             finally:  # even a failed write (disk full) may have stored part of buf: keep it
                 node.mtime_ns = node.ctime_ns = now_ns()
-                self.ns.touched.add(node)
-                self.ns.changes += 1
+                self.ns.changed(node)
                 self.unlogged.add(node.ino)
                 if node.ino not in self.named and node.spill is not None:
                     # name the spill file now: a kill -9 right after close() (or after a
@@ -555,7 +552,7 @@ class Overlay:
         from . import commit
 
         items = snap.items
-        count = len(items) + (len(snap.append.kept) if snap.append is not None else 0)
+        count = len(items) + (snap.append.kept_count if snap.append is not None else 0)
         begin(count, commit.bytes_total(items))
         started = time.monotonic()
         source_fd = self.data.archive_fd
@@ -674,7 +671,7 @@ class Overlay:
             ]
         else:
             orphans = self._renumber(cd, snap.append, gone)
-            kept = len(snap.append.kept)
+            kept = snap.append.kept_count
             # unchanged entries keep their ZipEntry (same record and offset, new index): only
             # the new records are decoded (the adoption is a pause for writers)
             self._point(cast("list[Item | None]", snap.items), cd.entries_at(range(kept, len(cd))))
