@@ -601,9 +601,8 @@ class _Loader:
             names = names.copy()
             for i in odd:
                 names[i] = self._odd_keys.get(i, b"")  # b"": skipped, as unsafe
-            names = [n for n in names if n]
         keys = set(names)
-        empty = names.count(b"")  # an empty name is skipped, as is the root's
+        empty = names.count(b"")  # skipped: empty, or unsafe (odd); not the root
         if empty:
             keys.discard(b"")
         if len(keys) != len(names) - empty:
