@@ -41,4 +41,7 @@ if ! "$PYTHON" -c "$pyfuse3_patched" 2>/dev/null; then
   "$PYTHON" -c "$pyfuse3_patched"
 fi
 "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test,bench,rattler]'
+# An editable install compiles nothing (a wheel install does): without .pyc files, where
+# PYTHONDONTWRITEBYTECODE is set, every mount compiled the package again (~0.1 s of its 0.7 s).
+"$PYTHON" -m compileall -q zipfuse condafuse >/dev/null
 echo "installed into $("$PYTHON" -c 'import sys; print(sys.prefix)')"

@@ -52,11 +52,10 @@ import os
 import struct
 import tempfile
 import threading
-import zlib
 from collections.abc import Callable
 from typing import IO, Any, Protocol
 
-from . import zipspec
+from . import deflate, zipspec
 from .zipformat import (
     BZIP2,
     DEFLATE64,
@@ -90,7 +89,7 @@ _MAX_STALLS = 1000  # decoder calls in a row that neither consume nor produce an
 _TEST_FAULT_ENTRY = os.environ.get("ZIPFUSE_TEST_READ_FAULT")
 
 _CORRUPT_ERRORS: tuple[type[BaseException], ...] = (
-    zlib.error,
+    *deflate.ERRORS,
     lzma.LZMAError,
     EOFError,
     OSError,  # bz2 reports "Invalid data stream" as OSError
@@ -118,7 +117,7 @@ class _ZlibCodec:
     """Raw deflate; zlib keeps input it could not use yet in ``unconsumed_tail``."""
 
     def __init__(self) -> None:
-        self._d = zlib.decompressobj(-15)
+        self._d = deflate.decompressobj()
         self._tail = b""
         self.wants_input = True
         self.eof = False
@@ -372,7 +371,7 @@ class _Stream:
                 raise self._fail("decoder makes no progress")
         if len(out) > remaining:  # only decoders without an output limit can get here
             raise self._overflow()
-        self._crc = zlib.crc32(out, self._crc)
+        self._crc = deflate.crc32(out, self._crc)
         self.pos += len(out)
         if self.pos == entry.file_size:
             self._check_end()
@@ -463,10 +462,10 @@ def read_whole(fd: int, entry: ZipEntry) -> bytes | None:
     if method == STORED:
         out = buf[start : start + csize]
     else:
-        d = zlib.decompressobj(-15)
+        d = deflate.decompressobj()
         try:
             out = d.decompress(memoryview(buf)[start : start + csize], usize)
-        except zlib.error as exc:
+        except deflate.ERRORS as exc:
             raise EntryReadError(errno.EIO, f"{entry.name}: corrupt data: {exc}") from exc
         if len(out) < usize:
             what = (
@@ -477,7 +476,7 @@ def read_whole(fd: int, entry: ZipEntry) -> bytes | None:
             raise EntryReadError(errno.EIO, f"{entry.name}: corrupt data: {what}")
         if not d.eof:
             return None  # is there more? the general path checks that carefully
-    if zlib.crc32(out) != entry.crc:
+    if deflate.crc32(out) != entry.crc:
         raise EntryReadError(errno.EIO, f"{entry.name}: CRC mismatch")
     return out
 
@@ -583,7 +582,7 @@ class EntryReader:
 
     def _extend_crc(self, offset: int, data: bytes) -> None:
         if offset <= self._crc_pos < offset + len(data):
-            self._crc = zlib.crc32(memoryview(data)[self._crc_pos - offset :], self._crc)
+            self._crc = deflate.crc32(memoryview(data)[self._crc_pos - offset :], self._crc)
             self._crc_pos = offset + len(data)
 
     def _stored_crc(self, offset: int, data: bytes, *, complete: bool) -> bool:
@@ -616,7 +615,7 @@ class EntryReader:
                 chunk = self._pread(self._fd, size, self._data_offset + self._crc_pos)
                 if not chunk:
                     break
-                self._crc = zlib.crc32(chunk, self._crc)
+                self._crc = deflate.crc32(chunk, self._crc)
                 self._crc_pos += len(chunk)
         if self._crc_pos != entry.file_size or self._crc != entry.crc:
             self._error = EntryReadError(errno.EIO, f"{entry.name}: CRC mismatch")

@@ -64,6 +64,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from zipfuse import zipspec
+from zipfuse.deflate import crc32
 from zipfuse.zipformat import (
     DEFLATED,
     FLAG_DATA_DESCRIPTOR,
@@ -533,7 +534,7 @@ def _compress_whole(fd: int, size: int, level: int) -> tuple[int, int, bytes | m
 
 
 def _compress_data(data: bytes | memoryview, level: int) -> tuple[int, int, bytes | memoryview]:
-    crc = zlib.crc32(data)
+    crc = crc32(data)
     if level == 0 or not data:
         return STORED, crc, data
     comp = zlib.compressobj(level, zlib.DEFLATED, -15)
@@ -549,7 +550,7 @@ def _compress_block(
     """One block of a split file: (crc of its plain bytes, plain length, payload)."""
     if not deflate:
         data = _pread_exact(fd, length, offset)
-        return zlib.crc32(data), length, data
+        return crc32(data), length, data
     # One pread for the dictionary (the 32 KiB before the block) and the block itself.
     dict_len = min(offset, _WINDOW)
     buf = memoryview(_pread_exact(fd, dict_len + length, offset - dict_len))
@@ -561,7 +562,7 @@ def _compress_block(
     else:
         comp = zlib.compressobj(level, zlib.DEFLATED, -15)
     out = comp.compress(block) + comp.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
-    return zlib.crc32(block), length, out
+    return crc32(block), length, out
 
 
 def _should_store(fd: int, size: int, level: int) -> bool:
@@ -743,7 +744,7 @@ class ZipWriter:
 
     def _add_ready(self, meta: EntryMeta, mode: int, data: bytes) -> None:
         self._check()
-        rec = self._new_rec(meta, mode, STORED, zlib.crc32(data), len(data))
+        rec = self._new_rec(meta, mode, STORED, crc32(data), len(data))
         self._submit(_Job(rec, "ready", _JOB_COST + len(data), data=data))
 
     def add_directory(self, meta: EntryMeta) -> None:
@@ -773,7 +774,7 @@ class ZipWriter:
         self._check()
         data = bytes(data)  # a caller's bytearray may change after we return
         if len(data) < 64:
-            rec = self._new_rec(meta, mode, STORED, zlib.crc32(data), len(data))
+            rec = self._new_rec(meta, mode, STORED, crc32(data), len(data))
             self._submit(_Job(rec, "ready", _JOB_COST + len(data), data=data))
             return
         rec = self._new_rec(meta, mode, STORED, 0, len(data))
