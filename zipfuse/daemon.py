@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING
 import pyfuse3
 import trio
 
-from . import control, controlserver, journal, oldversions, osutil, pyfuse3_caps, registry
+from . import (
+    control,
+    controlserver,
+    indexcache,
+    journal,
+    oldversions,
+    osutil,
+    pyfuse3_caps,
+    registry,
+)
 from .errors import ZipfuseError
 from .journal import Journal
 from .launch import Config, Prepared, no_gc
@@ -93,6 +102,7 @@ def _daemon_main(prepared: Prepared, status_fd: int | None) -> int:
     report("ok")
     if status_fd is not None:
         os.close(status_fd)
+    daemon.save_index()
     try:
         return daemon.run()
     finally:
@@ -147,7 +157,7 @@ class Daemon:
             self.journal = Journal(spill.path, cfg.archive, name)
             self.journal.start(base, fresh=not records)
         with no_gc():
-            self.ns = Namespace.from_archive(prepared.cd, os.getuid(), os.getgid(), now)
+            self.ns = self._tree(now)
             if records:
                 applied = journal.replay(self.ns, records, spill.path)
                 self.ns.changes = max(1, applied)
@@ -205,6 +215,28 @@ class Daemon:
             "on" if kernel_cache else "off",
             "inline" if pyfuse3_caps.pyfuse3_has_inline_requests() else "stock",
         )
+
+    def _tree(self, now: int) -> Namespace:
+        """The tree of the archive: from its index when ``prepare`` found a matching one;
+        else built here, and its state kept for ``save_index`` (before anything is listed)."""
+        prepared, uid, gid = self.prepared, os.getuid(), os.getgid()
+        self._index: tuple | None = None
+        if prepared.tree is not None:
+            try:
+                return Namespace.from_archive(prepared.cd, uid, gid, now, prepared.tree)
+            except ValueError as exc:  # an index that does not fit: build the tree anew
+                log.warning("archive index not used: %s", exc)
+        ns = Namespace.from_archive(prepared.cd, uid, gid, now)
+        if prepared.index_path is not None and prepared.index_key is not None:
+            self._index = (prepared.index_path, prepared.index_key, ns.index_state())
+        return ns
+
+    def save_index(self) -> None:
+        """Store the index built at mount for the next mount (after the mount answers)."""
+        if self._index is not None and self.prepared.cd is not None:
+            path, key, state = self._index
+            self._index = None
+            indexcache.save(path, key, self.prepared.cd, state)
 
     # ---------------------------------------------------------------------- serve
     def run(self) -> int:

@@ -13,8 +13,9 @@ import gc
 import os
 import stat
 from collections.abc import Iterator
+from typing import Any
 
-from . import oldversions, registry
+from . import indexcache, oldversions, registry
 from .errors import ZipfuseError
 from .zipformat import MAX_DEPTH, CentralDirectory, ZipFormatError, read_central_directory
 
@@ -39,6 +40,9 @@ class Prepared:
     archive_fd: int | None
     cd: CentralDirectory | None
     notes: list[str] = dataclasses.field(default_factory=list)  # what recovery did
+    tree: Any = None  # the tree's state from the archive's index (indexcache), if it matched
+    index_path: str | None = None  # where to store the index the daemon builds (no match)
+    index_key: indexcache.Key | None = None
 
 
 def prepare(config: Config) -> Prepared:
@@ -86,15 +90,24 @@ def prepare(config: Config) -> Prepared:
         fd = oldversions.open_current(config.archive)  # with the readers' shared lock
     except OSError as exc:
         raise ZipfuseError(f"cannot open {config.archive}: {exc.strerror}") from None
+    size = os.fstat(fd).st_size  # cannot fail on an open descriptor
     oldversions.collect(config.archive)
+    index_path = indexcache.path_for(config.spill_dir, config.archive)
+    with no_gc():
+        hit = None if index_path is None else indexcache.load(index_path, fd, size, MAX_DEPTH)
+    if hit is not None:
+        cd, tree = hit
+        cd.detach(fd)
+        return Prepared(config, fd, cd, notes, tree=tree)
     try:
         with no_gc():
-            cd = read_central_directory(fd, keep_names=True, max_depth=MAX_DEPTH)
-            cd.detach(fd)  # free it before the fork: records are re-read when listed
+            cd = read_central_directory(fd, size, keep_names=True, max_depth=MAX_DEPTH)
     except ZipFormatError as exc:
         os.close(fd)
         raise ZipfuseError(f"{config.archive}: {exc}") from None
-    return Prepared(config, fd, cd, notes)
+    key = None if index_path is None else indexcache.key_for(fd, cd, MAX_DEPTH)
+    cd.detach(fd)  # free it before the fork: records are re-read when listed
+    return Prepared(config, fd, cd, notes, index_path=index_path, index_key=key)
 
 
 def _same_archive(a: str, b: str) -> bool:

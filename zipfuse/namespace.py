@@ -198,21 +198,32 @@ class Namespace:
     # ----------------------------------------------------------------------------- loading
     @classmethod
     def from_archive(
-        cls, cd: CentralDirectory | None, uid: int, gid: int, now_ns: int
+        cls,
+        cd: CentralDirectory | None,
+        uid: int,
+        gid: int,
+        now_ns: int,
+        state: tuple | None = None,
     ) -> Namespace:
         """Build the tree from a central directory (None: a new, empty archive).
 
         Only the directory structure is built here, as compact per-directory lists of entry
         indices; nodes for a directory's children are made when it is first looked into.
+        ``state``: that structure as ``index_state`` gave it for this directory before.
         """
         ns = cls(uid, gid, now_ns)
         if cd is None:
             return ns
-        ns._loader = _Loader(ns, cd, now_ns)
+        ns._loader = _Loader(ns, cd, now_ns, state)
         ns._loader.adopt_root(ns.root)
         ns.unambiguous = ns._loader.unambiguous
         ns.changes = 0
         return ns
+
+    def index_state(self) -> tuple | None:
+        """The directory structure built from the archive (see ``from_archive``), while no
+        directory has been listed; None when there is none (a new archive)."""
+        return None if self._loader is None else self._loader.state()
 
     # ----------------------------------------------------------------------------- basics
     def _new_node(self, mode: int, uid: int, gid: int, now_ns: int) -> Node:
@@ -503,7 +514,11 @@ class _Loader:
     with the number of entries and the length of their names, never with depth times names.
     """
 
-    def __init__(self, ns: Namespace, cd: CentralDirectory, now_ns: int) -> None:
+    def __init__(
+        self, ns: Namespace, cd: CentralDirectory, now_ns: int, state: tuple | None = None
+    ) -> None:
+        """``state``: what ``state()`` returned for the same directory (``indexcache``): the
+        scan is skipped."""
         self.ns = ns
         self.cd: CentralDirectory | None = cd
         self.now_ns = now_ns
@@ -514,7 +529,41 @@ class _Loader:
         self.pending_dirs = 1
         self.odd: frozenset[int] = frozenset()  # entries whose name needed sanitising
         self.gens: list[Sequence[int]] = []  # entries dropped by each append (see renumber)
-        self._scan(cd)
+        if state is None:
+            self._scan(cd)
+        else:
+            self._restore(state, len(cd))
+
+    def state(self) -> tuple:
+        """The scan's result as plain values (bytes, ints, lists), before any directory is
+        listed: ``indexcache`` keeps it so the next mount of the same archive skips the scan."""
+        assert self.pending_dirs == len(self.names) and not self.gens, "listed already"
+        kids = [k.tobytes() for k in self.kids if k is not None]
+        return (self.names, kids, self.dir_entry.tobytes(), sorted(self.odd), self.unambiguous)
+
+    def _restore(self, state: tuple, entries: int) -> None:
+        """Take a ``state()``; ValueError if it cannot belong to a directory of ``entries``."""
+        names, raw_kids, dir_entry, odd, unambiguous = state
+        kids = []
+        for raw in raw_kids:
+            refs = array.array("l")
+            refs.frombytes(raw)
+            kids.append(refs)
+        self.dir_entry = array.array("l")
+        self.dir_entry.frombytes(dir_entry)
+        dirs = len(names)
+        if len(kids) != dirs or len(self.dir_entry) != dirs or not dirs:
+            raise ValueError("index: directory tables differ in length")
+        if max(self.dir_entry) >= entries or any(
+            len(refs) and (max(refs) >= entries or min(refs) <= -dirs) for refs in kids
+        ):
+            raise ValueError("index: an entry or directory number is out of range")
+        self.names = list(names)
+        self.kids = list(kids)
+        self.odd = frozenset(odd)
+        self.unambiguous = bool(unambiguous)
+        self.unlisted = sum(map(len, kids))
+        self.pending_dirs = dirs
 
     def _scan(self, cd: CentralDirectory) -> None:
         """Place every entry: runs of names with one parent path (the usual layout: writers

@@ -102,9 +102,10 @@ def create_file(path: str, flags: int = os.O_RDWR) -> int:
     return os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
-def replace_file(path: str, data: bytes, *, durable: bool = False) -> None:
-    """Write ``data`` to a fresh ``path.tmp`` and rename it over ``path`` (atomic)."""
-    tmp = path + ".tmp"
+def replace_file(path: str, data: bytes, *, durable: bool = False, tmp: str | None = None) -> None:
+    """Write ``data`` to a fresh ``path.tmp`` (or ``tmp``: one per process where several may
+    write ``path`` at once) and rename it over ``path`` (atomic)."""
+    tmp = tmp or path + ".tmp"
     try:
         os.unlink(tmp)  # a leftover of a crash (only we can write here)
     except FileNotFoundError:

@@ -49,10 +49,14 @@ def area_path(root: str | None, archive: str) -> str:
     Named after the archive's real path: a symlink to it and the archive itself share one area.
     """
     archive = os.path.realpath(archive)
-    root = spill_root(root, archive)
+    return os.path.join(spill_root(root, archive), area_name(archive))
+
+
+def area_name(archive: str) -> str:
+    """The file name an archive's own things go by (its spill area, its index): the archive's
+    name plus a digest of its real path."""
     digest = hashlib.sha256(archive.encode()).hexdigest()[:16]
-    base = os.path.basename(archive) or "archive"
-    return os.path.join(root, f"{base}.{digest}")
+    return f"{os.path.basename(archive) or 'archive'}.{digest}"
 
 
 def existing_area(root: str | None, archive: str) -> str | None:

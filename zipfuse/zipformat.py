@@ -43,7 +43,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import cast
+from typing import Any, cast
 
 from . import zipspec
 
@@ -259,6 +259,48 @@ class CentralDirectory:
         if self.used is None:
             self.used = sum(self.spans())
         return self.used
+
+    def index_fields(self) -> dict[str, Any]:
+        """What ``from_index`` needs besides the directory's bytes (plain values, for
+        ``indexcache``): the parse's results, so a later mount of the same bytes skips it."""
+        return {
+            "offs": self._offs.tobytes(),
+            "hdr": self._hdr.tobytes(),
+            "concat": self._concat,
+            "comment": self.comment,
+            "cd_offset": self.cd_offset,
+            "cd_size": self.cd_size,
+            "prefix_size": self.prefix_size,
+            "archive_size": self.archive_size,
+            "zip64": self.zip64,
+            "end_offset": self.end_offset,
+            "used": self.used,
+        }
+
+    @classmethod
+    def from_index(cls, buf: bytes, fields: dict[str, Any]) -> CentralDirectory:
+        """The directory ``index_fields`` described, over the same bytes ``buf`` (the caller
+        checked they are the bytes it was made from). Raises ValueError if it does not fit."""
+        offs, hdr = array.array("Q"), array.array("Q")
+        offs.frombytes(fields["offs"])
+        hdr.frombytes(fields["hdr"])
+        if len(offs) != len(hdr) + 1 or len(buf) != fields["cd_size"] or offs[-1] > len(buf):
+            raise ValueError("index does not fit the central directory")
+        cd = cls(
+            buf,
+            offs,
+            hdr,
+            fields["concat"],
+            comment=fields["comment"],
+            cd_offset=fields["cd_offset"],
+            cd_size=fields["cd_size"],
+            prefix_size=fields["prefix_size"],
+            archive_size=fields["archive_size"],
+            zip64=fields["zip64"],
+            end_offset=fields["end_offset"],
+        )
+        cd.used = fields["used"]
+        return cd
 
     def take_names(self) -> list[bytes]:
         """The name key of every record, without decoding it (kept by ``keep_names``, handed
