@@ -232,6 +232,11 @@ class System:
     def rss_kb(self, m: Mount) -> int | None:
         return proc_status_kb(m.pid, "VmRSS") if m.pid else None
 
+    def forget_index(self, backing: Path) -> bool:
+        """Drop what a system keeps between mounts of ``backing`` (zipfuse: its mount index);
+        False if it keeps nothing (its every mount is a first mount)."""
+        return False
+
     def _open(self, backing: Path, mountpoint: Path, read_only: bool) -> Mount:
         raise NotImplementedError
 
@@ -448,6 +453,16 @@ class Zipfuse(System):
             return f"{getattr(zipfuse, '__version__', '') or '0.1.0'} (from {where})"
         except Exception:
             return ""
+
+    def forget_index(self, backing: Path) -> bool:
+        try:
+            from zipfuse import indexcache
+        except ImportError:  # a zipfuse without a mount index
+            return False
+        path = indexcache.path_for(None, os.path.realpath(backing))
+        if path is not None and os.path.exists(path):
+            os.unlink(path)
+        return True
 
     def _open(self, backing: Path, mountpoint: Path, read_only: bool) -> Mount:
         api, _ = self._api()

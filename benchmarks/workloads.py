@@ -38,6 +38,7 @@ class Metric:
 
 METRICS: dict[str, Metric] = {
     "mount_s": Metric("mount time", "s", headline=True),
+    "mount_first_s": Metric("mount time, first mount of the archive", "s"),
     "rss_mb": Metric("daemon RSS after mount", "MB"),
     "walk_s": Metric("stat every entry", "s", headline=True),
     "warm_walk_s": Metric("stat every entry, second walk", "s", headline=True),
@@ -195,7 +196,7 @@ def daemon_peak_kb(m: Mount) -> int | None:
 # the workloads
 
 
-def w_mount(ctx: Ctx, system: System, corpus: Corpus) -> dict:
+def _timed_mount(ctx: Ctx, system: System, corpus: Corpus) -> tuple[float, int | None]:
     backing = system.backing(corpus)
     make_cold(ctx, system, backing)
     t0 = time.monotonic()
@@ -206,7 +207,19 @@ def w_mount(ctx: Ctx, system: System, corpus: Corpus) -> dict:
         rss = system.rss_kb(m)
     finally:
         system.close(m)
-    return {"mount_s": mount_s, "rss_mb": _mb(rss)}
+    return mount_s, rss
+
+
+def w_mount(ctx: Ctx, system: System, corpus: Corpus) -> dict:
+    """A first mount (nothing kept from earlier mounts), then the usual one: zipfuse keeps an
+    index of the archive between mounts; the other systems' mounts are all first mounts."""
+    out: dict = {}
+    if system.forget_index(system.backing(corpus)):
+        out["mount_first_s"], _ = _timed_mount(ctx, system, corpus)
+    mount_s, rss = _timed_mount(ctx, system, corpus)
+    out.update(mount_s=mount_s, rss_mb=_mb(rss))
+    out.setdefault("mount_first_s", mount_s)
+    return out
 
 
 def w_walk(ctx: Ctx, system: System, corpus: Corpus) -> dict:
@@ -476,6 +489,9 @@ def w_parallel_read(ctx: Ctx, system: System, corpus: Corpus) -> dict:
 
 def w_scale(ctx: Ctx, system: System, corpus: Corpus) -> dict:
     backing = system.backing(corpus)
+    first = None
+    if system.forget_index(backing):  # see w_mount
+        first, _ = _timed_mount(ctx, system, corpus)
     make_cold(ctx, system, backing)
     t0 = time.monotonic()
     m = system.open(backing, ctx.mountpoint(system), read_only=True)
@@ -490,7 +506,12 @@ def w_scale(ctx: Ctx, system: System, corpus: Corpus) -> dict:
         system.close(m)
     if n != corpus.entries:
         raise RuntimeError(f"walk saw {n} entries, the corpus has {corpus.entries}")
-    return {"mount_s": mount_s, "walk_s": walk_s, "rss_mb": _mb(rss)}
+    return {
+        "mount_s": mount_s,
+        "mount_first_s": mount_s if first is None else first,
+        "walk_s": walk_s,
+        "rss_mb": _mb(rss),
+    }
 
 
 @dataclasses.dataclass(frozen=True)
