@@ -213,11 +213,21 @@ class Journal:
         """Append complete records (``*_line``) in one write(2): the records of one request."""
         data = lines[0] if len(lines) == 1 else b"".join(lines)
         done = os.write(self.fd, data)
-        if done != len(data):  # disk full: drop the torn line, say so
+        if done != len(data):  # disk full: keep the whole records that fit (as a write of
+            # each would have), drop the torn one, say so
+            whole = 0
+            while whole < len(lines) and len(lines[whole]) <= done:
+                done -= len(lines[whole])
+                self.size += len(lines[whole])
+                whole += 1
+            self._counted(lines[:whole])
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, self.size)
             raise OSError(errno.ENOSPC, "journal write was cut short", self.dir)
         self.size += done
+        self._counted(lines)
+
+    def _counted(self, lines: tuple[bytes, ...]) -> None:
         self.appended += len(lines)
         if self.tail is not None:
             self.tail.extend(lines)

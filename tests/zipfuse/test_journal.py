@@ -8,9 +8,11 @@ same content, and by replaying the journal onto an empty tree, which must give t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -196,3 +198,47 @@ def test_a_journal_written_by_the_old_encoder_still_replays(area: Path) -> None:
     assert stat.S_IMODE(top.mode) == 0o755 and top.mtime_ns == 10
     f = top.kids[b'f\n"']
     assert f.size == 7 and f.spill == str(area / "s7") and f.mtime_ns == 9
+
+
+@pytest.fixture
+def full_area(tmp_path: Path):
+    """A spill area on a tmpfs of two pages (disk full comes at a page boundary)."""
+    where = tmp_path / "small"
+    where.mkdir(mode=0o700)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8k,mode=0700", "tmpfs", str(where)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs: {proc.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
+
+
+def test_a_full_disk_keeps_the_whole_records_of_a_request_that_fit(full_area: Path) -> None:
+    """Two records in one write(2) that the disk cuts short inside the second: the first
+    stays (as two writes would have left it), the torn second goes, and the writer is told."""
+    ns, nodes = tree_with([b"a"])
+    node = nodes[1]
+    node.spill = str(full_area / "s1")
+    first, second = journal.data_line("a/a", node), journal.attr_line("a/a", node)
+    jr = Journal(str(full_area), "archive.zip")
+    pad = 4096 - len(first) - 20  # the first page ends 20 bytes into the second record
+    jr.write(b"{" + b" " * (pad - 3) + b"}\n")
+    (full_area / "filler").write_bytes(b"x" * 4096)  # the only other page
+    with pytest.raises(OSError) as err:
+        jr.write(first, second)
+    assert err.value.errno == errno.ENOSPC
+    assert jr.size == 4096 - 20 == os.path.getsize(full_area / journal.JOURNAL)
+    assert jr.appended == 2
+    records = journal.read_records(str(full_area))
+    assert records[-1] == json.loads(first) and len(records) == 2
+    with pytest.raises(OSError) as err:  # nothing fits: nothing is kept, nothing counted
+        jr.write(second)
+    assert err.value.errno == errno.ENOSPC and jr.appended == 2
+    assert os.path.getsize(full_area / journal.JOURNAL) == jr.size
+    jr.close()
