@@ -46,7 +46,7 @@ _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 # and the encoder above took most of their cost): the same bytes as ``_line`` of the same
 # record, strings quoted by the encoder's own C function (ASCII only, \uXXXX escapes, the lone
 # surrogates of undecodable names kept); every other field is an int.
-_STR = encode_basestring_ascii
+_quote = encode_basestring_ascii
 
 
 def fingerprint(path: str) -> str:
@@ -206,9 +206,6 @@ class Journal:
         """The commit failed: this journal goes on as before."""
         self.tail = None
 
-    def append(self, record: dict) -> None:
-        self.write(_line(record))
-
     def write(self, *lines: bytes) -> None:
         """Append complete records (``*_line``) in one write(2): the records of one request."""
         data = lines[0] if len(lines) == 1 else b"".join(lines)
@@ -247,14 +244,14 @@ class Journal:
         self.write(make_line(path, node))
 
     def link(self, src: str, dst: str) -> None:
-        self.write(f'{{"op":"link","src":{_STR(src)},"dst":{_STR(dst)}}}\n'.encode())
+        self.write(f'{{"op":"link","src":{_quote(src)},"dst":{_quote(dst)}}}\n'.encode())
 
     def remove(self, path: str) -> None:
-        self.write(f'{{"op":"remove","path":{_STR(path)}}}\n'.encode())
+        self.write(f'{{"op":"remove","path":{_quote(path)}}}\n'.encode())
 
     def rename(self, src: str, dst: str, flags: int) -> None:
         self.write(
-            f'{{"op":"rename","src":{_STR(src)},"dst":{_STR(dst)},"flags":{flags}}}\n'.encode()
+            f'{{"op":"rename","src":{_quote(src)},"dst":{_quote(dst)},"flags":{flags}}}\n'.encode()
         )
 
     def attr(self, path: str, node: Node) -> None:
@@ -283,22 +280,22 @@ def _meta(node: Node) -> str:
 
 def make_line(path: str, node: Node) -> bytes:
     """The record of a new node: its path, metadata and a symlink's target."""
-    head = f'{{"op":"make","path":{_STR(path)},{_meta(node)}'
+    head = f'{{"op":"make","path":{_quote(path)},{_meta(node)}'
     if node.target is None:
         return f"{head}}}\n".encode()
-    return f'{head},"target":{_STR(os.fsdecode(node.target))}}}\n'.encode()
+    return f'{head},"target":{_quote(os.fsdecode(node.target))}}}\n'.encode()
 
 
 def attr_line(path: str, node: Node) -> bytes:
     """The record of a change of mode, owner or times."""
-    return f'{{"op":"attr","path":{_STR(path)},{_meta(node)}}}\n'.encode()
+    return f'{{"op":"attr","path":{_quote(path)},{_meta(node)}}}\n'.encode()
 
 
 def data_line(path: str, node: Node) -> bytes:
     """The record naming the spill file that holds the node's whole content."""
     spill = os.path.basename(node.spill or "")
     return (
-        f'{{"op":"data","path":{_STR(path)},"spill":{_STR(spill)},'
+        f'{{"op":"data","path":{_quote(path)},"spill":{_quote(spill)},'
         f'"size":{node.size},"mtime":{node.mtime_ns}}}\n'.encode()
     )
 
