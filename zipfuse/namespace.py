@@ -32,6 +32,7 @@ import logging
 import operator
 import os
 import stat
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -41,6 +42,7 @@ from .zipformat import MAX_DEPTH, CentralDirectory, ZipEntry, ZipFormatError
 log = logging.getLogger(__name__)
 
 ROOT_INO = 1
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 class Node:
@@ -263,14 +265,18 @@ class Namespace:
         self.maybe_drop(node)
 
     def path(self, node: Node) -> str | None:
-        """The node's current path (its primary name), or None once it has no name."""
+        """The node's current path (its primary name), or None once it has no name.
+        (Journal records name nodes by path: this runs for each, so it is kept tight.)"""
+        root = self.root
         parts = []
-        while node is not self.root:
-            if node.parent is None:
+        while node is not root:
+            parent = node.parent
+            if parent is None:
                 return None
             parts.append(node.name)
-            node = node.parent
-        return os.fsdecode(b"/".join(reversed(parts)))
+            node = parent
+        parts.reverse()
+        return b"/".join(parts).decode(_FS_ENCODING, _FS_ERRORS)  # os.fsdecode, inlined
 
     def resolve(self, path: str) -> Node | None:
         node: Node | None = self.root

@@ -68,11 +68,6 @@ class Gate:
         self._open = trio.Event()
         self._open.set()
 
-    async def enter(self) -> None:
-        while self.closed:
-            await self._open.wait()
-        self.busy += 1
-
     def leave(self) -> None:
         self.busy -= 1
         if self.busy == 0:
@@ -92,7 +87,9 @@ class Gate:
         self._open.set()
 
     async def __aenter__(self) -> None:
-        await self.enter()
+        while self.closed:
+            await self._open.wait()
+        self.busy += 1
 
     async def __aexit__(self, *exc: object) -> None:
         self.leave()
@@ -271,11 +268,21 @@ class Overlay:
     # ------------------------------------------------------------------ journal helpers
     def _log_data(self, node: Node) -> None:
         """Record in the journal which spill file now holds the node's content."""
-        if node.ino in self.unlogged and self.journal is not None:
-            self.unlogged.discard(node.ino)
+        line = self._data_line(node)
+        if line is not None and self.journal is not None:
+            self.journal.write(line)
+
+    def _data_line(self, node: Node, path: str | None = None) -> bytes | None:
+        """The data record due for ``node`` (written since its last one), or None; from now
+        on the node counts as logged. ``path``: the node's path, when already known."""
+        if node.ino not in self.unlogged or self.journal is None:
+            return None
+        self.unlogged.discard(node.ino)
+        if path is None:
             path = self.ns.path(node)
-            if path is not None and node.spill is not None:
-                self.journal.data(path, node)
+        if path is None or node.spill is None:
+            return None
+        return journal.data_line(path, node)
 
     def _child_path(self, parent: Node, name: bytes) -> str | None:
         head = self.ns.path(parent)
@@ -390,13 +397,16 @@ class Overlay:
             node.ctime_ns = now if change.ctime_ns is None else change.ctime_ns
             self.ns.changed(node, meta=True)
             path = self.ns.path(node)
-            if path is not None:
-                self._log_data(node)
+            if path is not None and self.journal is not None:
+                data = self._data_line(node, path)
+                lines = [] if data is None else [data]
                 # cp -p's fchmod to the mode the file already has: nothing to record (a file's
-                # journaled times and mode match memory once _log_data ran; a directory's mtime
-                # does not, so directories always get their record)
+                # journaled times and mode match memory once its data record is written; a
+                # directory's mtime does not, so directories always get their record)
                 if not stat.S_ISREG(node.mode) or _journaled_meta(node) != before:
-                    self._journal(lambda j: j.attr(path, node))
+                    lines.append(journal.attr_line(path, node))
+                if lines:
+                    self.journal.write(*lines)  # one write(2) for both records
 
     async def open(self, node: Node, flags: int) -> None:
         """A new handle on ``node``; O_TRUNC empties it without copying the old bytes."""

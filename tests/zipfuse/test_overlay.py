@@ -462,6 +462,45 @@ def test_listing_is_live_with_stable_cookies(tmp_path):
     trio.run(main)
 
 
+def test_setattr_journals_the_data_written_since_and_the_change_together(tmp_path):
+    """The journal as a kill -9 leaves it after each step of cp -p of a file written in two
+    WRITEs: every answered change is in it, the data record before the attr record (recovery
+    takes the times of the last one), and an fchmod to the mode it has adds nothing."""
+    _, archive = base_archive(tmp_path)
+
+    async def main() -> None:
+        ov = open_overlay(archive, tmp_path / "spill")
+        assert ov.journal is not None
+        try:
+            d = await ov.make(1, "dir \u00e9\n".encode(), stat.S_IFDIR | 0o755, UID, GID)
+            node = await ov.make(d.ino, b'f "\xff"', stat.S_IFREG | 0o600, UID, GID)
+            await ov.write(node, 0, b"a" * 5000)  # names the spill file at once
+            await ov.write(node, 5000, b"b" * 3000)  # not journaled until a later step
+            before = ov.journal.appended
+            t = 1_234_567_890_123_456_789
+            await ov.setattr(node, AttrChange(atime_ns=t, mtime_ns=t))
+            assert ov.journal.appended == before + 2
+            records = journal.read_records(ov.spill.path)
+            path = 'dir \u00e9\n/f "\udcff"'
+            assert [(r["op"], r["path"]) for r in records[-2:]] == [("data", path), ("attr", path)]
+            assert records[-2]["size"] == 8000 and records[-1]["mtime"] == t
+            await ov.setattr(node, AttrChange(mode=0o644))
+            assert ov.journal.appended == before + 3
+            await ov.setattr(node, AttrChange(mode=0o644))  # cp -p's fchmod, nothing new
+            assert ov.journal.appended == before + 3
+            replayed = Namespace.from_archive(ov.cd, UID, GID, time.time_ns())
+            journal.replay(replayed, journal.read_records(ov.spill.path), ov.spill.path)
+            again = replayed.resolve(path)
+            assert again is not None and again.spill == node.spill
+            assert (again.size, again.mtime_ns, again.mode) == (8000, t, stat.S_IFREG | 0o644)
+            assert shape(replayed) == shape(ov.ns)
+            await check_invariants(ov)
+        finally:
+            await ov.close(destroy_spill=True)
+
+    trio.run(main)
+
+
 def test_background_failure_switches_to_failsafe_read_only(tmp_path):
     _, archive = base_archive(tmp_path)
 
