@@ -756,29 +756,24 @@ def _decode_records(
     """
     out: list[ZipEntry] = []
     head = zipspec.CENTRAL_HEADER.unpack_from
-    infozip = _INFOZIP_CENTRAL.unpack_from
+    infozip = _INFOZIP_FIXED.unpack_from
     hsize = zipspec.CENTRAL_HEADER.size
     sig = zipspec.CENTRAL_SIG
     append = out.append
     for pos, index in zip(positions, indices, strict=True):
-        f = head(buf, pos) if buf.startswith(sig, pos) else None
-        if f is not None and f[12] == 24:  # extra field length of the Info-ZIP layout
-            (_, made_version, made_system, extract_version, flags, method, dos_time, dos_date,
-             crc, csize, usize, nlen, _, clen, _, _, external, offset) = f  # fmt: skip
+        (signature, made_version, made_system, extract_version, flags, method, dos_time,
+         dos_date, crc, csize, usize, nlen, elen, clen, _, _, external, offset,
+         ) = head(buf, pos)  # fmt: skip
+        if elen == 24 and signature == sig and made_system == 3:  # the Info-ZIP extra's size
             start = pos + hsize
             xpos = start + nlen
+            ut, ut_flags, mtime, ux, uid, gsz, gid = infozip(buf, xpos)
             raw = buf[start:xpos]
-            ut_id, ut_len, ut_flags, mtime, ux_id, ux_len, ver, usz, uid, gsz, gid = infozip(
-                buf, xpos
-            )
             unix = external >> 16
             kind = unix & 0o170000
             if (
-                ut_id == zipspec.EXTRA_UT and ut_len == 5 and ut_flags & 1
-                and ux_id == zipspec.EXTRA_UX3 and ux_len == 11 and ver == 1 and usz == 4
-                and gsz == 4 and made_system == 3 and raw.isascii()
-                and (kind == stat.S_IFREG or kind == stat.S_IFDIR
-                     or (kind == stat.S_IFLNK and usize < _PATH_MAX))
+                ut == _UT_MTIME and ux == _UX_32 and ut_flags & 1 and gsz == 4 and raw.isascii()
+                and (kind in _FILE_OR_DIR or (kind == _S_IFLNK and usize < _PATH_MAX))
                 and csize != 0xFFFFFFFF and usize != 0xFFFFFFFF and offset != 0xFFFFFFFF
             ):  # fmt: skip
                 comment = buf[xpos + 24 : xpos + 24 + clen] if clen else b""
@@ -915,6 +910,13 @@ def _device(extra: bytes, index: int) -> int:
 
 # Central extra of Info-ZIP zip on Unix: 'UT' (flags, mtime) then 'ux' (v1, 4-byte uid and gid).
 _INFOZIP_CENTRAL = struct.Struct("<HHBiHHBBIBI")
+# The same with its fixed parts as bytes, for ``_decode_records``: 'UT' and its length (5),
+# flags, mtime, 'ux' with its length (11), version 1 and uid size 4, uid, gid size, gid
+_INFOZIP_FIXED = struct.Struct("<4sBi6sIBI")
+_UT_MTIME = b"UT\x05\x00"
+_UX_32 = b"ux\x0b\x00\x01\x04"
+_FILE_OR_DIR = frozenset((stat.S_IFREG, stat.S_IFDIR))
+_S_IFLNK = stat.S_IFLNK
 
 
 def _infozip_extra(buf: bytes, pos: int, size: int) -> tuple[int, int, int] | None:
