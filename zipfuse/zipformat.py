@@ -212,15 +212,30 @@ class CentralDirectory:
             if span <= 2 * sum(offs[i + 1] - offs[i] for i in indices) + 65536:
                 buf, base = self._read(offs[first], span), offs[first]
             else:
-                return [self._read_entry(i) for i in indices]
+                return self._entries_apart(indices)
         if buf is None:  # no indices
             return []
         return _decode_records(buf, [offs[i] - base for i in indices], indices, concat)
 
-    def _read_entry(self, index: int) -> ZipEntry:
-        start = self._offs[index]
-        rec = self._read(start, self._offs[index + 1] - start)
-        return _decode_record(rec, 0, index, self._concat)
+    def _entries_apart(self, indices: Sequence[int]) -> list[ZipEntry]:
+        """``entries_at`` of a detached directory for records far apart (a directory's files
+        and its subdirectories' own entries): one read per cluster of close records."""
+        offs, concat = self._offs, self._concat
+        out: list[ZipEntry | None] = [None] * len(indices)
+        order = sorted(range(len(indices)), key=indices.__getitem__)
+        cluster: list[int] = []
+        for k in [*order, -1]:  # -1: the end
+            if cluster and (k < 0 or offs[indices[k]] - offs[indices[cluster[-1]] + 1] > 16384):
+                first, last = indices[cluster[0]], indices[cluster[-1]]
+                buf = self._read(offs[first], offs[last + 1] - offs[first])
+                wanted = [indices[j] for j in cluster]
+                positions = [offs[i] - offs[first] for i in wanted]
+                entries = _decode_records(buf, positions, wanted, concat)
+                for j, entry in zip(cluster, entries, strict=True):
+                    out[j] = entry
+                cluster = []
+            cluster.append(k)
+        return cast("list[ZipEntry]", out)
 
     def _read(self, start: int, size: int) -> bytes:
         assert self._fd is not None
