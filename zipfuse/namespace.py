@@ -33,8 +33,8 @@ import operator
 import os
 import stat
 import sys
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, cast
 
 from .names import sanitize
 from .zipformat import MAX_DEPTH, CentralDirectory, ZipEntry, ZipFormatError
@@ -143,34 +143,79 @@ class Listing:
     Each name gets the next number when it is added; a listing resumes after the last cookie it
     handed out. A name added during a listing may or may not be seen, a removed one is never
     handed out again (as POSIX allows), and a renamed one shows up under its new name only.
+
+    A directory nobody changed since it was first listed (the usual case) costs one list of its
+    names: a cookie is a position in it (``order[i]`` has cookie ``i + 1``), and a listing is a
+    slice of it. The first change makes the name -> position map; a removed name leaves a hole
+    (None) in ``order``, and once holes outnumber names they are dropped and the cookies move to
+    ``cookies`` (``order[i]`` then has cookie ``cookies[i]``, still increasing).
     """
 
-    __slots__ = ("order", "cookie", "next")
+    __slots__ = ("order", "cookies", "where", "holes", "next")
 
-    def __init__(self, names: Iterator[bytes]) -> None:
-        self.order: list[tuple[int, bytes]] = []  # (cookie, name), cookies increasing
-        self.cookie: dict[bytes, int] = {}  # live name -> its cookie
-        self.next = 1
-        for name in names:
-            self.add(name)
+    def __init__(self, names: Iterable[bytes]) -> None:
+        self.order: list[bytes | None] = list(names)  # names in cookie order; None: removed
+        self.cookies: array.array | None = None  # cookie of each of ``order``; None: i + 1
+        self.where: dict[bytes, int] | None = None  # live name -> its index in ``order``
+        self.holes = 0  # Nones in ``order``
+        self.next = len(self.order) + 1  # the cookie of the next name added
+
+    def _where(self) -> dict[bytes, int]:
+        where = self.where
+        if where is None:  # the first change (no holes yet)
+            where = self.where = {name: i for i, name in enumerate(self.order) if name is not None}
+        return where
 
     def add(self, name: bytes) -> None:
-        self.order.append((self.next, name))
-        self.cookie[name] = self.next
+        where = self._where()
+        if name in where:  # not expected (a name is removed first); its old cookie dies
+            self.remove(name)
+        where[name] = len(self.order)
+        self.order.append(name)
+        if self.cookies is not None:
+            self.cookies.append(self.next)
         self.next += 1
 
     def remove(self, name: bytes) -> None:
-        del self.cookie[name]
-        if len(self.order) > 2 * len(self.cookie) + 64:  # drop dead names, keep the cookies
-            self.order = [(c, n) for c, n in self.order if self.cookie.get(n) == c]
+        self.order[self._where().pop(name)] = None
+        self.holes += 1
+        if self.holes > len(self.order) // 2 + 32:  # drop the holes, keep the cookies
+            live = [i for i, name in enumerate(self.order) if name is not None]
+            cookies = self.cookies
+            numbers = (i + 1 for i in live) if cookies is None else map(cookies.__getitem__, live)
+            self.cookies = array.array("q", numbers)
+            self.order = [self.order[i] for i in live]
+            self.where = {name: i for i, name in enumerate(self.order) if name is not None}
+            self.holes = 0
+
+    def _past(self, cookie: int) -> tuple[int, Iterable[int]]:
+        """Where in ``order`` the names past ``cookie`` start, and their cookies."""
+        cookies, order = self.cookies, self.order
+        if cookies is None:
+            start = min(max(cookie, 0), len(order))
+            return start, range(start + 1, len(order) + 1)
+        start = bisect.bisect_right(cookies, cookie)
+        return start, itertools.islice(cookies, start, None)
 
     def after(self, cookie: int) -> Iterator[tuple[int, bytes]]:
         """Live (cookie, name) pairs past ``cookie``, in cookie order."""
-        start = bisect.bisect_right(self.order, cookie, key=lambda pair: pair[0])
-        for i in range(start, len(self.order)):
-            pair = self.order[i]
-            if self.cookie.get(pair[1]) == pair[0]:
-                yield pair
+        start, numbers = self._past(cookie)
+        pairs = zip(numbers, itertools.islice(self.order, start, None), strict=True)
+        if self.holes:
+            return ((c, name) for c, name in pairs if name is not None)
+        return pairs  # type: ignore[return-value]  # no None without holes
+
+    def entries(
+        self, cookie: int, children: dict[bytes, Node]
+    ) -> Iterator[tuple[int, bytes, Node]]:
+        """``after`` with each name's node from ``children`` (the directory's); without holes a
+        chain of C iterators, no Python frame per name (a cold walk lists every directory)."""
+        if self.holes:
+            return ((c, name, children[name]) for c, name in self.after(cookie))
+        start, numbers = self._past(cookie)
+        names = cast("list[bytes]", self.order)  # no None without holes
+        nodes = map(children.__getitem__, itertools.islice(names, start, None))
+        return zip(numbers, itertools.islice(names, start, None), nodes, strict=True)
 
 
 class Namespace:
@@ -307,7 +352,7 @@ class Namespace:
 
     def listing(self, directory: Node) -> Listing:
         if directory.listing is None:
-            directory.listing = Listing(iter(directory.kids))
+            directory.listing = Listing(directory.kids)
         return directory.listing
 
     def maybe_drop(self, node: Node) -> None:
@@ -747,13 +792,66 @@ class _Loader:
         refs = self.kids[index]
         assert refs is not None and self.cd is not None
         want = [ref for ref in refs if ref >= 0]
+        files = len(want)
         want += [self.dir_entry[-ref] for ref in refs if ref < 0 and self.dir_entry[-ref] >= 0]
         try:
             now = [self._now(i) for i in want] if self.gens else want
-            decoded = dict(zip(want, self.cd.entries_at(now), strict=True))
+            entries = self.cd.entries_at(now)
         except ZipFormatError as exc:
             log.error("cannot list a directory of the archive: %s", exc)
             raise OSError(errno.EIO, str(exc)) from None
+        odd = self.odd
+        if self.unambiguous and (not odd or odd.isdisjoint(want)):
+            children, subdirs = self._plain_children(node, refs, entries, files)
+        else:
+            children, subdirs = self._chosen_children(node, refs, want, entries)
+        self.unlisted -= len(refs)
+        self.kids[index] = None
+        node.__class__ = Node
+        node.pending = None
+        node.children = children
+        node.nlink = 2 + subdirs
+        self.pending_dirs -= 1
+        if not self.pending_dirs:  # everything is built: the directory copy is not needed
+            self.cd = None
+            self.ns._loader = None
+
+    def _plain_children(
+        self, node: Node, refs: array.array, entries: list[ZipEntry], files: int
+    ) -> tuple[dict[bytes, Node], int]:
+        """The children of a directory whose entries each give a node of their own under
+        their name as stored (the archive is ``unambiguous`` and no name here needed
+        sanitising): one pass in archive order. ``entries``: those of the ``files`` files in
+        order, then those of the subdirectories that have one (as ``_load`` asks for them)."""
+        ns, now_ns, names, dir_entry = self.ns, self.now_ns, self.names, self.dir_entry
+        file_entries = iter(entries)
+        dir_entries = iter(entries[files:])
+        children: dict[bytes, Node] = {}
+        subdirs = 0
+        for ref in refs:
+            if ref >= 0:
+                entry = next(file_entries)
+                path = entry.name
+                name = _enc(path[path.rfind("/") + 1 :])
+                children[name] = _file_node(ns, entry, path, node, name)
+            else:
+                name = names[-ref]
+                child = ns._new_node(stat.S_IFDIR | 0o755, ns.uid, ns.gid, now_ns)
+                self._make_lazy(child, -ref)
+                if dir_entry[-ref] >= 0:
+                    entry = next(dir_entries)
+                    _apply(child, entry, entry.name[:-1], ns)
+                child.parent, child.name = node, name
+                children[name] = child
+                subdirs += 1
+        return children, subdirs
+
+    def _chosen_children(
+        self, node: Node, refs: array.array, want: list[int], entries: list[ZipEntry]
+    ) -> tuple[dict[bytes, Node], int]:
+        """The children of any directory: duplicates (the later entry wins), a file and a
+        directory of one name (the directory wins), names to sanitise; each case logged."""
+        decoded = dict(zip(want, entries, strict=True))
         chosen: dict[bytes, tuple[ZipEntry, str] | int] = {}
         for ref in refs:
             if ref < 0:
@@ -787,29 +885,21 @@ class _Loader:
                     plain = entry_index not in self.odd
                     _apply(child, entry, entry.name[:-1] if plain else _entry_path(entry.name), ns)
                 subdirs += 1
+                child.parent, child.name = node, name
             else:
                 entry, path = what
-                child = _file_node(ns, entry, path)
-            child.parent, child.name = node, name
+                child = _file_node(ns, entry, path, node, name)
             children[name] = child
-        self.unlisted -= len(refs)
-        self.kids[index] = None
-        node.__class__ = Node
-        node.pending = None
-        node.children = children
-        node.nlink = 2 + subdirs
-        self.pending_dirs -= 1
-        if not self.pending_dirs:  # everything is built: the directory copy is not needed
-            self.cd = None
-            ns._loader = None
+        return children, subdirs
 
 
 _NEW_NODE = Node.__new__
 
 
-def _file_node(ns: Namespace, entry: ZipEntry, path: str) -> Node:
-    """A new node for a file (symlink, special file) entry: ``Namespace._new_node`` plus
-    ``_apply`` in one step (listing a directory makes one per entry)."""
+def _file_node(ns: Namespace, entry: ZipEntry, path: str, parent: Node, name: bytes) -> Node:
+    """A new node for a file (symlink, special file) entry named ``name`` in ``parent``:
+    ``Namespace._new_node`` plus ``_apply`` in one step (listing a directory makes one per
+    entry)."""
     node = _NEW_NODE(Node)
     node.ino = ino = ns._next_ino
     ns._next_ino = ino + 1
@@ -825,9 +915,10 @@ def _file_node(ns: Namespace, entry: ZipEntry, path: str) -> Node:
     node.nlink = 2 if is_dir else 1
     node.entry = entry
     node.entry_path = path
-    node.spill = node.target = node.parent = node.links = node.pending = node.listing = None
+    node.spill = node.target = node.links = node.pending = node.listing = None
     node.children = {} if is_dir else None
-    node.name = b""
+    node.parent = parent
+    node.name = name
     node.lookups = node.opens = 0
     node.meta_dirty = False
     return node

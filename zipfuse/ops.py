@@ -52,6 +52,30 @@ def _guard(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _new_attributes() -> pyfuse3.EntryAttributes:
+    """EntryAttributes with what is the same for every node set (``_fill`` sets the rest)."""
+    a = pyfuse3.EntryAttributes()
+    a.st_blksize = 4096
+    a.entry_timeout = CACHE_TIMEOUT
+    a.attr_timeout = CACHE_TIMEOUT
+    return a
+
+
+def _fill(a: pyfuse3.EntryAttributes, node: Node) -> None:
+    """Set every field of ``a`` that depends on the node."""
+    a.st_ino = node.ino
+    a.st_mode = node.mode
+    a.st_nlink = max(node.nlink, 0)
+    a.st_uid = node.uid
+    a.st_gid = node.gid
+    a.st_rdev = node.rdev
+    a.st_size = size = node.size
+    a.st_blocks = (size + 511) // 512
+    a.st_atime_ns = node.atime_ns
+    a.st_mtime_ns = node.mtime_ns
+    a.st_ctime_ns = node.ctime_ns
+
+
 # handlers whose first argument is a file handle, not an inode
 _FH_HANDLERS = frozenset({"read", "write", "flush", "release", "fsync"})
 
@@ -103,21 +127,8 @@ class ZipOperations(pyfuse3.Operations):
             return repr(args[:2])
 
     def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = node.ino
-        a.st_mode = node.mode
-        a.st_nlink = max(node.nlink, 0)
-        a.st_uid = node.uid
-        a.st_gid = node.gid
-        a.st_rdev = node.rdev
-        a.st_size = node.size
-        a.st_blksize = 4096
-        a.st_blocks = (node.size + 511) // 512
-        a.st_atime_ns = node.atime_ns
-        a.st_mtime_ns = node.mtime_ns
-        a.st_ctime_ns = node.ctime_ns
-        a.entry_timeout = CACHE_TIMEOUT
-        a.attr_timeout = CACHE_TIMEOUT
+        a = _new_attributes()
+        _fill(a, node)
         return a
 
     def _new_fh(self, table: dict[int, Node], node: Node) -> int:
@@ -172,8 +183,11 @@ class ZipOperations(pyfuse3.Operations):
             directory = self.overlay.directory(fh)
         else:
             directory = self.dir_handles[fh]
+        a = _new_attributes()  # readdir_reply copies it: one for the whole reply
+        reply = pyfuse3.readdir_reply
         for cookie, name, node in self.overlay.listing(directory, start_id):
-            if not pyfuse3.readdir_reply(token, name, self.attrs(node), cookie):
+            _fill(a, node)
+            if not reply(token, name, a, cookie):
                 break
             node.lookups += 1
 

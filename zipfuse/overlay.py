@@ -249,8 +249,7 @@ class Overlay:
     def listing(self, directory: Node, after: int) -> Iterator[tuple[int, bytes, Node]]:
         """The directory's live entries past cookie ``after``: (cookie, name, node)."""
         children = directory.kids
-        for cookie, name in self.ns.listing(directory).after(after):
-            yield cookie, name, children[name]
+        return self.ns.listing(directory).entries(after, children)
 
     async def readlink(self, node: Node) -> bytes:
         if not stat.S_ISLNK(node.mode):

@@ -212,15 +212,30 @@ class CentralDirectory:
             if span <= 2 * sum(offs[i + 1] - offs[i] for i in indices) + 65536:
                 buf, base = self._read(offs[first], span), offs[first]
             else:
-                return [self._read_entry(i) for i in indices]
+                return self._entries_apart(indices)
         if buf is None:  # no indices
             return []
         return _decode_records(buf, [offs[i] - base for i in indices], indices, concat)
 
-    def _read_entry(self, index: int) -> ZipEntry:
-        start = self._offs[index]
-        rec = self._read(start, self._offs[index + 1] - start)
-        return _decode_record(rec, 0, index, self._concat)
+    def _entries_apart(self, indices: Sequence[int]) -> list[ZipEntry]:
+        """``entries_at`` of a detached directory for records far apart (a directory's files
+        and its subdirectories' own entries): one read per cluster of close records."""
+        offs, concat = self._offs, self._concat
+        out: list[ZipEntry | None] = [None] * len(indices)
+        order = sorted(range(len(indices)), key=indices.__getitem__)
+        cluster: list[int] = []
+        for k in [*order, -1]:  # -1: the end
+            if cluster and (k < 0 or offs[indices[k]] - offs[indices[cluster[-1]] + 1] > 16384):
+                first, last = indices[cluster[0]], indices[cluster[-1]]
+                buf = self._read(offs[first], offs[last + 1] - offs[first])
+                wanted = [indices[j] for j in cluster]
+                positions = [offs[i] - offs[first] for i in wanted]
+                entries = _decode_records(buf, positions, wanted, concat)
+                for j, entry in zip(cluster, entries, strict=True):
+                    out[j] = entry
+                cluster = []
+            cluster.append(k)
+        return cast("list[ZipEntry]", out)
 
     def _read(self, start: int, size: int) -> bytes:
         assert self._fd is not None
@@ -798,29 +813,24 @@ def _decode_records(
     """
     out: list[ZipEntry] = []
     head = zipspec.CENTRAL_HEADER.unpack_from
-    infozip = _INFOZIP_CENTRAL.unpack_from
+    infozip = _INFOZIP_FIXED.unpack_from
     hsize = zipspec.CENTRAL_HEADER.size
     sig = zipspec.CENTRAL_SIG
     append = out.append
     for pos, index in zip(positions, indices, strict=True):
-        f = head(buf, pos) if buf.startswith(sig, pos) else None
-        if f is not None and f[12] == 24:  # extra field length of the Info-ZIP layout
-            (_, made_version, made_system, extract_version, flags, method, dos_time, dos_date,
-             crc, csize, usize, nlen, _, clen, _, _, external, offset) = f  # fmt: skip
+        (signature, made_version, made_system, extract_version, flags, method, dos_time,
+         dos_date, crc, csize, usize, nlen, elen, clen, _, _, external, offset,
+         ) = head(buf, pos)  # fmt: skip
+        if elen == 24 and signature == sig and made_system == 3:  # the Info-ZIP extra's size
             start = pos + hsize
             xpos = start + nlen
+            ut, ut_flags, mtime, ux, uid, gsz, gid = infozip(buf, xpos)
             raw = buf[start:xpos]
-            ut_id, ut_len, ut_flags, mtime, ux_id, ux_len, ver, usz, uid, gsz, gid = infozip(
-                buf, xpos
-            )
             unix = external >> 16
             kind = unix & 0o170000
             if (
-                ut_id == zipspec.EXTRA_UT and ut_len == 5 and ut_flags & 1
-                and ux_id == zipspec.EXTRA_UX3 and ux_len == 11 and ver == 1 and usz == 4
-                and gsz == 4 and made_system == 3 and raw.isascii()
-                and (kind == stat.S_IFREG or kind == stat.S_IFDIR
-                     or (kind == stat.S_IFLNK and usize < _PATH_MAX))
+                ut == _UT_MTIME and ux == _UX_32 and ut_flags & 1 and gsz == 4 and raw.isascii()
+                and (kind in _FILE_OR_DIR or (kind == _S_IFLNK and usize < _PATH_MAX))
                 and csize != 0xFFFFFFFF and usize != 0xFFFFFFFF and offset != 0xFFFFFFFF
             ):  # fmt: skip
                 comment = buf[xpos + 24 : xpos + 24 + clen] if clen else b""
@@ -957,6 +967,13 @@ def _device(extra: bytes, index: int) -> int:
 
 # Central extra of Info-ZIP zip on Unix: 'UT' (flags, mtime) then 'ux' (v1, 4-byte uid and gid).
 _INFOZIP_CENTRAL = struct.Struct("<HHBiHHBBIBI")
+# The same with its fixed parts as bytes, for ``_decode_records``: 'UT' and its length (5),
+# flags, mtime, 'ux' with its length (11), version 1 and uid size 4, uid, gid size, gid
+_INFOZIP_FIXED = struct.Struct("<4sBi6sIBI")
+_UT_MTIME = b"UT\x05\x00"
+_UX_32 = b"ux\x0b\x00\x01\x04"
+_FILE_OR_DIR = frozenset((stat.S_IFREG, stat.S_IFDIR))
+_S_IFLNK = stat.S_IFLNK
 
 
 def _infozip_extra(buf: bytes, pos: int, size: int) -> tuple[int, int, int] | None:

@@ -4,7 +4,9 @@ places every entry exactly where placing the entries one at a time does."""
 from __future__ import annotations
 
 import array
+import itertools
 import os
+import subprocess
 from pathlib import Path
 
 from hypothesis import example, given, settings
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.zipfuse import hostile_zip
 from zipfuse.names import sanitize
-from zipfuse.namespace import Namespace, _Loader, _odd_names
+from zipfuse.namespace import Listing, Namespace, _Loader, _odd_names
 from zipfuse.zipformat import MAX_DEPTH, read_central_directory
 
 # components that make runs, implicit folders, duplicates, file/folder clashes and names
@@ -105,3 +107,180 @@ def test_scan_usual_layouts(tmp_path: Path) -> None:
     assert dir_entry[dirs.index(b"late")] == 7 and kids[dirs.index(b"late")] == [6]
     assert dir_entry[dirs.index(b"l2")] == -1  # implicit
     assert 9 not in [i for k in kids for i in k]  # the empty name is skipped
+
+
+def _tree(ns: Namespace) -> list[tuple]:
+    """Every node below the root as the tree shows it: path, children in order, metadata,
+    the entry it comes from and its links to its parent."""
+    out = []
+    for path, node in ns.walk():
+        entry = node.entry
+        out.append((
+            path, node.mode, node.uid, node.gid, node.size, node.mtime_ns, node.atime_ns,
+            node.ctime_ns, node.nlink, node.rdev, node.entry_path,
+            None if entry is None else (entry.index, entry.name, entry.header_offset),
+            ns.path(node.parent) if node.parent is not None else None, node.name,
+            list(node.children) if node.is_dir else None, node.lookups,
+        ))  # fmt: skip
+    return out
+
+
+def _both_ways(path: Path) -> tuple[list[tuple], list[tuple], bool]:
+    """The tree of an archive built as a mount lists it, and built with every directory
+    taking the general path (duplicates, clashes, names to sanitise)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        trees = []
+        for general in (False, True):
+            cd = read_central_directory(fd, keep_names=True, max_depth=MAX_DEPTH)
+            cd.detach(fd)  # as a mount does: records re-read when a directory is listed
+            ns = Namespace.from_archive(cd, 0, 0, 0)
+            assert ns._loader is not None
+            unambiguous = ns._loader.unambiguous
+            if general:
+                ns._loader.unambiguous = False
+            trees.append(_tree(ns))
+    finally:
+        os.close(fd)
+    return trees[0], trees[1], unambiguous
+
+
+@settings(max_examples=100, deadline=None)
+@given(names=st.lists(_NAME, min_size=1, max_size=30))
+@example(names=["a", "b/", "b/c", "a/"])  # a file where a directory is: the general path
+@example(names=["a/b", "a/", "c", "a/d/"])
+def test_listing_one_pass_builds_what_the_general_path_builds(
+    tmp_path_factory, names: list[str]
+) -> None:
+    path = tmp_path_factory.mktemp("load") / "a.zip"
+    hostile_zip.write(
+        path,
+        [
+            hostile_zip.directory(name) if name.endswith("/") else hostile_zip.stored(name, b"x")
+            for name in names
+        ],
+    )
+    fast, general, _ = _both_ways(path)
+    assert fast == general
+
+
+def test_listing_an_info_zip_archive(tmp_path: Path) -> None:
+    """An archive of Info-ZIP's zip (the usual layout, decoded inline) builds the same tree
+    one pass at a time as the general way, with the metadata of the files it was made of."""
+    src = tmp_path / "src"
+    (src / "d" / "e").mkdir(parents=True)
+    (src / "d" / "f.txt").write_bytes(b"hello")
+    (src / "d" / "e" / "g").write_bytes(b"x" * 5000)
+    (src / "top").write_bytes(b"")
+    os.symlink("d/f.txt", src / "link")
+    os.chmod(src / "top", 0o751)
+    for p in (src / "d" / "f.txt", src / "top", src / "d" / "e"):
+        os.utime(p, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    archive = tmp_path / "a.zip"
+    subprocess.run(["zip", "-q", "-r", "-y", str(archive), "."], cwd=src, check=True, timeout=60)
+    fast, general, unambiguous = _both_ways(archive)
+    assert unambiguous and fast == general
+    by_path = {row[0]: row for row in fast}
+    assert set(by_path) == {"d", "d/e", "d/f.txt", "d/e/g", "top", "link"}
+    for rel, row in by_path.items():
+        st_ = os.lstat(src / rel)
+        assert row[1] == st_.st_mode, rel
+        assert row[5] == int(st_.st_mtime) * 10**9, rel  # whole seconds in the 'UT' field
+        if not os.path.isdir(src / rel) or os.path.islink(src / rel):
+            assert row[4] == st_.st_size, rel
+    assert by_path["d"][14] == [b"e", b"f.txt"] or by_path["d"][14] == [b"f.txt", b"e"]
+    assert by_path["d"][8] == 3  # itself, "." and one subdirectory
+
+
+class _Cookies:
+    """The cookie rules, plainly: each name gets the next number when it is added; a listing
+    past a cookie gives the live names with a larger one, in order."""
+
+    def __init__(self, names: list[bytes]) -> None:
+        self.cookie = {name: i + 1 for i, name in enumerate(names)}
+        self.next = len(names) + 1
+
+    def add(self, name: bytes) -> None:
+        self.cookie[name] = self.next
+        self.next += 1
+
+    def remove(self, name: bytes) -> None:
+        del self.cookie[name]
+
+    def after(self, cookie: int) -> list[tuple[int, bytes]]:
+        return sorted((c, n) for n, c in self.cookie.items() if c > cookie)
+
+
+_OPS = st.lists(
+    st.tuples(st.sampled_from(["add", "remove", "list"]), st.integers(0, 10**6)), max_size=300
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(initial=st.integers(0, 120), ops=_OPS)
+@example(initial=100, ops=[("remove", i) for i in range(90)] + [("list", 5)])  # compaction
+def test_listing_cookies_follow_the_rules(initial: int, ops: list[tuple[str, int]]) -> None:
+    """Listing (positions, holes, compaction into a cookie array) hands out exactly the cookies
+    and names of the plain rules, through any mix of adds, removes and listings; the nodes
+    come from the directory's children."""
+    names = [b"n%d" % i for i in range(initial)]
+    listing, model = Listing(names), _Cookies(names)
+    children = {name: object() for name in names}
+    fresh = iter(range(initial, 10**9))
+    for op, arg in ops:
+        live = list(model.cookie)
+        if op == "add" or (op == "remove" and not live):
+            name = b"n%d" % next(fresh) if arg % 4 else b"n%d" % (arg % (initial + 1))
+            if name in children:  # a name is removed before it comes back
+                listing.remove(name)
+                model.remove(name)
+            listing.add(name)
+            model.add(name)
+            children[name] = object()
+        elif op == "remove":
+            name = live[arg % len(live)]
+            listing.remove(name)
+            model.remove(name)
+            del children[name]
+        else:
+            cookie = arg % (model.next + 2) - 1  # -1 up to past the last cookie
+            want = model.after(cookie)
+            assert list(listing.after(cookie)) == want
+            got = list(listing.entries(cookie, children))  # type: ignore[arg-type]
+            assert got == [(c, n, children[n]) for c, n in want]
+    assert list(listing.after(0)) == model.after(0)
+    assert len(listing.order) <= 2 * len(model.cookie) + 34  # holes are dropped
+
+
+def test_listing_during_changes_reports_every_name_once() -> None:
+    """A listing read a few names at a time while names are removed (enough to drop the holes)
+    and added: no name twice, no removed name after its removal, every untouched name once."""
+    names = [b"f%04d" % i for i in range(1000)]
+    listing = Listing(names)
+    children = {name: name for name in names}
+    seen: list[bytes] = []
+    cookie = 0
+    step = 0
+    while True:
+        batch = list(itertools.islice(listing.entries(cookie, children), 7))  # type: ignore[arg-type]
+        if not batch:
+            break
+        for c, name, node in batch:
+            assert name in children and node == name  # live when handed out
+            seen.append(name)
+            cookie = c
+        step += 1
+        for k in range(6):  # names not listed yet, and some listed already
+            name = b"f%04d" % ((step * 37 + k * 101) % 1000)
+            if name in children:
+                listing.remove(name)
+                del children[name]
+        if step <= 100:
+            new = b"new%04d" % step
+            listing.add(new)
+            children[new] = new
+    assert len(seen) == len(set(seen))
+    untouched = [n for n in names if n in children]
+    assert set(untouched) <= set(seen)
+    assert set(seen) - set(names) <= {b"new%04d" % i for i in range(1, 101)}
+    assert listing.cookies is not None  # the holes were dropped on the way

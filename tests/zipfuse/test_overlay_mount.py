@@ -137,6 +137,45 @@ def test_rename_during_a_listing_leaves_no_stale_name(tmp_path):
         assert sorted(os.listdir(mnt / "big"))[-1] == "renamed"
 
 
+def test_removes_and_creates_during_a_listing(tmp_path):
+    """A directory of the archive listed a few pages at a time while most of the names it has
+    not reached yet are removed (enough for the daemon to compact its cookie list) and new ones are
+    made: no name twice, none after its removal, every untouched name once."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    names = [f"f{i:04d}" for i in range(2000)]
+    for name in names:
+        (src / "d" / name).touch()
+    archive = tmp_path / "d.zip"
+    subprocess.run(["zip", "-q", "-r", str(archive), "."], cwd=src, check=True, timeout=300)
+    with zipfile.ZipFile(archive) as z:  # a listing follows the archive's order
+        names = [n[2:] for n in z.namelist() if n.startswith("d/") and n != "d/"]
+    assert len(names) == 2000
+    mnt = tmp_path / "mnt"
+    with mounted(archive, mnt):
+        d = mnt / "d"
+        listed: list[str] = []
+        removed: set[str] = set()
+        with os.scandir(d) as it:
+            for entry in it:
+                assert entry.name not in removed
+                listed.append(entry.name)
+                if len(listed) == 100:
+                    for name in names[700:1900]:  # not fetched yet (~300 a getdents)
+                        os.unlink(d / name)
+                        removed.add(name)
+                    for i in range(5):
+                        (d / f"new{i}").touch()
+                    os.unlink(d / names[0])  # handed out already
+                    removed.add(names[0])
+        assert len(listed) == len(set(listed))
+        assert not removed.intersection(listed[100:])
+        untouched = set(names) - removed
+        assert untouched <= set(listed)
+        assert set(listed) - set(names) <= {f"new{i}" for i in range(5)}
+        assert sorted(os.listdir(d)) == sorted(untouched | {f"new{i}" for i in range(5)})
+
+
 def test_spill_files_that_cannot_be_deleted_do_not_kill_the_mount(tmp_path):
     _, archive = base_archive(tmp_path)
     mnt = tmp_path / "mnt"

@@ -251,6 +251,33 @@ def test_listing_decoder_matches_the_full_decoder(tmp_path: Path) -> None:
             os.close(fd)
 
 
+def test_detached_directory_reads_records_near_and_far(tmp_path: Path) -> None:
+    """Once detached, entries_at re-reads records from the archive: close ones in one read,
+    far apart ones in clusters (a directory's files and its subdirectories' entries); in any
+    order, with repeats, the entries equal those of the directory in memory."""
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(3000):
+            zf.writestr(f"dir{i // 100}/file{i:04d}.txt", b"x" * (i % 7), zipfile.ZIP_STORED)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        whole = read_central_directory(fd).entries
+        rng = random.Random(5)
+        picks = [
+            [5, 3, 4, 2999, 1500, 1501, 0, 4],  # clusters and lone records, unsorted, repeated
+            list(range(200, 260)),  # one run
+            [2999, 0],
+            rng.sample(range(3000), 300),
+            [7],
+        ]
+        for indices in picks:
+            cd = read_central_directory(fd)
+            cd.detach(fd)
+            assert cd.entries_at(indices) == [whole[i] for i in indices]
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.skipif(shutil.which("7z") is None, reason="7z not installed")
 def test_7zip_tree(tmp_path: Path) -> None:
     src = tmp_path / "src"
