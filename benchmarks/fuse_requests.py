@@ -140,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             f"copy of {entries} entries in {seconds:.2f} s (not traced); "
             f"daemon CPU {cpu:.2f} s = {1e6 * cpu / entries:.0f} us per entry"
         )
+        if args.out is None:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
         return 0
     script = subprocess.run(
         ["perf", "script", "-i", str(data)], capture_output=True, text=True, check=True
