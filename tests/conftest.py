@@ -110,3 +110,24 @@ def tree_state(root, *, content: bool = True, mtime: bool = True) -> dict[str, t
                 row += (int(st.st_mtime),)
             out[rel] = row
     return out
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(path, size: str = "2m", options: str = "") -> Iterator:
+    """A small tmpfs at ``path`` for the block (a disk that fills up); CI fails without one."""
+    os.makedirs(path, exist_ok=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}" + (f",{options}" if options else ""),
+         "tmpfs", str(path)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if res.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs: {res.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs: {res.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        r = subprocess.run(["umount", str(path)], capture_output=True, timeout=60)
+        if r.returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60)

@@ -7,18 +7,16 @@ exactly what the mount showed before the unmount.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import stat
-import subprocess
 import threading
 import time
 import zipfile
 
 import pytest
 
-from tests.conftest import mounted
+from tests.conftest import mounted, tiny_tmpfs
 from tests.zipfuse.writehelp import (
     base_archive,
     check_archive,
@@ -161,27 +159,6 @@ def kinds_sizes_contents_of_state(state: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------- full disk
-
-
-@contextlib.contextmanager
-def tiny_tmpfs(path, size: str = "2m"):
-    os.makedirs(path, exist_ok=True)
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if res.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a tmpfs: {res.stderr}")
-        pytest.skip(f"cannot mount a tmpfs: {res.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        r = subprocess.run(["umount", str(path)], capture_output=True, timeout=60)
-        if r.returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60)
 
 
 def _fill(path, size: int) -> None:

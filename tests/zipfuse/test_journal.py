@@ -12,12 +12,12 @@ import errno
 import json
 import os
 import stat
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import tiny_tmpfs
 from zipfuse import journal
 from zipfuse.journal import Journal
 from zipfuse.namespace import RENAME_NOREPLACE, Namespace, Node
@@ -205,18 +205,8 @@ def full_area(tmp_path: Path):
     """A spill area on a tmpfs of two pages (disk full comes at a page boundary)."""
     where = tmp_path / "small"
     where.mkdir(mode=0o700)
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8k,mode=0700", "tmpfs", str(where)],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a tmpfs: {proc.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.strip()}")
-    try:
+    with tiny_tmpfs(where, "8k", "mode=0700"):
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
 
 
 def test_a_full_disk_keeps_the_whole_records_of_a_request_that_fit(full_area: Path) -> None:
