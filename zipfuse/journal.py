@@ -244,7 +244,7 @@ class Journal:
         self.write(make_line(path, node))
 
     def link(self, src: str, dst: str) -> None:
-        self.write(f'{{"op":"link","src":{_quote(src)},"dst":{_quote(dst)}}}\n'.encode())
+        self.write(_line(link_record(src, dst)))  # rare: the one definition of the record
 
     def remove(self, path: str) -> None:
         self.write(f'{{"op":"remove","path":{_quote(path)}}}\n'.encode())

@@ -576,14 +576,15 @@ class _Loader:
         self.names: list[bytes] = [b""]
         self.kids: list[array.array | None] = [array.array("l")]
         self.dir_entry = array.array("l", [-1])
-        self.unlisted = 0  # entries in directories not listed yet (for statfs)
-        self.pending_dirs = 1
         self.odd: frozenset[int] = frozenset()  # entries whose name needed sanitising
         self.gens: list[Sequence[int]] = []  # entries dropped by each append (see renumber)
         if state is None:
             self._scan(cd)
         else:
             self._restore(state, len(cd))
+        # entries in directories not listed yet (for statfs), directories not listed yet
+        self.unlisted = sum(map(len, self.kids))  # type: ignore[arg-type]  # none listed yet
+        self.pending_dirs = len(self.names)
 
     def state(self) -> tuple:
         """The scan's result as plain values (bytes, ints, lists), before any directory is
@@ -613,8 +614,6 @@ class _Loader:
         self.kids = list(kids)
         self.odd = frozenset(odd)
         self.unambiguous = bool(unambiguous)
-        self.unlisted = sum(map(len, kids))
-        self.pending_dirs = dirs
 
     def _scan(self, cd: CentralDirectory) -> None:
         """Place every entry: runs of names with one parent path (the usual layout: writers
@@ -668,8 +667,6 @@ class _Loader:
             start = end
         self.unambiguous = self._unambiguous(names, odd)
         del self._parents, self._subdirs, self._last, self._odd_keys
-        self.unlisted = sum(len(k) for k in kids if k is not None)
-        self.pending_dirs = len(self.names)
 
     def _place(self, cd: CentralDirectory, index: int, key: bytes, odd: bool) -> None:
         """Place one entry (a directory, or a name that needs sanitising)."""

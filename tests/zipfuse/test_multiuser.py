@@ -22,6 +22,7 @@ import zipfile
 import pytest
 from multiuser import User, cleanup_mounts, make_zip, two_users
 
+from tests.conftest import tiny_tmpfs
 from zipfuse import journal, registry
 
 pytestmark = pytest.mark.usefixtures("fuse")
@@ -364,18 +365,12 @@ def small_tmpfs(env: Env, work):
     """A 1 MiB tmpfs of the victim's, for the spill directory."""
     path, _ = work
     where = mkdir_as(env.victim, os.path.join(path, "small"), 0o700)
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o",
-         f"size=1m,mode=0700,uid={env.victim.uid},gid={env.victim.gid}", "tmpfs", where],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a tmpfs: {proc.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.strip()}")
-    yield where
-    cleanup_mounts(env.victim, path, [env.runtime(env.victim)])
-    subprocess.run(["umount", "-l", where], capture_output=True, timeout=30)
+    owner = f"mode=0700,uid={env.victim.uid},gid={env.victim.gid}"
+    with tiny_tmpfs(where, "1m", owner):
+        try:
+            yield where
+        finally:
+            cleanup_mounts(env.victim, path, [env.runtime(env.victim)])
 
 
 FILL = (
