@@ -405,6 +405,10 @@ def w_small_change(ctx: Ctx, system: System, corpus: Corpus) -> dict:
             tmp = p.with_name(p.name + ".unlink")
             shutil.copy2(p, tmp)
             tmp.replace(p)
+        # The copy just made is dirty in the page cache; a user's archive has long been on disk.
+        # Without this, whichever system syncs first (zipfuse's commit, the disk's syncfs) pays
+        # for writing the whole copy out, and one that never syncs (fuse-zip) does not.
+        os.sync()
         make_cold(ctx, system, backing)
         m = system.open(backing, ctx.mountpoint(system), read_only=False)
         try:
