@@ -198,6 +198,10 @@ def cmd_run(args) -> int:
                             sample["error"] = failed_for_good[system.name]
                         elif w.writes and not system.writable:
                             sample["error"] = f"{system.name} is read-only (not applicable)"
+                        elif system.limit_only and not w.for_limit:
+                            sample["error"] = (
+                                f"{system.name} is a bound, not a product (not applicable)"
+                            )
                         if sample.get("error"):
                             if rep == 0:
                                 results["samples"].append(sample)

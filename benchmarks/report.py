@@ -280,7 +280,13 @@ def write_markdown(results: dict, out: Path, charts: dict[str, str]) -> Path:
     return path
 
 
-COLORS = {"disk": "#7f7f7f", "zipfuse": "#1f77b4", "fuse-zip": "#d62728", "squashfuse": "#2ca02c"}
+COLORS = {
+    "disk": "#7f7f7f",
+    "zipfuse": "#1f77b4",
+    "fuse-zip": "#d62728",
+    "squashfuse": "#2ca02c",
+    "floor": "#bcbd22",
+}
 
 
 def write_charts(results: dict, out: Path) -> dict[str, str]:

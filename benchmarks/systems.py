@@ -13,6 +13,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -177,6 +178,7 @@ class System:
     name = "?"
     writable = True
     label = ""
+    limit_only = False  # a bound to compare with, not a product: no mount time, no commit
 
     def unavailable(self) -> str | None:
         """Why this system cannot run here, or None."""
@@ -371,6 +373,62 @@ class FuseZip(System):
         return CloseResult(secs, max(ru.ru_maxrss, s.peak or 0), ru.ru_utime + ru.ru_stime)
 
 
+class Floor(System):
+    """benchmarks/floorfs.py: pyfuse3 + trio answering from memory, talking to the kernel the
+    way zipfuse does. Not a product: the limit of the stack, to tell zipfuse's own cost from the
+    cost no zipfuse code can remove. It preloads the archive before it mounts (so mounting is
+    not timed) and drops all writes at unmount (so there is nothing to commit or verify)."""
+
+    name = "floor"
+    label = "floor (in-memory pyfuse3+trio filesystem: this stack's limit, no archive)"
+    limit_only = True
+
+    def unavailable(self) -> str | None:
+        try:
+            import pyfuse3  # noqa: F401
+        except ImportError as e:
+            return f"pyfuse3 is missing: {e}"
+        return None
+
+    def version(self) -> str:
+        import pyfuse3
+
+        patched = "kernel-cache" if getattr(pyfuse3, "NO_OPEN_SUPPORT", False) else "stock"
+        return f"pyfuse3 {getattr(pyfuse3, '__version__', '?')} ({patched})"
+
+    def _open(self, backing: Path, mountpoint: Path, read_only: bool) -> Mount:
+        env = dict(os.environ)
+        here = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
+        args = [sys.executable, "-m", "benchmarks.floorfs", str(backing), str(mountpoint)]
+        p = subprocess.Popen(
+            args + (["--ro"] if read_only else []),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        m = Mount(
+            self.name, backing, mountpoint, read_only, pid=p.pid, popen=p, mountpoint=mountpoint
+        )
+        try:
+            wait_mounted(mountpoint, p, timeout=300)  # the preload of a large archive
+        except BaseException:
+            self.emergency_close(m)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            raise
+        return m
+
+    def _close(self, m: Mount) -> CloseResult:
+        t0 = time.monotonic()
+        fusermount_u(m.mountpoint)
+        _, status, ru = os.wait4(m.pid, 0)
+        m.popen.returncode = os.waitstatus_to_exitcode(status)
+        return CloseResult(time.monotonic() - t0, ru.ru_maxrss, ru.ru_utime + ru.ru_stime)
+
+
 class Squashfuse(System):
     """squashfuse_ll on an image made by mksquashfs (gzip): the read-only HPC standard."""
 
@@ -560,6 +618,7 @@ SYSTEMS: dict[str, type[System]] = {
     "zipfuse-stock": ZipfuseStock,
     "fuse-zip": FuseZip,
     "squashfuse": Squashfuse,
+    "floor": Floor,
 }
 DEFAULT_SYSTEMS = ("disk", "zipfuse", "fuse-zip", "squashfuse")
 

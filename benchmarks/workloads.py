@@ -346,8 +346,13 @@ def w_create(ctx: Ctx, system: System, corpus: Corpus) -> dict:
         if r.returncode != 0:
             raise RuntimeError(f"cp failed: {r.stderr.decode()[-500:]}")
         rss_before = daemon_peak_kb(m)
+        if system.limit_only:  # nothing is committed: check the copy through the mount
+            _verify_tree(m.root, corpus)
     finally:
         res = system.close(m)
+    if system.limit_only:
+        shutil.rmtree(scratch, ignore_errors=True)
+        return {"copy_s": copy_s, "daemon_cpu_s": res.cpu_s, "verified": 1}
     try:
         size = system.backing_bytes(backing)
         if system.name == "disk":
@@ -525,6 +530,7 @@ class Workload:
     corpus: str  # "prefix" or "synthetic" (one sample per synthetic size)
     writes: bool
     models: str  # what it stands for, for a conda user
+    for_limit: bool = True  # meaningful for a limit_only system (floor): no timed mount, no commit
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -536,6 +542,7 @@ WORKLOADS: dict[str, Workload] = {
             "prefix",
             False,
             "activating an environment: time until the mount answers, and the memory it holds",
+            for_limit=False,
         ),
         Workload(
             "walk",
@@ -599,6 +606,7 @@ WORKLOADS: dict[str, Workload] = {
             "prefix",
             True,
             "pip install of one small package into an existing environment, then deactivate",
+            for_limit=False,
         ),
         Workload(
             "scale",
@@ -606,6 +614,7 @@ WORKLOADS: dict[str, Workload] = {
             "synthetic",
             False,
             "how mount and walk grow with the number of entries (small to huge environments)",
+            for_limit=False,
         ),
     )
 }
