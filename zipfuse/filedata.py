@@ -63,6 +63,7 @@ class FileData:
         self.write_failures = 0  # writes that could not store all their bytes (disk full)
         self.write_errno = 0  # why the last of them failed
         self.frozen: set[str] = set()  # spill files a running commit reads
+        self.unsynced: set[str] = set()  # spill files changed since a flush made them durable
         self._deferred: list[str] = []  # frozen files to delete once the commit is over
 
     @property
@@ -218,6 +219,7 @@ class FileData:
                     finally:
                         held.busy -= 1
                 node.spill = path
+                self.unsynced.add(path)
                 self.dirty[node.ino] = node
         self.locks.pop(node.ino, None)
 
@@ -240,6 +242,19 @@ class FileData:
             # the writer still gets the error for the rest (ENOSPC, EIO), never a success
             if off + done > node.size and done:
                 node.size = off + done
+            if done:
+                self._changed(node)
+
+    def _changed(self, node: Node) -> None:
+        if node.spill is not None:
+            self.unsynced.add(node.spill)
+
+    def take_unsynced(self) -> list[str]:
+        """The spill files changed since the last call: the flush makes exactly these durable
+        (and puts them back if it fails)."""
+        paths = list(self.unsynced)
+        self.unsynced.clear()
+        return paths
 
     def _leave_frozen(self, node: Node) -> None:
         """The node moves off its frozen spill file: close it here; it is deleted once the
@@ -255,6 +270,7 @@ class FileData:
         path, fd = self._take_empty()
         self._keep_fd(node, fd)
         node.spill = path
+        self.unsynced.add(path)  # its name: recovery looks for it
         self.dirty[node.ino] = node
 
     def truncate_to_empty(self, node: Node) -> None:
@@ -265,6 +281,7 @@ class FileData:
             self._take_spill(node)
         else:
             os.ftruncate(self._spill_fd(node), 0)
+            self._changed(node)
         node.size = 0
         self._close_if_unused(node)
 
@@ -317,6 +334,7 @@ class FileData:
             return
         await self._make_dirty(node)
         os.ftruncate(self._spill_fd(node), size)
+        self._changed(node)
         node.size = size
         self._close_if_unused(node)
 

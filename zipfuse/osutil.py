@@ -25,6 +25,18 @@ def syncfs(path: str) -> None:
         os.close(fd)
 
 
+def fdatasync_path(path: str) -> None:
+    """fdatasync(2) of a file by name; a file deleted meanwhile needs nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 # CLOCK_REALTIME_COARSE (Linux): the clock the kernel stamps inodes with (current_time()).
 _COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5 if sys.platform.startswith("linux") else None)
 

@@ -21,8 +21,8 @@ Concurrency rules
   is written on a worker while mutations go on: the first write to a frozen spill file copies
   it (``FileData``), and the records made meanwhile become the next journal. Reads never take
   the gate.
-- ``_flush_lock`` serialises the background flush (syncfs + journal fsync on a worker) with
-  closing the journal.
+- ``_flush_lock`` serialises the background flush (the changed spill files, then the journal,
+  fsynced on a worker) with closing the journal.
 - Background work (spill file pool, deletions, periodic flush) runs through ``spawn``: any
   exception there is logged once and switches the mount to failsafe read-only (writes answer
   EROFS, ``zipfuse status`` says why); everything journaled so far stays recoverable.
@@ -56,6 +56,9 @@ if TYPE_CHECKING:
     from .commit import Changes, Item
 
 log = logging.getLogger(__name__)
+
+# A flush syncs up to this many changed spill files one by one; more take one syncfs.
+TARGETED_SYNC_LIMIT = 200
 
 
 class Gate:
@@ -208,10 +211,26 @@ class Overlay:
                 if node is not None:
                     self._log_data(node)
             if self.journal is not None and self.journal.unsynced:
-                await trio.to_thread.run_sync(self._flush_now)
+                paths = self.data.take_unsynced()
+                try:
+                    await trio.to_thread.run_sync(self._flush_now, paths)
+                except BaseException:
+                    self.data.unsynced.update(paths)  # the next flush tries them again
+                    raise
 
-    def _flush_now(self) -> None:
-        osutil.syncfs(self.spill.path)  # the spill files
+    def _flush_now(self, paths: list[str]) -> None:
+        """The spill files written since the last flush, then the journal that names them.
+
+        A few files are synced one by one, plus the spill folder for their names: syncfs
+        would also write out every other user's dirty data on that filesystem (a shared /tmp),
+        and a commit's own fsyncs would then queue behind it. Many files (a copy-in) are
+        cheaper in one syncfs."""
+        if len(paths) > TARGETED_SYNC_LIMIT:
+            osutil.syncfs(self.spill.path)
+        else:
+            for path in paths:
+                osutil.fdatasync_path(path)
+            journal.fsync_dir(self.spill.path)
         if self.journal is not None:
             self.journal.sync()
 

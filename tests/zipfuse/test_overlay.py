@@ -732,3 +732,72 @@ def test_a_commit_never_uncovers_an_entry_the_mount_hid(tmp_path, monkeypatch, l
     assert set(seen) == {"keep.txt"}
     assert trio.run(reloaded_contents, archive, tmp_path) == seen
     check_archive(archive)
+
+
+def test_a_flush_syncs_exactly_the_spill_files_changed_since_the_last_one(tmp_path, monkeypatch):
+    """The periodic flush fdatasyncs the spill files written, truncated, copied up or made
+    since the previous flush (then the spill folder and the journal), not the whole filesystem
+    (syncfs would write out every other user's dirty data on a shared /tmp); above
+    TARGETED_SYNC_LIMIT files one syncfs does it; a failed flush keeps its files for the next."""
+    from zipfuse import osutil, overlay
+
+    _, archive = base_archive(tmp_path)
+    synced: list[str] = []
+    syncfs: list[str] = []
+    real_fdatasync, real_syncfs = osutil.fdatasync_path, osutil.syncfs
+    fail = [False]
+
+    def fdatasync(path: str) -> None:
+        if fail[0]:
+            raise OSError(errno.EIO, "injected")
+        synced.append(path)
+        real_fdatasync(path)
+
+    def whole_fs(path: str) -> None:
+        syncfs.append(path)
+        real_syncfs(path)
+
+    monkeypatch.setattr(osutil, "fdatasync_path", fdatasync)
+    monkeypatch.setattr(osutil, "syncfs", whole_fs)
+
+    async def main() -> None:
+        ov = open_overlay(archive, tmp_path / "spill")
+        try:
+            root = ov.ns.get(1)
+            new = await new_file(ov, root, b"new.txt", b"fresh bytes")
+            empty = await new_file(ov, root, b"empty.txt", b"")
+            hello = ov.lookup(1, b"hello.txt")
+            text = ov.lookup(1, b"text.txt")
+            assert hello is not None and text is not None
+            await ov.write(hello, 0, b"HELLO")  # copy-up of a clean entry, then a write
+            await ov.setattr(text, AttrChange(size=10))  # copy-up by truncation
+            # an empty new file needs no spill file (it has no bytes to keep)
+            changed = {n.spill for n in (new, empty, hello, text) if n.spill is not None}
+            assert len(changed) == 3 and set(ov.data.unsynced) == changed
+
+            await ov.flush()
+            assert set(synced) == changed and len(synced) == len(changed) and not syncfs
+            assert not ov.data.unsynced and ov.journal is not None and not ov.journal.unsynced
+
+            synced.clear()
+            await ov.write(new, 0, b"again")  # only this one changed since
+            fail[0] = True
+            with pytest.raises(OSError):
+                await ov.flush()
+            assert set(ov.data.unsynced) == {new.spill}  # kept for the next flush
+            fail[0] = False
+            await ov.flush()
+            assert synced == [new.spill] and not syncfs
+
+            monkeypatch.setattr(overlay, "TARGETED_SYNC_LIMIT", 1)
+            synced.clear()
+            await ov.write(new, 0, b"x")
+            await ov.write(hello, 0, b"y")
+            await ov.flush()
+            assert syncfs == [ov.spill.path] and not synced
+            assert not ov.data.unsynced
+            assert await ov.read(new, 0, 100) == b"xgain bytes"
+        finally:
+            await ov.close(destroy_spill=False)
+
+    trio.run(main)
