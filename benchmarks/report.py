@@ -53,51 +53,56 @@ def ratio(summary: dict, workload: str, param: str, metric: str, system: str, re
     return a / b
 
 
-# (description, workload, param, metric, system, reference, comparison, goal)
+# The targets of the open issues (12: read path, 14: write path), as
+# (description, workload, param, metric, reference, comparison, goal); reference None: an
+# absolute value in the metric's unit.
 TARGETS = [
-    ("warm import <= 1.05x plain disk", "import", "", "warm_s", "disk", "<=", 1.05),
-    ("cold import <= 0.8x fuse-zip", "import", "", "cold_s", "fuse-zip", "<=", 0.8),
-    ("walk <= 0.5x fuse-zip", "walk", "", "walk_s", "fuse-zip", "<=", 0.5),
     ("warm walk <= 1.5x plain disk", "warm_walk", "", "warm_walk_s", "disk", "<=", 1.5),
     ("warm re-read <= 1.5x plain disk", "warm_reread", "", "reread_s", "disk", "<=", 1.5),
-    ("mount <= 0.5x fuse-zip", "mount", "", "mount_s", "fuse-zip", "<=", 0.5),
-    ("create + commit <= 0.4x fuse-zip", "create", "", "total_s", "fuse-zip", "<=", 0.4),
-    ("read-all throughput >= 2x fuse-zip", "read_all", "", "read_mbps", "fuse-zip", ">=", 2.0),
-]
+    ("cold walk <= 0.5x fuse-zip", "walk", "", "walk_s", "fuse-zip", "<=", 0.5),
+    ("read every file >= 1.5x fuse-zip's MB/s", "read_all", "", "read_mbps", "fuse-zip", ">=", 1.5),
+    ("cold import <= 0.7x fuse-zip", "import", "", "cold_s", "fuse-zip", "<=", 0.7),
+    ("warm import <= 1.05x plain disk", "import", "", "warm_s", "disk", "<=", 1.05),
+    ("mount <= 0.3 s", "mount", "", "mount_s", None, "<=", 0.3),
+    ("daemon RSS after mount <= 40 MB", "mount", "", "rss_mb", None, "<=", 40.0),
+    ("300k-entry mount <= 0.5x fuse-zip", "scale", "300000", "mount_s", "fuse-zip", "<=", 0.5),
+    ("small change + commit <= 0.7x fuse-zip", "small_change", "", "change_total_s", "fuse-zip",
+     "<=", 0.7),
+    ("create: copy-in <= 2.5x plain disk", "create", "", "copy_s", "disk", "<=", 2.5),
+    ("create: unmount until durable <= 0.25x fuse-zip", "create", "", "commit_s", "fuse-zip", "<=",
+     0.25),
+    ("create: daemon peak RSS <= 200 MB", "create", "", "peak_rss_mb", None, "<=", 200.0),
+]  # fmt: skip
+
+
+def _median(summary: dict, workload: str, param: str, metric: str, system: str):
+    try:
+        return summary[workload][param][metric][system]["median"]
+    except KeyError:
+        return None
 
 
 def targets(summary: dict, system: str = "zipfuse") -> list[dict]:
+    """Each target's value for ``system`` and for ``floor`` (the stack's limit), if it ran."""
     rows = []
     for desc, w, p, metric, ref, op, goal in TARGETS:
-        r = ratio(summary, w, p, metric, system, ref)
+        if ref is None:
+            unit = "s" if metric.endswith("_s") else "MB"
+            value = _median(summary, w, p, metric, system)
+            bound = _median(summary, w, p, metric, "floor")
+        else:
+            unit = "x"
+            value = ratio(summary, w, p, metric, system, ref)
+            bound = ratio(summary, w, p, metric, "floor", ref)
         rows.append(
             {
                 "target": desc,
-                "value": r,
-                "unit": "x",
-                "met": None if r is None else (r <= goal if op == "<=" else r >= goal),
+                "value": value,
+                "floor": bound,
+                "unit": unit,
+                "met": None if value is None else (value <= goal if op == "<=" else value >= goal),
             }
         )
-    peak = summary.get("create", {}).get("", {}).get("peak_rss_mb", {}).get(system)
-    v = peak["median"] if peak else None
-    rows.append(
-        {
-            "target": "create: daemon peak RSS <= 200 MB",
-            "value": v,
-            "unit": "MB",
-            "met": None if v is None else v <= 200,
-        }
-    )
-    sp = summary.get("parallel_read", {}).get("", {}).get("speedup", {}).get(system)
-    v = sp["median"] if sp else None
-    rows.append(
-        {
-            "target": "two readers >= 1.6x one reader",
-            "value": v,
-            "unit": "x",
-            "met": None if v is None else v >= 1.6,
-        }
-    )
     return rows
 
 
@@ -214,11 +219,21 @@ def write_markdown(results: dict, out: Path, charts: dict[str, str]) -> Path:
         )
     lines += ["", "## Summary", "", *summary_table(results), ""]
     if "zipfuse" in systems:
-        lines += ["## Targets (zipfuse)", "", "| target | measured | met |", "|---|---|---|"]
+        lines += [
+            "## Targets (zipfuse)",
+            "",
+            "`floor` is the same measure for benchmarks/floorfs.py, an in-memory filesystem on "
+            "the same pyfuse3 + trio: no zipfuse code can do better (– where it did not run).",
+            "",
+            "| target | measured | floor | met |",
+            "|---|---|---|---|",
+        ]
         for t in targets(summary):
             met = "–" if t["met"] is None else ("yes" if t["met"] else "**no**")
-            val = "–" if t["value"] is None else f"{_fmt(t['value'])} {t['unit']}"
-            lines.append(f"| {t['target']} | {val} | {met} |")
+            val, bound = (
+                "–" if v is None else f"{_fmt(v)} {t['unit']}" for v in (t["value"], t["floor"])
+            )
+            lines.append(f"| {t['target']} | {val} | {bound} | {met} |")
         lines.append("")
     errors: dict[str, list[str]] = {}
     for e in results["samples"]:
