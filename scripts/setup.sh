@@ -19,13 +19,14 @@ if [ -z "${PYTHON:-}" ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
   PYTHON=.venv/bin/python
 fi
-# pyfuse3 from its pinned sdist with patches/ applied in this order (kernel-cache mode, then the
-# inline request loop; see patches/README.md). Skipped when the installed pyfuse3 already has both
-# (NO_OPEN_SUPPORT; the request loop's _pyfuse3._resume helper). Cython comes with pyfuse3's own
-# build requirements; the sdist's shipped __init__.c is unpatched, so it is removed to force it.
+# pyfuse3 from its pinned sdist with patches/ applied in this order (kernel-cache mode, the inline
+# request loop, the lazy __version__; see patches/README.md). Skipped when the installed pyfuse3
+# already has all three (NO_OPEN_SUPPORT; the request loop's _pyfuse3._resume helper; the module
+# __getattr__ of _pyfuse3 that looks the version up). Cython comes with pyfuse3's own build
+# requirements; the sdist's shipped __init__.c is unpatched, so it is removed to force it.
 PYFUSE3_VERSION=3.5.0
-PYFUSE3_PATCHES="kernel-cache inline-requests"
-pyfuse3_patched='import pyfuse3, sys; sys.exit(not (getattr(pyfuse3, "NO_OPEN_SUPPORT", False) and hasattr(pyfuse3._pyfuse3, "_resume")))'
+PYFUSE3_PATCHES="kernel-cache inline-requests lazy-version"
+pyfuse3_patched='import pyfuse3, sys; m = pyfuse3._pyfuse3; sys.exit(not (getattr(pyfuse3, "NO_OPEN_SUPPORT", False) and hasattr(m, "_resume") and callable(vars(m).get("__getattr__"))))'
 if ! "$PYTHON" -c "$pyfuse3_patched" 2>/dev/null; then
   build="$(mktemp -d)"
   trap 'rm -rf "$build"' EXIT

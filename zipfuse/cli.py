@@ -5,7 +5,6 @@ User errors are one line on stderr and a non-zero exit code, never a traceback.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -14,14 +13,18 @@ from typing import TYPE_CHECKING
 from .errors import ZipfuseError
 
 if TYPE_CHECKING:
-    from . import launch
+    import argparse
+
+    from . import launch, spawn
     from .api import Progress
 
 # Modules are imported by the commands that use them: a mount forks its daemon before anything
-# else is imported (see spawn), and no short command pays for another's imports.
+# else is imported, even argparse (see main), and no short command pays for another's imports.
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(
         prog="zipfuse",
         description="Mount a .zip archive as a read-write directory; changes are written back "
@@ -131,11 +134,12 @@ class ProgressLine:
             self.shown = False
 
 
-def _mount(args: argparse.Namespace) -> int:
-    from . import spawn
-
-    # the daemon imports its modules while this process checks and parses the archive
-    spawned = None if args.foreground else spawn.spawn()
+def _mount(args: argparse.Namespace, spawned: spawn.Spawned | None) -> int:
+    if args.foreground and spawned is not None:  # -f hidden in combined flags (e.g. -rf)
+        spawned.abandon()
+        spawned = None
+    elif not args.foreground and spawned is None:
+        spawned = _spawn()
     try:
         prepared = _prepare(args)
     except BaseException:
@@ -242,11 +246,37 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spawn() -> spawn.Spawned:
+    from . import spawn
+
+    # the daemon imports its modules while this process checks and parses the archive
+    return spawn.spawn()
+
+
+def _early_spawn(argv: list[str]) -> spawn.Spawned | None:
+    """A mount's longest step is its daemon's imports (trio, pyfuse3): fork the daemon before
+    argparse is even imported and the parser built (20-25 ms the daemon does not need). The
+    mount ends it again if the arguments are wrong or ask for --help or --foreground."""
+    if argv[:1] != ["mount"] or {"-f", "--foreground", "-h", "--help"} & set(argv):
+        return None
+    try:
+        return _spawn()
+    except OSError:  # e.g. no process left: the mount tries again and says why
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    spawned = _early_spawn(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except BaseException:  # usage error or --help: SystemExit
+        if spawned is not None:
+            spawned.abandon()
+        raise
     try:
         if args.command == "mount":
-            return _mount(args)
+            return _mount(args, spawned)
         if args.command in ("unmount", "umount", "sync"):
             return _commit_cmd(args)
         from . import api

@@ -26,6 +26,7 @@ from __future__ import annotations
 import array
 import bisect
 import errno
+import functools
 import gc
 import itertools
 import logging
@@ -596,18 +597,15 @@ class _Loader:
     def _restore(self, state: tuple, entries: int) -> None:
         """Take a ``state()``; ValueError if it cannot belong to a directory of ``entries``."""
         names, raw_kids, dir_entry, odd, unambiguous = state
-        kids = []
-        for raw in raw_kids:
-            refs = array.array("l")
-            refs.frombytes(raw)
-            kids.append(refs)
+        kids = list(map(_refs_from_bytes, raw_kids))
         self.dir_entry = array.array("l")
         self.dir_entry.frombytes(dir_entry)
         dirs = len(names)
         if len(kids) != dirs or len(self.dir_entry) != dirs or not dirs:
             raise ValueError("index: directory tables differ in length")
-        if max(self.dir_entry) >= entries or any(
-            len(refs) and (max(refs) >= entries or min(refs) <= -dirs) for refs in kids
+        every = _refs_from_bytes(b"".join(raw_kids))  # one max and min, not one per directory
+        if max(self.dir_entry) >= entries or (
+            every and (max(every) >= entries or min(every) <= -dirs)
         ):
             raise ValueError("index: an entry or directory number is out of range")
         self.names = list(names)
@@ -942,6 +940,8 @@ def _entry_path(name: str) -> str:
 
 
 _HEAD = operator.itemgetter(0)
+# a table of entry / folder numbers from its bytes (ValueError if their length is not whole)
+_refs_from_bytes = functools.partial(array.array, "l")
 
 
 def _odd_names(names: list[bytes]) -> list[int]:

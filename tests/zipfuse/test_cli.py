@@ -321,6 +321,61 @@ def test_short_commands_never_import_trio_or_pyfuse3(tmp_path, small_zip):
         force_cleanup(str(mnt))
 
 
+def test_mount_usage_error_or_help_after_the_early_fork_leaves_nothing(tmp_path, small_zip):
+    """A mount forks its daemon before its arguments are parsed: a usage error, or --help
+    spelled so that the early check misses it (an abbreviation), must end that daemon again
+    (exit code and message from argparse as always, no process left)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for args, code, words in (
+        (["--level", "12", str(small_zip), str(mnt)], 2, "invalid choice"),
+        ([str(small_zip)], 2, "the following arguments are required: MOUNTPOINT"),
+        (["--he"], 0, "MOUNTPOINT"),
+    ):
+        proc, heavy = run_probed("mount", *args)
+        assert proc.returncode == code, (args, proc.stderr)
+        assert words in (proc.stderr if code else proc.stdout), (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert "CHILDREN=\n" in proc.stdout, args  # the early daemon is gone (and reaped)
+        assert heavy == []
+    assert str(mnt) not in registry.fuse_mounts()
+    assert registry.records() == []
+
+
+def test_foreground_in_combined_flags_ends_the_early_daemon(tmp_path, small_zip):
+    """``-rf`` hides --foreground from the check made before parsing: the daemon forked early
+    is ended, and the command's own process mounts and serves (no second process)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        [*ZIPFUSE_CMD, "mount", "-rf", str(small_zip), str(mnt)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while str(mnt) not in registry.fuse_mounts():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the foreground mount did not come up"
+            time.sleep(0.05)
+        assert (mnt / "dir" / "file.txt").read_text() == "hello\n"
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            assert f.read().split() == []
+        assert [r["pid"] for r in registry.records()] == [proc.pid]
+        done = run("unmount", str(mnt))
+        assert done.returncode == 0, done.stderr
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            force_cleanup(str(mnt))
+            proc.wait(timeout=60)
+        if proc.stderr:
+            proc.stderr.close()
+    assert str(mnt) not in registry.fuse_mounts()
+
+
 def test_mount_refused_after_the_daemon_was_forked_leaves_nothing(tmp_path, small_zip):
     """The daemon is forked before the archive is checked: a refusal must end it at once (no
     process left, the command returns promptly with the one-line reason)."""

@@ -146,6 +146,17 @@ def test_state_that_does_not_fit_is_refused(tmp_path: Path) -> None:
             Namespace.from_archive(other, 0, 0, 0, (names, [k + far for k in kids], *state[2:]))
         with pytest.raises(ValueError):  # tables of different lengths
             Namespace.from_archive(other, 0, 0, 0, (names + [b"x"], kids, dir_entry, odd, True))
+        assert len(kids) == 2 and kids[0] and kids[1]  # the root (d/, g) and d (f)
+        for bad in (
+            [kids[0], kids[1] + far],  # past the last entry in one directory only
+            [kids[0], kids[1] + array.array("l", [-len(names)]).tobytes()],  # no such folder
+            [kids[0], kids[1] + b"\0"],  # not a whole number of references
+            [kids[0] + kids[1][:4], kids[1][4:]],  # the same bytes, split mid-reference
+        ):
+            with pytest.raises(ValueError):
+                Namespace.from_archive(other, 0, 0, 0, (names, bad, *state[2:]))
+        ns = Namespace.from_archive(other, 0, 0, 0, state)  # the control: it fits
+        assert ns.index_state() == state
     finally:
         os.close(fd)
 
