@@ -149,16 +149,19 @@ class Node:
         return None if type(entry) is int else entry  # type: ignore[return-value]
 
     def _decode(self) -> ZipEntry:
-        """Decode the entry of a node made from a record's stats (see ``_Records``), with
-        those of its siblings not decoded yet: a file that is read is seldom the only one of
-        its directory, and one pass over close records costs a fraction of one pass each."""
+        """Decode the entry of a node made from a record's stats (see ``_Records``). The
+        first one of a directory is decoded alone (an import reads one file of many it
+        listed); from the second on, with every sibling not decoded yet (a program reading
+        the directory's files: one pass over close records costs a fraction of one each)."""
         records = self._path
         assert isinstance(records, _Records)
         parent = self.parent
         if parent is not None and type(parent) is Node:  # listed (it holds this node)
-            group = [n for n in parent.kids.values() if type(n._entry) is int]
-            records.decode(group, self)
-        if type(self._entry) is int:  # not in its parent's listing (no name left)
+            kids = parent.kids
+            group = [n for n in kids.values() if type(n._entry) is int]
+            if len(group) < len(kids):  # not the first (or not only entries here)
+                records.decode(group, self)
+        if type(self._entry) is int:
             records.decode([self])
         return self._entry  # type: ignore[return-value]  # decoded
 

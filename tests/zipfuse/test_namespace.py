@@ -356,7 +356,9 @@ def test_listed_entries_are_decoded_when_first_needed(tmp_path: Path) -> None:
         assert top.kids[b"f1"].size == len(b"top/f1") and top.kids[b"f2"].size == len(b"top/f2")
         entry = files[1].entry
         assert entry is not None and entry.name == "top/f2"
-        assert all(n.decoded_entry is not None for n in [*files, sub])  # its directory's
+        assert [n.decoded_entry is not None for n in [*files, sub]] == [False, True, False, False]
+        assert files[0].entry_path == "top/f1"  # a second one: with its directory's others
+        assert all(n.decoded_entry is not None for n in [*files, sub])
         assert all(n.decoded_entry is None for n in late.kids.values())  # not another's
         lazy = _tree(ns)
         eager = _by_lookups(_fresh(fd))
