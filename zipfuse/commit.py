@@ -66,7 +66,7 @@ def plan(ns: Namespace) -> list[Item]:
     """Snapshot the whole tree as the entries of the new archive (every directory is listed:
     a full rewrite, or a tree ``plan_changes`` cannot vouch for)."""
     items: list[Item] = []
-    for path, node in ns.walk():
+    for path, node in ns.walk(entries=True):
         item = _item(path, node)
         if item is not None:
             items.append(item)
@@ -159,6 +159,7 @@ def plan_changes(
     stale: set[int] = set()
     items: list[Item] = []
     todo.pop(ns.root, None)  # never an entry of its own
+    ns.decode_entries(todo)  # together: a moved directory's subtree is one read, not one each
     for node in todo:
         entry = node.entry
         if entry is not None and node.entry_path is None:

@@ -19,12 +19,18 @@ Loading is lazy: a mount only sorts the archive's names into per-directory lists
 a directory's child nodes (and their decoded entries) are made the first time its ``children``
 are used (lookup, readdir, a mutation, a commit's walk). Until then it is a ``_LazyDir``, which
 has the same attributes (``nlink`` and, with an entry, its metadata are already right).
+
+Entries are lazy too: listing a directory reads from each record in a usual layout only what
+its node shows (``CentralDirectory.stats_at``), and the node keeps the record's index; its
+``ZipEntry`` is decoded from the archive the first time ``entry`` or ``entry_path`` is asked
+for (a read, a copy-up, a commit). A cold walk (``find``, ``ls -lR``) then decodes nothing.
 """
 
 from __future__ import annotations
 
 import array
 import bisect
+import contextlib
 import errno
 import functools
 import gc
@@ -38,7 +44,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, cast
 
 from .names import sanitize
-from .zipformat import MAX_DEPTH, CentralDirectory, ZipEntry, ZipFormatError
+from .zipformat import MAX_DEPTH, CentralDirectory, RecordStat, ZipEntry, ZipFormatError
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +66,8 @@ class Node:
         "atime_ns",
         "ctime_ns",
         "nlink",
-        "entry",
-        "entry_path",
+        "_entry",
+        "_path",
         "spill",
         "target",
         "children",
@@ -84,8 +90,10 @@ class Node:
         self.size = 0
         self.mtime_ns = self.atime_ns = self.ctime_ns = now_ns
         self.nlink = 2 if stat.S_ISDIR(mode) else 1
-        self.entry: ZipEntry | None = None  # where clean bytes live
-        self.entry_path: str | None = None  # the entry's sanitised path, to detect renames
+        # ``entry`` and ``entry_path``; for an entry not decoded yet, its record's index in the
+        # mounted archive and the ``_Records`` it is decoded from
+        self._entry: ZipEntry | int | None = None
+        self._path: str | _Records | None = None
         self.spill: str | None = None  # spill file with the current content (dirty)
         self.target: bytes | None = None  # symlink target, once known
         self.children: dict[bytes, Node] | None = {} if stat.S_ISDIR(mode) else None
@@ -101,6 +109,83 @@ class Node:
     @property
     def is_dir(self) -> bool:
         return self.children is not None
+
+    @property
+    def entry(self) -> ZipEntry | None:
+        """Where the clean bytes live: the archive entry the node was made from or last
+        committed as (None: a new node); decoded here the first time (OSError EIO if the
+        archive can no longer give it)."""
+        entry = self._entry
+        if type(entry) is int:
+            return self._decode()
+        return entry  # type: ignore[return-value]  # not an int
+
+    @entry.setter
+    def entry(self, value: ZipEntry | None) -> None:
+        if type(self._entry) is int:
+            self._decode()  # its path (``entry_path``) stays
+        self._entry = value
+
+    @property
+    def entry_path(self) -> str | None:
+        """The entry's sanitised path, to detect renames; None when the entry is not in the
+        current archive (a deleted file still open, reading an older one)."""
+        path = self._path
+        if type(path) is _Records:
+            self._decode()
+            path = self._path
+        return path  # type: ignore[return-value]  # decoded
+
+    @entry_path.setter
+    def entry_path(self, value: str | None) -> None:
+        if type(self._entry) is int:
+            self._decode()
+        self._path = value
+
+    @property
+    def decoded_entry(self) -> ZipEntry | None:
+        """``entry`` if it is decoded already, else None, without decoding anything (for a
+        pass over every node: an entry not decoded yet is still where the node was listed)."""
+        entry = self._entry
+        return None if type(entry) is int else entry  # type: ignore[return-value]
+
+    def _decode(self) -> ZipEntry:
+        """Decode the entry of a node made from a record's stats (see ``_Records``). The
+        first one of a directory is decoded alone (an import reads one file of many it
+        listed); from the second on, with every sibling not decoded yet (a program reading
+        the directory's files: one pass over close records costs a fraction of one each)."""
+        records = self._path
+        assert isinstance(records, _Records)
+        parent = self.parent
+        if parent is not None and type(parent) is Node:  # listed (it holds this node)
+            kids = parent.kids
+            group = [n for n in kids.values() if type(n._entry) is int]
+            if len(group) < len(kids):  # not the first (or not only entries here)
+                records.decode(group, self)
+        if type(self._entry) is int:
+            records.decode([self])
+        return self._entry  # type: ignore[return-value]  # decoded
+
+    def _set_decoded(self, entry: ZipEntry) -> None:
+        self._entry = entry
+        name = entry.name
+        self._path = name[:-1] if name.endswith("/") else name  # a plain name (see _plain)
+        # the values are the entry's: keep one copy of each number
+        if self.mode == entry.mode:
+            self.mode = entry.mode
+        if self.uid == entry.uid:
+            self.uid = entry.uid
+        if self.gid == entry.gid:
+            self.gid = entry.gid
+        if self.size == entry.file_size:
+            self.size = entry.file_size
+        mtime = entry.mtime_ns
+        if self.mtime_ns == mtime:
+            self.mtime_ns = mtime
+        if self.ctime_ns == mtime:
+            self.ctime_ns = mtime
+        if self.atime_ns == mtime:
+            self.atime_ns = mtime
 
     @property
     def kids(self) -> dict[bytes, Node]:
@@ -233,6 +318,7 @@ class Namespace:
         self.changes = 0  # bumped by every mutation; commit compares it
         self.on_drop: list = []  # callbacks(node) when an inode disappears (spill cleanup)
         self._loader: _Loader | None = None  # directories of the archive not listed yet
+        self._records: _Records | None = None  # where entries not decoded yet come from
         # What a commit must look at (see commit.plan_changes): nodes whose name, metadata or
         # data may differ from their entry, directories moved (their subtrees' paths changed),
         # and whether a hard link was ever made (extra names have no node of their own).
@@ -263,6 +349,7 @@ class Namespace:
         if cd is None:
             return ns
         ns._loader = _Loader(ns, cd, now_ns, state)
+        ns._records = ns._loader.records
         ns._loader.adopt_root(ns.root)
         ns.unambiguous = ns._loader.unambiguous
         ns.changes = 0
@@ -272,6 +359,29 @@ class Namespace:
         """The directory structure built from the archive (see ``from_archive``), while no
         directory has been listed; None when there is none (a new archive)."""
         return None if self._loader is None else self._loader.state()
+
+    def renumber(self, cd: CentralDirectory, dropped: Sequence[int]) -> None:
+        """The archive was appended to: its directory is now ``cd``, which lists the old
+        entries but ``dropped`` (ascending) in their order, then new ones. Directories not
+        listed yet and entries not decoded yet keep the indices of the mounted archive (see
+        ``_Records``), so a commit does not pay for what nobody looked at (the dropped
+        entries are those of touched nodes, whose entries the commit's plan decoded)."""
+        if self._records is not None:
+            self._records.renumber(cd, dropped)
+
+    def decode_entries(self, nodes: Iterable[Node]) -> None:
+        """Decode the entries of ``nodes`` not decoded yet, reading close records together
+        (a commit that copies every entry: one read per directory, not one per entry)."""
+        lazy = [n for n in nodes if type(n._entry) is int]
+        if lazy and self._records is not None:
+            self._records.decode(lazy)
+
+    def drop_records(self) -> None:
+        """The archive was rewritten and every node's entry is one of the new archive's (or
+        was decoded before, for a deleted file still open): the mounted directory goes."""
+        if self._records is not None:
+            self._records.cd = None
+            self._records = None
 
     # ----------------------------------------------------------------------------- basics
     def _new_node(self, mode: int, uid: int, gid: int, now_ns: int) -> Node:
@@ -349,6 +459,13 @@ class Namespace:
             return parent
         if name == b"..":
             return parent.parent
+        if type(parent) is _LazyDir:
+            # a lookup by name, not a listing, is the first look into it: names are being
+            # opened (a program reading files by path), so the entries are decoded with the
+            # nodes, in one pass (a listing leaves them to the first read: see Node.entry)
+            assert parent.pending is not None
+            loader, index = parent.pending
+            loader.load(parent, index, entries=True)
         return parent.kids.get(name)
 
     def listing(self, directory: Node) -> Listing:
@@ -536,17 +653,24 @@ class Namespace:
         self._attach(p2, n2, a)
 
     # ----------------------------------------------------------------------------- walking
-    def walk(self) -> Iterator[tuple[str, Node]]:
+    def walk(self, *, entries: bool = False) -> Iterator[tuple[str, Node]]:
         """Every (path, node) below the root, depth first, parents first, in each directory's
-        insertion order (deterministic: archive order, then creation order)."""
-        stack = [("", iter(self.root.kids.items()))]
+        insertion order (deterministic: archive order, then creation order). ``entries``:
+        decode the entries of each directory's children first (``decode_entries``)."""
+        kids = self.root.kids
+        if entries:
+            self.decode_entries(kids.values())
+        stack = [("", iter(kids.items()))]
         while stack:
             prefix, it = stack[-1]
             for name, child in it:
                 path = prefix + name.decode("utf-8", "surrogateescape")
                 yield path, child
-                if child.children is not None:
-                    stack.append((path + "/", iter(child.children.items())))
+                kids = child.children  # type: ignore[assignment]
+                if kids is not None:
+                    if entries:
+                        self.decode_entries(kids.values())
+                    stack.append((path + "/", iter(kids.items())))
                     break
             else:
                 stack.pop()
@@ -554,6 +678,61 @@ class Namespace:
     def count(self) -> int:
         """Inodes in use, counting the entries of directories not listed yet."""
         return len(self.nodes) + (self._loader.unlisted if self._loader else 0)
+
+
+class _Records:
+    """Where the entries not decoded yet come from: the mounted archive's directory, followed
+    through appends. A node made from a record's stats keeps the record's index in the mounted
+    archive; ``renumber`` records what each append dropped, so the index still finds the
+    record (a record that is dropped belongs to a node a commit looked at, which decoded it).
+    """
+
+    __slots__ = ("cd", "gens")
+
+    def __init__(self, cd: CentralDirectory) -> None:
+        self.cd: CentralDirectory | None = cd  # None: replaced by a rewrite (nothing is lazy)
+        self.gens: list[Sequence[int]] = []  # entries dropped by each append (see renumber)
+
+    def renumber(self, cd: CentralDirectory, dropped: Sequence[int]) -> None:
+        """The archive was appended to: its directory is now ``cd``, which lists the old
+        entries but ``dropped`` (ascending) in their order, then new ones."""
+        self.cd = cd
+        if len(dropped):
+            self.gens.append(dropped)
+
+    def now(self, index: int) -> int:
+        """The index in the current directory of entry ``index`` of the mounted archive."""
+        for dropped in self.gens:
+            index -= bisect.bisect_left(dropped, index)
+        return index
+
+    def decode(self, nodes: list[Node], asked: Node | None = None) -> None:
+        """Decode the entries of ``nodes`` (made from stats: ``_entry`` is a record index),
+        close records with one read. If that fails, each node's alone: a record the archive
+        can no longer give fails its own node only (logged), with OSError EIO when it is
+        ``asked`` (or the only one)."""
+        cd = self.cd
+        if cd is None:
+            log.error("an entry of a replaced archive was asked for")
+            raise OSError(errno.EIO, "the archive was replaced")
+        indices = [cast(int, n._entry) for n in nodes]
+        if self.gens:
+            indices = [self.now(i) for i in indices]
+        try:
+            entries = cd.entries_at(indices) if len(indices) > 1 else [cd.entry(indices[0])]
+        except ZipFormatError as exc:
+            if len(nodes) == 1:
+                log.error("cannot read an entry of the archive: %s", exc)
+                raise OSError(errno.EIO, str(exc)) from None
+            for node in nodes:
+                if node is not asked:
+                    with contextlib.suppress(OSError):  # logged
+                        self.decode([node])
+            if asked is not None and type(asked._entry) is int:
+                self.decode([asked])
+            return
+        for node, entry in zip(nodes, entries, strict=True):
+            node._set_decoded(entry)
 
 
 class _Loader:
@@ -572,13 +751,12 @@ class _Loader:
         """``state``: what ``state()`` returned for the same directory (``indexcache``): the
         scan is skipped."""
         self.ns = ns
-        self.cd: CentralDirectory | None = cd
+        self.records = _Records(cd)  # the directory (followed through appends)
         self.now_ns = now_ns
         self.names: list[bytes] = [b""]
         self.kids: list[array.array | None] = [array.array("l")]
         self.dir_entry = array.array("l", [-1])
         self.odd: frozenset[int] = frozenset()  # entries whose name needed sanitising
-        self.gens: list[Sequence[int]] = []  # entries dropped by each append (see renumber)
         if state is None:
             self._scan(cd)
         else:
@@ -590,7 +768,7 @@ class _Loader:
     def state(self) -> tuple:
         """The scan's result as plain values (bytes, ints, lists), before any directory is
         listed: ``indexcache`` keeps it so the next mount of the same archive skips the scan."""
-        assert self.pending_dirs == len(self.names) and not self.gens, "listed already"
+        assert self.pending_dirs == len(self.names) and not self.records.gens, "listed already"
         kids = [k.tobytes() for k in self.kids if k is not None]
         return (self.names, kids, self.dir_entry.tobytes(), sorted(self.odd), self.unambiguous)
 
@@ -747,22 +925,6 @@ class _Loader:
             self.kids[parent].append(-sub)  # type: ignore[union-attr]
         return sub
 
-    def renumber(self, cd: CentralDirectory, dropped: Sequence[int]) -> None:
-        """The archive was appended to: its directory is now ``cd``, which lists the old
-        entries but ``dropped`` (ascending) in their order, then new ones. The indices kept
-        here stay those of the mounted archive; ``_now`` translates them when a directory is
-        listed, so a commit does not pay for the directories nobody listed (the dropped
-        entries are those of touched nodes, whose directories are listed already)."""
-        self.cd = cd
-        if len(dropped):
-            self.gens.append(dropped)
-
-    def _now(self, index: int) -> int:
-        """The index in the current directory of entry ``index`` of the mounted archive."""
-        for dropped in self.gens:
-            index -= bisect.bisect_left(dropped, index)
-        return index
-
     def adopt_root(self, root: Node) -> None:
         self._make_lazy(root, 0)
 
@@ -773,33 +935,40 @@ class _Loader:
         node.pending = (self, index)
         node.nlink = 2 + sum(1 for ref in kids if ref < 0)
 
-    def load(self, node: Node, index: int) -> None:
-        """Make the nodes of directory ``index``'s children; ``node`` becomes a plain Node."""
+    def load(self, node: Node, index: int, entries: bool = False) -> None:
+        """Make the nodes of directory ``index``'s children; ``node`` becomes a plain Node.
+        ``entries``: decode their entries now (else each is decoded when first needed)."""
         collecting = gc.isenabled()
         gc.disable()  # thousands of long-lived objects: no collection pass in the middle
         try:
-            self._load(node, index)
+            self._load(node, index, entries)
         finally:
             if collecting:
                 gc.enable()
 
-    def _load(self, node: Node, index: int) -> None:
+    def _load(self, node: Node, index: int, entries: bool) -> None:
         refs = self.kids[index]
-        assert refs is not None and self.cd is not None
+        records = self.records
+        assert refs is not None and records.cd is not None
         want = [ref for ref in refs if ref >= 0]
         files = len(want)
         want += [self.dir_entry[-ref] for ref in refs if ref < 0 and self.dir_entry[-ref] >= 0]
+        odd = self.odd
+        plain = self.unambiguous and (not odd or odd.isdisjoint(want))
         try:
-            now = [self._now(i) for i in want] if self.gens else want
-            entries = self.cd.entries_at(now)
+            # the indices kept here are those of the mounted archive (see _Records)
+            now = [records.now(i) for i in want] if records.gens else want
+            if plain and not entries:
+                got: list[Any] = records.cd.stats_at(now)
+            else:
+                got = records.cd.entries_at(now)
         except ZipFormatError as exc:
             log.error("cannot list a directory of the archive: %s", exc)
             raise OSError(errno.EIO, str(exc)) from None
-        odd = self.odd
-        if self.unambiguous and (not odd or odd.isdisjoint(want)):
-            children, subdirs = self._plain_children(node, refs, entries, files)
+        if plain:
+            children, subdirs = self._plain_children(node, refs, got, files)
         else:
-            children, subdirs = self._chosen_children(node, refs, want, entries)
+            children, subdirs = self._chosen_children(node, refs, want, got)
         self.unlisted -= len(refs)
         self.kids[index] = None
         node.__class__ = Node
@@ -807,35 +976,49 @@ class _Loader:
         node.children = children
         node.nlink = 2 + subdirs
         self.pending_dirs -= 1
-        if not self.pending_dirs:  # everything is built: the directory copy is not needed
-            self.cd = None
+        if not self.pending_dirs:  # everything is built (the records stay: see _Records)
             self.ns._loader = None
 
     def _plain_children(
-        self, node: Node, refs: array.array, entries: list[ZipEntry], files: int
+        self,
+        node: Node,
+        refs: array.array,
+        stats: list[RecordStat | ZipEntry],
+        files: int,
     ) -> tuple[dict[bytes, Node], int]:
         """The children of a directory whose entries each give a node of their own under
         their name as stored (the archive is ``unambiguous`` and no name here needed
-        sanitising): one pass in archive order. ``entries``: those of the ``files`` files in
-        order, then those of the subdirectories that have one (as ``_load`` asks for them)."""
+        sanitising): one pass in archive order. ``stats``: what ``stats_at`` gave of the
+        records of the ``files`` files in order, then of those of the subdirectories that
+        have one (as ``_load`` asks for them)."""
         ns, now_ns, names, dir_entry = self.ns, self.now_ns, self.names, self.dir_entry
-        file_entries = iter(entries)
-        dir_entries = iter(entries[files:])
+        records = self.records
+        file_stats = iter(stats)
+        dir_stats = iter(stats[files:])
         children: dict[bytes, Node] = {}
         subdirs = 0
         for ref in refs:
             if ref >= 0:
-                entry = next(file_entries)
-                path = entry.name
-                name = _enc(path[path.rfind("/") + 1 :])
-                children[name] = _file_node(ns, entry, path, node, name)
+                got = next(file_stats)
+                if type(got) is tuple:
+                    name = got[6]
+                    children[name] = _stat_node(ns, got, ref, records, node, name)
+                else:
+                    entry = cast(ZipEntry, got)
+                    path = entry.name
+                    name = _enc(path[path.rfind("/") + 1 :])
+                    children[name] = _file_node(ns, entry, path, node, name)
             else:
                 name = names[-ref]
                 child = ns._new_node(stat.S_IFDIR | 0o755, ns.uid, ns.gid, now_ns)
                 self._make_lazy(child, -ref)
                 if dir_entry[-ref] >= 0:
-                    entry = next(dir_entries)
-                    _apply(child, entry, entry.name[:-1], ns)
+                    got = next(dir_stats)
+                    if type(got) is tuple:
+                        _apply_stat(child, got, dir_entry[-ref], records)
+                    else:
+                        entry = cast(ZipEntry, got)
+                        _apply(child, entry, entry.name[:-1], ns)
                 child.parent, child.name = node, name
                 children[name] = child
                 subdirs += 1
@@ -908,8 +1091,8 @@ def _file_node(ns: Namespace, entry: ZipEntry, path: str, parent: Node, name: by
     node.atime_ns = mtime if entry.atime_ns is None else entry.atime_ns
     is_dir = (mode & 0o170000) == stat.S_IFDIR
     node.nlink = 2 if is_dir else 1
-    node.entry = entry
-    node.entry_path = path
+    node._entry = entry
+    node._path = path
     node.spill = node.target = node.links = node.pending = node.listing = None
     node.children = {} if is_dir else None
     node.parent = parent
@@ -917,6 +1100,41 @@ def _file_node(ns: Namespace, entry: ZipEntry, path: str, parent: Node, name: by
     node.lookups = node.opens = 0
     node.meta_dirty = False
     return node
+
+
+def _stat_node(
+    ns: Namespace, st: RecordStat, index: int, records: _Records, parent: Node, name: bytes
+) -> Node:
+    """``_file_node`` for a record's stats (``stats_at``): the entry of record ``index`` is
+    decoded from ``records`` when it is first needed."""
+    node = _NEW_NODE(Node)
+    node.ino = ino = ns._next_ino
+    ns._next_ino = ino + 1
+    ns.nodes[ino] = node
+    node.mode, node.uid, node.gid, node.size, mtime, node.atime_ns, _ = st
+    node.mtime_ns = node.ctime_ns = mtime
+    node.rdev = 0
+    if (node.mode & 0o170000) == stat.S_IFDIR:  # not expected: a plain name ending in '/'
+        node.nlink, node.children = 2, {}
+    else:
+        node.nlink, node.children = 1, None
+    node._entry = index
+    node._path = records
+    node.spill = node.target = node.links = node.pending = node.listing = None
+    node.parent = parent
+    node.name = name
+    node.lookups = node.opens = 0
+    node.meta_dirty = False
+    return node
+
+
+def _apply_stat(node: Node, st: RecordStat, index: int, records: _Records) -> None:
+    """``_apply`` for a record's stats: the entry is decoded when first needed."""
+    node.mode, node.uid, node.gid, _, mtime, node.atime_ns, _ = st
+    node.mtime_ns = node.ctime_ns = mtime
+    node.rdev = 0
+    node._entry = index
+    node._path = records
 
 
 def _apply(node: Node, entry: ZipEntry, path: str, ns: Namespace) -> None:
@@ -927,8 +1145,8 @@ def _apply(node: Node, entry: ZipEntry, path: str, ns: Namespace) -> None:
     node.gid = ns.gid if entry.gid is None else entry.gid
     node.mtime_ns = node.ctime_ns = entry.mtime_ns
     node.atime_ns = entry.mtime_ns if entry.atime_ns is None else entry.atime_ns
-    node.entry = entry
-    node.entry_path = path
+    node._entry = entry
+    node._path = path
 
 
 def _entry_path(name: str) -> str:

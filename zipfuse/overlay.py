@@ -697,6 +697,7 @@ class Overlay:
                 for n in itertools.chain(nodes.values(), gone)
                 if n.entry is not None and n.ino not in seen
             ]
+            self.ns.drop_records()  # every entry is decoded now (see Namespace.walk)
         else:
             orphans = self._renumber(cd, snap.append, gone)
             kept = snap.append.kept_count
@@ -748,16 +749,14 @@ class Overlay:
         directories not listed yet); return the nodes whose entry was dropped without a new
         one (deleted since the last commit)."""
         dropped = changes.dropped
-        loader = self.ns._loader
-        if loader is not None:
-            loader.renumber(cd, dropped)
+        self.ns.renumber(cd, dropped)
         if not len(dropped):  # only new entries, after the old ones: same indices
             return []
         written = {i.node.ino for i in changes.items}
         orphans = []
         first = dropped[0]
         for node in itertools.chain(self.ns.nodes.values(), gone):
-            entry = node.entry
+            entry = node.decoded_entry  # one not decoded yet is not dropped (Namespace.renumber)
             if entry is None or node.entry_path is None or entry.index < first:
                 continue  # none, an older archive's, or before the first dropped one
             below = bisect.bisect_left(dropped, entry.index)

@@ -118,6 +118,12 @@ class ZipEntry:
         return bool(self.flags & FLAG_ENCRYPTED)
 
 
+# What a node needs of a record in a usual layout (``CentralDirectory.stats_at``): st_mode, uid,
+# gid, size, mtime_ns, atime_ns (the mtime when the record has none), and the last component of
+# the name as stored (b"" for a directory's own entry)
+RecordStat = tuple[int, int, int, int, int, int, bytes]
+
+
 class CentralDirectory:
     """The parsed central directory plus archive-level facts.
 
@@ -194,7 +200,10 @@ class CentralDirectory:
     def entry(self, index: int) -> ZipEntry:
         if self._entries is not None:
             return self._entries[index]
-        return self.entries_at((index,))[0]
+        start, end = self._offs[index], self._offs[index + 1]
+        if self._buf is not None:
+            return _decode_records(self._buf, (start,), (index,), self._concat)[0]
+        return _decode_records(self._read(start, end - start), (0,), (index,), self._concat)[0]
 
     def header_offsets(self) -> array.array:
         """Absolute local header offset of every entry, in directory order (no decoding)."""
@@ -202,26 +211,39 @@ class CentralDirectory:
 
     def entries_at(self, indices: Sequence[int]) -> list[ZipEntry]:
         """Decode the given records; once detached, one pread covers them when they are close."""
+        return cast("list[ZipEntry]", self._records_at(indices, False))
+
+    def stats_at(self, indices: Sequence[int]) -> list[RecordStat | ZipEntry]:
+        """What listing a directory needs of the given records: a ``RecordStat`` for each
+        record in a usual layout (see ``_decode_records``), the decoded ``ZipEntry`` of any
+        other. No ``ZipEntry`` is made for the former: ``entry`` decodes one when a read or a
+        commit needs it, and gives exactly the metadata of its ``RecordStat``."""
+        return self._records_at(indices, True)
+
+    def _records_at(self, indices: Sequence[int], stats: bool) -> list[Any]:
         if self._entries is not None:
             return [self._entries[i] for i in indices]
         offs, concat = self._offs, self._concat
-        buf, base = self._buf, 0
+        buf = self._buf
+        starts = list(map(offs.__getitem__, indices))  # C-level passes: once per listing
         if buf is None and indices:
             first, last = min(indices), max(indices)
             span = offs[last + 1] - offs[first]
-            if span <= 2 * sum(offs[i + 1] - offs[i] for i in indices) + 65536:
-                buf, base = self._read(offs[first], span), offs[first]
-            else:
-                return self._entries_apart(indices)
+            size = sum(map(offs.__getitem__, map(_NEXT, indices))) - sum(starts)
+            if span > 2 * size + 65536:
+                return self._records_apart(indices, stats)
+            base = offs[first]
+            buf = self._read(base, span)
+            starts = list(map(operator.sub, starts, itertools.repeat(base)))
         if buf is None:  # no indices
             return []
-        return _decode_records(buf, [offs[i] - base for i in indices], indices, concat)
+        return _decode_records(buf, starts, indices, concat, stats)
 
-    def _entries_apart(self, indices: Sequence[int]) -> list[ZipEntry]:
-        """``entries_at`` of a detached directory for records far apart (a directory's files
+    def _records_apart(self, indices: Sequence[int], stats: bool) -> list[Any]:
+        """``_records_at`` of a detached directory for records far apart (a directory's files
         and its subdirectories' own entries): one read per cluster of close records."""
         offs, concat = self._offs, self._concat
-        out: list[ZipEntry | None] = [None] * len(indices)
+        out: list[Any] = [None] * len(indices)
         order = sorted(range(len(indices)), key=indices.__getitem__)
         cluster: list[int] = []
         for k in [*order, -1]:  # -1: the end
@@ -230,12 +252,12 @@ class CentralDirectory:
                 buf = self._read(offs[first], offs[last + 1] - offs[first])
                 wanted = [indices[j] for j in cluster]
                 positions = [offs[i] - offs[first] for i in wanted]
-                entries = _decode_records(buf, positions, wanted, concat)
+                entries = _decode_records(buf, positions, wanted, concat, stats)
                 for j, entry in zip(cluster, entries, strict=True):
                     out[j] = entry
                 cluster = []
             cluster.append(k)
-        return cast("list[ZipEntry]", out)
+        return out
 
     def _read(self, start: int, size: int) -> bytes:
         assert self._fd is not None
@@ -334,6 +356,10 @@ class CentralDirectory:
         return names
 
 
+_NEXT = (1).__add__
+# a central record's signature, made-by system, csize, usize, name and extra lengths, external
+# attributes and local header offset (what ``_stat_records`` uses)
+_STAT_HEAD = struct.Struct("<4sxB14xLLHH6xLL")
 # from offset 5 of a central record: made-by system, csize, usize, name, extra and comment
 # lengths, disk, external attributes, local header offset
 _CDFIELDS = struct.Struct("<B14xLLHHHH2xLL")
@@ -802,18 +828,27 @@ def _decode_record(buf: bytes, pos: int, index: int, concat: int) -> ZipEntry:
 
 
 def _decode_records(
-    buf: bytes, positions: Sequence[int], indices: Sequence[int], concat: int
-) -> list[ZipEntry]:
-    """``_decode_record`` for many records, with the common case decoded inline.
+    buf: bytes,
+    positions: Sequence[int],
+    indices: Sequence[int],
+    concat: int,
+    stats: bool = False,
+) -> list[Any]:
+    """``_decode_record`` for many records, with the usual layouts decoded inline.
 
-    Listing a directory decodes all of its entries; records in the usual Info-ZIP layout
-    (ASCII name, 'UT' + 'ux' extra, no zip64, a regular file, directory or short symlink) take
-    one unpack each here and give exactly what ``_decode_record`` gives. Anything else goes
-    through ``_decode_record``.
+    Listing a directory decodes all of its entries; records in a usual layout (ASCII name, no
+    zip64, a regular file, directory or short symlink made on Unix, and as extra field either
+    Info-ZIP's 'UT' + 'ux', or zipfuse's own 'UT' + 'ux' + NTFS times) take one or two unpacks
+    each here and give exactly what ``_decode_record`` gives. Anything else goes through
+    ``_decode_record``. With ``stats``, a record in a usual layout gives its ``RecordStat``
+    instead of a ``ZipEntry`` (what a node needs, with the base name; a fraction of the cost).
     """
-    out: list[ZipEntry] = []
+    if stats:
+        return _stat_records(buf, positions, indices, concat)
+    out: list[Any] = []
     head = zipspec.CENTRAL_HEADER.unpack_from
     infozip = _INFOZIP_FIXED.unpack_from
+    own = _ZIPFUSE_FIXED.unpack_from
     hsize = zipspec.CENTRAL_HEADER.size
     sig = zipspec.CENTRAL_SIG
     append = out.append
@@ -821,26 +856,83 @@ def _decode_records(
         (signature, made_version, made_system, extract_version, flags, method, dos_time,
          dos_date, crc, csize, usize, nlen, elen, clen, _, _, external, offset,
          ) = head(buf, pos)  # fmt: skip
-        if elen == 24 and signature == sig and made_system == 3:  # the Info-ZIP extra's size
+        if (elen == 24 or elen == 60) and signature == sig and made_system == 3:
             start = pos + hsize
             xpos = start + nlen
-            ut, ut_flags, mtime, ux, uid, gsz, gid = infozip(buf, xpos)
+            atime_ns = None
+            if elen == 24:  # Info-ZIP: 'UT' (mtime) + 'ux'
+                ut, ut_flags, mtime, ux, uid, gsz, gid = infozip(buf, xpos)
+                mtime_ns = mtime * 1_000_000_000
+                times = ut_flags & 1
+            else:  # zipfuse: 'UT' + 'ux' + NTFS times (which win over 'UT')
+                ut, _, _, ux, uid, gsz, gid, ntfs, tag, nt_mtime, nt_atime = own(buf, xpos)
+                mtime_ns = (nt_mtime - _NTFS_DELTA) * 100
+                if nt_atime:
+                    atime_ns = (nt_atime - _NTFS_DELTA) * 100
+                times = (
+                    ntfs == _NTFS_32 and tag == _NTFS_TAG1_24 and nt_mtime  # 0: not recorded
+                    and _NS_MIN <= mtime_ns <= _NS_MAX
+                    and (atime_ns is None or _NS_MIN <= atime_ns <= _NS_MAX)
+                )  # fmt: skip
             raw = buf[start:xpos]
             unix = external >> 16
             kind = unix & 0o170000
             if (
-                ut == _UT_MTIME and ux == _UX_32 and ut_flags & 1 and gsz == 4 and raw.isascii()
+                times and ut == _UT_MTIME and ux == _UX_32 and gsz == 4 and raw.isascii()
                 and (kind in _FILE_OR_DIR or (kind == _S_IFLNK and usize < _PATH_MAX))
                 and csize != 0xFFFFFFFF and usize != 0xFFFFFFFF and offset != 0xFFFFFFFF
             ):  # fmt: skip
-                comment = buf[xpos + 24 : xpos + 24 + clen] if clen else b""
+                end = xpos + elen
+                comment = buf[end : end + clen] if clen else b""
                 entry = ZipEntry(
                     index, raw.decode("ascii"), flags, method, crc, csize, usize,
                     offset + concat, made_system, made_version, extract_version, external,
-                    unix, uid, gid, mtime * 1_000_000_000, None, dos_time, dos_date,
-                    buf[xpos : xpos + 24], comment, b"", 0,
+                    unix, uid, gid, mtime_ns, atime_ns, dos_time, dos_date,
+                    buf[xpos:end], comment, b"", 0,
                 )  # fmt: skip
                 append(entry)
+                continue
+        append(_decode_record(buf, pos, index, concat))
+    return out
+
+
+def _stat_records(
+    buf: bytes, positions: Sequence[int], indices: Sequence[int], concat: int
+) -> list[RecordStat | ZipEntry]:
+    """``_decode_records`` with ``stats``: the same usual layouts, tested the same way (kept
+    in step with it by tests), read with a header struct of only the fields used here."""
+    out: list[RecordStat | ZipEntry] = []
+    head = _STAT_HEAD.unpack_from
+    infozip = _INFOZIP_FIXED.unpack_from
+    own = _ZIPFUSE_FIXED.unpack_from
+    hsize = zipspec.CENTRAL_HEADER.size
+    sig = zipspec.CENTRAL_SIG
+    append = out.append
+    for pos, index in zip(positions, indices, strict=True):
+        signature, made_system, csize, usize, nlen, elen, external, offset = head(buf, pos)
+        if (elen == 24 or elen == 60) and signature == sig and made_system == 3:
+            xpos = pos + hsize + nlen
+            if elen == 24:  # Info-ZIP: 'UT' (mtime) + 'ux'
+                ut, ut_flags, mtime, ux, uid, gsz, gid = infozip(buf, xpos)
+                mtime_ns = atime_ns = mtime * 1_000_000_000
+                times = ut_flags & 1
+            else:  # zipfuse: 'UT' + 'ux' + NTFS times (which win over 'UT')
+                ut, _, _, ux, uid, gsz, gid, ntfs, tag, nt_mtime, nt_atime = own(buf, xpos)
+                mtime_ns = (nt_mtime - _NTFS_DELTA) * 100
+                atime_ns = (nt_atime - _NTFS_DELTA) * 100 if nt_atime else mtime_ns
+                times = (
+                    ntfs == _NTFS_32 and tag == _NTFS_TAG1_24 and nt_mtime  # 0: not recorded
+                    and _NS_MIN <= mtime_ns <= _NS_MAX and _NS_MIN <= atime_ns <= _NS_MAX
+                )  # fmt: skip
+            raw = buf[pos + hsize : xpos]
+            unix = external >> 16
+            kind = unix & 0o170000
+            if (
+                times and ut == _UT_MTIME and ux == _UX_32 and gsz == 4 and raw.isascii()
+                and (kind in _FILE_OR_DIR or (kind == _S_IFLNK and usize < _PATH_MAX))
+                and csize != 0xFFFFFFFF and usize != 0xFFFFFFFF and offset != 0xFFFFFFFF
+            ):  # fmt: skip
+                append((unix, uid, gid, usize, mtime_ns, atime_ns, raw[raw.rfind(b"/") + 1 :]))
                 continue
         append(_decode_record(buf, pos, index, concat))
     return out
@@ -970,6 +1062,13 @@ _INFOZIP_CENTRAL = struct.Struct("<HHBiHHBBIBI")
 # The same with its fixed parts as bytes, for ``_decode_records``: 'UT' and its length (5),
 # flags, mtime, 'ux' with its length (11), version 1 and uid size 4, uid, gid size, gid
 _INFOZIP_FIXED = struct.Struct("<4sBi6sIBI")
+# zipfuse's writer: the same, then NTFS (0x000a, 32 bytes): reserved, tag 1 of 24 bytes, mtime,
+# atime (ctime skipped)
+_ZIPFUSE_FIXED = struct.Struct("<4sBi6sIBI4s4x4sQQ8x")
+_NTFS_32 = b"\x0a\x00\x20\x00"
+_NTFS_TAG1_24 = b"\x01\x00\x18\x00"
+_NTFS_DELTA = zipspec.NTFS_EPOCH_DELTA
+_NS_MIN, _NS_MAX = -(2**63), 2**63 - 1  # what _clamp_ns keeps as it is
 _UT_MTIME = b"UT\x05\x00"
 _UX_32 = b"ux\x0b\x00\x01\x04"
 _FILE_OR_DIR = frozenset((stat.S_IFREG, stat.S_IFDIR))

@@ -432,3 +432,54 @@ def test_folders_nobody_listed_read_right_after_appends(tmp_path, big_zip):
         k: v for k, v in old.items() if k.startswith(("other/", "lib/"))
     }
     _check_standard(big_zip)
+
+
+def test_entries_decoded_late_read_right_across_appends_and_a_rewrite(tmp_path):
+    """An archive of Info-ZIP's zip: a listing decodes no entry (each is decoded from the
+    archive when first read). Files listed but not read before small commits (appended, the
+    first entries replaced so every later index shifts) and a compaction (full rewrite) read
+    their own bytes afterwards; a listed file deleted while open reads on after the commit."""
+    src = tmp_path / "src"
+    (src / "lib").mkdir(parents=True)
+    (src / "other" / "sub").mkdir(parents=True)
+    (src / "keep.txt").write_text("original\n")
+    want = {"keep.txt": b"original\n"}
+    for i in range(FILES):
+        want[f"lib/f{i:02d}.bin"] = _blob(i)
+        want[f"other/sub/g{i}.txt"] = f"other {i}\n".encode()
+    for rel, data in want.items():
+        (src / rel).write_bytes(data)
+    archive = tmp_path / "iz.zip"
+    subprocess.run(["zip", "-q", "-r", "-y", str(archive), "."], cwd=src, check=True, timeout=60)
+    ino = os.stat(archive).st_ino
+    mnt = tmp_path / "mnt"
+    with mounted(archive, mnt):
+        listed = {p.name: p.lstat().st_size for p in (mnt / "lib").iterdir()}  # READDIRPLUS
+        assert listed == {k[4:]: len(v) for k, v in want.items() if k.startswith("lib/")}
+        held = open(mnt / "lib" / "f01.bin", "rb")  # noqa: SIM115  # listed, open, not read
+        try:
+            os.unlink(mnt / "lib" / "f01.bin")
+            for n in range(2):
+                (mnt / "keep.txt").write_text(f"changed {n}\n")
+                api.sync(str(mnt))
+                assert os.stat(archive).st_ino == ino, "appended in place"
+            assert held.read() == want["lib/f01.bin"]
+            for i in range(2, FILES, 2):
+                assert (mnt / "lib" / f"f{i:02d}.bin").read_bytes() == want[f"lib/f{i:02d}.bin"]
+            proc = subprocess.run(
+                [*ZIPFUSE_CMD, "compact", str(mnt)], capture_output=True, text=True, timeout=120
+            )
+            assert proc.returncode == 0, proc.stderr
+            assert os.stat(archive).st_ino != ino  # the full rewrite
+            for i in range(3, FILES, 2):
+                assert (mnt / "lib" / f"f{i:02d}.bin").read_bytes() == want[f"lib/f{i:02d}.bin"]
+            assert {
+                str(p.relative_to(mnt)): p.read_bytes() for p in (mnt / "other").rglob("*.txt")
+            } == {k: v for k, v in want.items() if k.startswith("other/")}
+        finally:
+            held.close()
+    got = names(archive)
+    del want["lib/f01.bin"]
+    want["keep.txt"] = b"changed 1\n"
+    assert got == want
+    _check_standard(archive)

@@ -4,11 +4,14 @@ places every entry exactly where placing the entries one at a time does."""
 from __future__ import annotations
 
 import array
+import errno
 import itertools
 import os
+import stat
 import subprocess
 from pathlib import Path
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -284,3 +287,136 @@ def test_listing_during_changes_reports_every_name_once() -> None:
     assert set(untouched) <= set(seen)
     assert set(seen) - set(names) <= {b"new%04d" % i for i in range(1, 101)}
     assert listing.cookies is not None  # the holes were dropped on the way
+
+
+def _zipfuse_archive(path: Path, names: list[str]) -> None:
+    """An archive as zipfuse's writer makes it ('UT' + 'ux' + NTFS times: decoded inline)."""
+    from zipfuse.zipwrite import EntryMeta, ZipWriter
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with ZipWriter(fd, level=1) as w:
+            for i, name in enumerate(names):
+                t = 1_700_000_000_000_000_100 + i * 1_000_000_007
+                if name.endswith("/"):
+                    w.add_directory(EntryMeta(name, stat.S_IFDIR | 0o750, 1000, 100, t, t + 5))
+                elif name.endswith("@"):
+                    meta = EntryMeta(name[:-1], stat.S_IFLNK | 0o777, 0, 0, t, t)
+                    w.add_symlink(meta, b"target")
+                else:
+                    meta = EntryMeta(name, stat.S_IFREG | 0o640, 1000 + i, 100, t, t + 3)
+                    w.add_bytes(meta, name.encode() * (i % 3))
+            w.finish()
+    finally:
+        os.close(fd)
+
+
+_LAYOUT_NAMES = [
+    "top/", "top/f1", "top/sub/", "top/sub/g", "top/f2", "top/l@", "late/x", "late/",
+    "imp/l1/l2/file", "a", "b/c/d",
+]  # fmt: skip
+
+
+def _by_lookups(ns: Namespace) -> list[tuple]:
+    """The tree of ``ns`` with every directory first looked into by name (a lookup decodes
+    the entries with the nodes), in the order ``_tree`` gives."""
+    ns.child(ns.root, b"no such name")
+    stack = [ns.root]
+    while stack:
+        top = stack.pop()
+        for child in list(top.kids.values()):
+            if child.is_dir:
+                ns.child(child, b"no such name")  # the first look into it: a lookup
+                stack.append(child)
+    return _tree(ns)
+
+
+def _fresh(fd: int) -> Namespace:
+    cd = read_central_directory(fd, keep_names=True, max_depth=MAX_DEPTH)
+    cd.detach(fd)
+    return Namespace.from_archive(cd, 0, 0, 0)
+
+
+def test_listed_entries_are_decoded_when_first_needed(tmp_path: Path) -> None:
+    """Listing a directory of an archive in a usual layout makes nodes from the records' stats
+    and decodes no entry; the first file asked for decodes its directory's entries (not
+    others'); the entries, paths and metadata equal those of a tree whose directories were
+    first looked into by name (entries decoded with the nodes) and of the general path."""
+    path = tmp_path / "zf.zip"
+    _zipfuse_archive(path, _LAYOUT_NAMES)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        ns = _fresh(fd)
+        top = ns.root.kids[b"top"]
+        files = [top.kids[n] for n in (b"f1", b"f2", b"l")]
+        sub = top.kids[b"sub"]
+        late = ns.root.kids[b"late"]
+        late.kids  # noqa: B018  # listed
+        assert all(n.decoded_entry is None for n in [*files, sub, late, *late.kids.values()])
+        assert top.kids[b"f1"].size == len(b"top/f1") and top.kids[b"f2"].size == len(b"top/f2")
+        entry = files[1].entry
+        assert entry is not None and entry.name == "top/f2"
+        assert [n.decoded_entry is not None for n in [*files, sub]] == [False, True, False, False]
+        assert files[0].entry_path == "top/f1"  # a second one: with its directory's others
+        assert all(n.decoded_entry is not None for n in [*files, sub])
+        assert all(n.decoded_entry is None for n in late.kids.values())  # not another's
+        lazy = _tree(ns)
+        eager = _by_lookups(_fresh(fd))
+        general = _fresh(fd)
+        assert general._loader is not None
+        general._loader.unambiguous = False
+        assert lazy == eager == _tree(general)
+        by_path = {row[0]: row for row in lazy}
+        t = 1_700_000_001_000_000_100  # entry 1's time, to the 100 ns of NTFS times
+        assert by_path["top/f1"][1:8] == (stat.S_IFREG | 0o640, 1001, 100, 6, t, t, t)
+        assert by_path["top/sub"][10] == "top/sub" and by_path["late"][1] == stat.S_IFDIR | 0o750
+    finally:
+        os.close(fd)
+
+
+def _record_at(path: Path, index: int) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        cd = read_central_directory(fd)
+        return cd.cd_offset + cd.record_span(index)[0]
+    finally:
+        os.close(fd)
+
+
+def _break_record(path: Path, at: int) -> None:
+    """Overwrite the signature of the central record at ``at`` in place (the archive changed
+    under the mount after it was read)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, b"XX\x01\x02", at)
+    finally:
+        os.close(fd)
+
+
+def test_a_bad_record_fails_its_own_entry_only(tmp_path: Path) -> None:
+    """A record the archive can no longer give (overwritten after the mount read it) fails the
+    node asking for it with EIO, when it is asked for; its siblings still decode."""
+    path = tmp_path / "zf.zip"
+    _zipfuse_archive(path, ["d/", "d/a", "d/b", "d/c", "e"])
+    b_at, e_at = _record_at(path, 2), _record_at(path, 4)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        ns = _fresh(fd)
+        d = ns.root.kids[b"d"]
+        a, b, c = (d.kids[n] for n in (b"a", b"b", b"c"))
+        _break_record(path, b_at)  # d/b
+        with pytest.raises(OSError) as exc:
+            b.entry  # noqa: B018
+        assert exc.value.errno == errno.EIO
+        assert a.entry is not None and a.entry.name == "d/a"
+        assert c.entry_path == "d/c"
+        with pytest.raises(OSError):
+            b.entry_path  # noqa: B018
+        assert b.decoded_entry is None and b.mode == stat.S_IFREG | 0o640  # still listed
+        _break_record(path, e_at)  # e, in the root (listed, its entry not decoded yet)
+        with pytest.raises(OSError) as exc:
+            ns.child(ns.root, b"e").entry  # type: ignore[union-attr]  # noqa: B018
+        assert exc.value.errno == errno.EIO
+        assert ns.child(ns.root, b"d") is d  # the tree goes on
+    finally:
+        os.close(fd)

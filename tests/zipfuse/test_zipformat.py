@@ -22,7 +22,10 @@ from fixtures_zip import (
     patch_central,
     text_data,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from zipfuse import zipspec
 from zipfuse.entryreader import EntryReader, EntryReadError
 from zipfuse.zipformat import (
     BZIP2,
@@ -33,6 +36,7 @@ from zipfuse.zipformat import (
     CentralDirectory,
     ZipFormatError,
     _decode_record,
+    _decode_records,
     _scan_plain_records,
     _scan_records,
     local_data_offset,
@@ -687,3 +691,124 @@ def test_plain_scan_matches_the_record_by_record_scan(tmp_path: Path) -> None:
             assert fast == slow and fast_names == slow_names and len(slow_names) > 5
         else:
             assert fast is None
+
+
+# --- usual layouts decoded inline, and their stats (listing without a ZipEntry) -----------
+
+_UT = struct.Struct("<HHBi")  # 'UT', its length, flags, mtime
+_UX = struct.Struct("<HHBBIBI")  # 'ux', its length, version, uid size, uid, gid size, gid
+_NTFS = struct.Struct("<HHIHHQQQ")  # 0x000a, its length, reserved, tag, size, m/a/ctime
+_CDH = struct.Struct("<4s2B5H3L5H2L")
+
+
+def _record(name: bytes, extra: bytes, mode: int, size: int, *, system: int = 3) -> bytes:
+    flags = 0 if name.isascii() else 0x800
+    fields = (
+        b"PK\x01\x02", 30, system, 20, flags, 8, 0, 0x5021, 1234, size // 2, size, len(name),
+        len(extra), 0, 0, 0, mode << 16, 77,
+    )  # fmt: skip
+    return _CDH.pack(*fields) + name + extra
+
+
+def _stat_of(entry) -> tuple:
+    name = entry.name.encode()
+    return (
+        entry.mode, entry.uid, entry.gid, entry.file_size, entry.mtime_ns,
+        entry.mtime_ns if entry.atime_ns is None else entry.atime_ns, name[name.rfind(b"/") + 1 :],
+    )  # fmt: skip
+
+
+_KINDS = [stat.S_IFREG | 0o644, stat.S_IFDIR | 0o755, stat.S_IFLNK | 0o777, stat.S_IFIFO | 0o600,
+          stat.S_IFCHR | 0o600, 0o644]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    records=st.lists(
+        st.tuples(
+            st.sampled_from([b"a/b.txt", b"top", b"d/", b"x/y/z", "é/ü".encode(), b"a b"]),
+            st.sampled_from(["infozip", "zipfuse", "ut-only", "none"]),
+            st.sampled_from(_KINDS),
+            st.sampled_from([0, 5, 4095, 4096, 0xFFFFFFFF]),
+            st.integers(-(2**31), 2**31 - 1),  # UT mtime
+            st.sampled_from([0, 1, 2**63 // 100, 2**64 - 1, zipspec.NTFS_EPOCH_DELTA + 10**15]),
+            st.sampled_from([0, zipspec.NTFS_EPOCH_DELTA + 5 * 10**14, 2**64 - 1]),  # atime
+            st.sampled_from([0, 1000, 2**32 - 1]),
+            st.sampled_from([1, 3]),  # UT flags (1: mtime)
+            st.sampled_from([3, 0]),  # made on Unix, or DOS
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_inline_and_stats_decoding_match_the_full_decoder(records) -> None:
+    """_decode_records decodes the usual layouts (Info-ZIP's 'UT' + 'ux'; zipfuse's 'UT' + 'ux'
+    + NTFS) inline, and with ``stats`` gives only what a node shows: for any mix of fields,
+    near misses included (other kinds, zip64 placeholders, NTFS times zero or out of range,
+    non-ASCII names, DOS records), every entry is exactly what the general decoder gives, and
+    every stats tuple is that entry's metadata."""
+    buf = b""
+    positions = []
+    for name, layout, mode, size, mtime, nt_m, nt_a, uid, ut_flags, system in records:
+        ut = _UT.pack(0x5455, 5, ut_flags, mtime)
+        ux = _UX.pack(0x7875, 11, 1, 4, uid, 4, uid ^ 1)
+        ntfs = _NTFS.pack(0x000A, 32, 0, 1, 24, nt_m, nt_a, nt_m)
+        extra = {"infozip": ut + ux, "zipfuse": ut + ux + ntfs, "ut-only": ut, "none": b""}
+        positions.append(len(buf))
+        buf += _record(name, extra[layout], mode, size, system=system)
+    indices = list(range(len(records)))
+    try:
+        full = [_decode_record(buf, p, i, 0) for p, i in zip(positions, indices, strict=True)]
+    except ZipFormatError:  # a zip64 placeholder without its extra field: refused both ways
+        for as_stats in (False, True):
+            with pytest.raises(ZipFormatError):
+                _decode_records(buf, positions, indices, 0, as_stats)
+        return
+    assert _decode_records(buf, positions, indices, 0) == full
+    stats = _decode_records(buf, positions, indices, 0, True)
+    for got, entry in zip(stats, full, strict=True):
+        if isinstance(got, tuple):
+            assert got == _stat_of(entry)
+            assert entry.name.isascii() and entry.rdev == 0
+        else:
+            assert got == entry
+    usual = [
+        i
+        for i, (name, layout, mode, size, *_rest, system) in enumerate(records)
+        if layout in ("infozip", "zipfuse") and system == 3 and name.isascii()
+        and stat.S_IFMT(mode) in (stat.S_IFREG, stat.S_IFDIR) and size != 0xFFFFFFFF
+        and (layout == "zipfuse" or records[i][8] & 1) and (layout == "infozip" or records[i][5])
+    ]  # fmt: skip
+    for i in usual:  # in range when the NTFS times are; else decoded the general way
+        nt_ok = layout_ok = records[i][1] == "infozip"
+        if not layout_ok:
+            m = (records[i][5] - zipspec.NTFS_EPOCH_DELTA) * 100
+            a = (records[i][6] - zipspec.NTFS_EPOCH_DELTA) * 100
+            nt_ok = -(2**63) <= m < 2**63 and (not records[i][6] or -(2**63) <= a < 2**63)
+        assert isinstance(stats[i], tuple) == nt_ok, records[i]
+
+
+def test_stats_of_detached_directory_near_and_far(tmp_path: Path) -> None:
+    """stats_at reads records like entries_at (close ones together, far ones in clusters, in
+    any order): a zipfuse-written archive gives stats, each that of the entry."""
+    from zipfuse.zipwrite import EntryMeta, ZipWriter
+
+    path = tmp_path / "zf.zip"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with ZipWriter(fd, level=1) as w:
+            for i in range(2000):
+                t = 1_700_000_000_123_456_700 + i
+                meta = EntryMeta(f"d{i // 100}/f{i:04d}", stat.S_IFREG | 0o640, 1000 + i, 7, t, t)
+                w.add_bytes(meta, b"y" * (i % 5))
+            w.finish()
+        whole = read_central_directory(fd).entries
+        for indices in ([5, 3, 1999, 1000, 0, 5], list(range(300, 420)), [1234]):
+            cd = read_central_directory(fd)
+            cd.detach(fd)
+            got = cd.stats_at(indices)
+            assert got == [_stat_of(whole[i]) for i in indices]
+            assert cd.entries_at(indices) == [whole[i] for i in indices]
+            assert [cd.entry(i) for i in indices] == [whole[i] for i in indices]
+    finally:
+        os.close(fd)
