@@ -242,6 +242,32 @@ class System:
     def _open(self, backing: Path, mountpoint: Path, read_only: bool) -> Mount:
         raise NotImplementedError
 
+    def _start(
+        self,
+        args: list[str],
+        backing: Path,
+        mountpoint: Path,
+        read_only: bool,
+        timeout: float,
+        env: dict | None = None,
+    ) -> Mount:
+        """Start a daemon that stays in the foreground (we own its PID) and wait until it has
+        mounted; on any failure leave nothing mounted or running."""
+        out, err = subprocess.DEVNULL, subprocess.PIPE
+        p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
+        m = Mount(
+            self.name, backing, mountpoint, read_only, pid=p.pid, popen=p, mountpoint=mountpoint
+        )
+        try:
+            wait_mounted(mountpoint, p, timeout=timeout)
+        except BaseException:
+            self.emergency_close(m)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            raise
+        return m
+
     def _close(self, m: Mount) -> CloseResult:
         raise NotImplementedError
 
@@ -334,21 +360,7 @@ class FuseZip(System):
 
     def _open(self, backing: Path, mountpoint: Path, read_only: bool) -> Mount:
         args = ["fuse-zip", "-f"] + (["-r"] if read_only else []) + [str(backing), str(mountpoint)]
-        p = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        m = Mount(
-            self.name, backing, mountpoint, read_only, pid=p.pid, popen=p, mountpoint=mountpoint
-        )
-        try:
-            wait_mounted(mountpoint, p, timeout=120)
-        except BaseException:
-            self.emergency_close(m)
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            raise
-        return m
+        return self._start(args, backing, mountpoint, read_only, timeout=120)
 
     def _close(self, m: Mount) -> CloseResult:
         t0 = time.monotonic()
@@ -401,25 +413,9 @@ class Floor(System):
         here = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
         args = [sys.executable, "-m", "benchmarks.floorfs", str(backing), str(mountpoint)]
-        p = subprocess.Popen(
-            args + (["--ro"] if read_only else []),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        m = Mount(
-            self.name, backing, mountpoint, read_only, pid=p.pid, popen=p, mountpoint=mountpoint
-        )
-        try:
-            wait_mounted(mountpoint, p, timeout=300)  # the preload of a large archive
-        except BaseException:
-            self.emergency_close(m)
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            raise
-        return m
+        args += ["--ro"] if read_only else []
+        # the timeout covers the preload of a large archive
+        return self._start(args, backing, mountpoint, read_only, timeout=300, env=env)
 
     def _close(self, m: Mount) -> CloseResult:
         t0 = time.monotonic()
@@ -450,22 +446,8 @@ class Squashfuse(System):
         return corpus.ensure_squashfs()
 
     def _open(self, backing: Path, mountpoint: Path, read_only: bool) -> Mount:
-        p = subprocess.Popen(
-            [self.binary, "-f", str(backing), str(mountpoint)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        m = Mount(self.name, backing, mountpoint, True, pid=p.pid, popen=p, mountpoint=mountpoint)
-        try:
-            wait_mounted(mountpoint, p, timeout=60)
-        except BaseException:
-            self.emergency_close(m)
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            raise
-        return m
+        args = [self.binary, "-f", str(backing), str(mountpoint)]
+        return self._start(args, backing, mountpoint, True, timeout=60)
 
     _close = FuseZip._close
 
