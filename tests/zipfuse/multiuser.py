@@ -119,6 +119,12 @@ def _mirror_python(base: str) -> tuple[str, list[str]]:
     venv = os.path.join(base, "uvenv")
     os.makedirs(root, exist_ok=True)
     subprocess.run(["mount", "--bind", sys.base_prefix, root], check=True, timeout=30)
+    # read-only: if a killed run leaves this mount behind, removing the scratch folder (by hand,
+    # or pytest's own clean-up of old runs) must not delete the interpreter through it
+    ro = subprocess.run(["mount", "-o", "remount,bind,ro", root], capture_output=True, timeout=30)
+    if ro.returncode != 0:
+        subprocess.run(["umount", root], timeout=30)
+        raise RuntimeError(f"cannot make the interpreter's bind mount read-only: {ro.stderr!r}")
     ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
     real = os.path.realpath(sys.executable)
     rel = os.path.relpath(real, os.path.realpath(sys.base_prefix))
