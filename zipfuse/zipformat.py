@@ -876,12 +876,7 @@ def _decode_records(
                 )  # fmt: skip
             raw = buf[start:xpos]
             unix = external >> 16
-            kind = unix & 0o170000
-            if (
-                times and ut == _UT_MTIME and ux == _UX_32 and gsz == 4 and raw.isascii()
-                and (kind in _FILE_OR_DIR or (kind == _S_IFLNK and usize < _PATH_MAX))
-                and csize != 0xFFFFFFFF and usize != 0xFFFFFFFF and offset != 0xFFFFFFFF
-            ):  # fmt: skip
+            if times and _usual(ut, ux, gsz, raw, unix, csize, usize, offset):
                 end = xpos + elen
                 comment = buf[end : end + clen] if clen else b""
                 entry = ZipEntry(
@@ -894,6 +889,20 @@ def _decode_records(
                 continue
         append(_decode_record(buf, pos, index, concat))
     return out
+
+
+def _usual(
+    ut: int, ux: int, gsz: int, raw: bytes, unix: int, csize: int, usize: int, offset: int
+) -> bool:
+    """The rest of the usual-layout test shared by ``_decode_records`` and ``_stat_records``
+    (after their own check of the times): Info-ZIP's 'UT' and 32-bit 'ux' headers, an ASCII
+    name, a plain file, folder or short symlink, no zip64 placeholder."""
+    kind = unix & 0o170000
+    return (
+        ut == _UT_MTIME and ux == _UX_32 and gsz == 4 and raw.isascii()
+        and (kind in _FILE_OR_DIR or (kind == _S_IFLNK and usize < _PATH_MAX))
+        and csize != 0xFFFFFFFF and usize != 0xFFFFFFFF and offset != 0xFFFFFFFF
+    )  # fmt: skip
 
 
 def _stat_records(
@@ -926,12 +935,7 @@ def _stat_records(
                 )  # fmt: skip
             raw = buf[pos + hsize : xpos]
             unix = external >> 16
-            kind = unix & 0o170000
-            if (
-                times and ut == _UT_MTIME and ux == _UX_32 and gsz == 4 and raw.isascii()
-                and (kind in _FILE_OR_DIR or (kind == _S_IFLNK and usize < _PATH_MAX))
-                and csize != 0xFFFFFFFF and usize != 0xFFFFFFFF and offset != 0xFFFFFFFF
-            ):  # fmt: skip
+            if times and _usual(ut, ux, gsz, raw, unix, csize, usize, offset):
                 append((unix, uid, gid, usize, mtime_ns, atime_ns, raw[raw.rfind(b"/") + 1 :]))
                 continue
         append(_decode_record(buf, pos, index, concat))
